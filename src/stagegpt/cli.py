@@ -1,0 +1,72 @@
+"""The `stagegpt` command. Each verb lives in `stagegpt.commands.<verb>`.
+
+A verb module defines HELP (one line), `add_arguments(parser)` and `run(args) -> int`.
+User errors (`StagegptError`) become one line on stderr and exit code 2; `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from stagegpt.errors import StagegptError
+
+VERBS = ["prepare", "train", "sample", "ladder", "inspect", "attention", "convert", "bench"]
+
+
+def _available_verbs() -> dict[str, object]:
+    modules = {}
+    for verb in VERBS:
+        try:
+            modules[verb] = importlib.import_module(f"stagegpt.commands.{verb}")
+        except ModuleNotFoundError as err:
+            if err.name != f"stagegpt.commands.{verb}":
+                raise
+    return modules
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (and exit code 2) instead of usage + error."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="stagegpt",
+        description="Build, train, sample and inspect a GPT-style decoder in five stages.",
+    )
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks instead of one-line errors")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True,
+                                  parser_class=OneLineParser)
+    for verb, module in _available_verbs().items():
+        sub = verbs.add_parser(verb, help=module.HELP, description=module.__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show full tracebacks instead of one-line errors")
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except StagegptError as err:
+        if args.debug:
+            raise
+        print(f"stagegpt {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"stagegpt {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Typed configs for the model and the trainer, and the named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from stagegpt.errors import StagegptError
+
+GPT2_VOCAB = 50_257
+
+
+@dataclass
+class ModelConfig:
+    """The shape of a stage model. Every stage reads the same config.
+
+    Stages 1-2 ignore `n_layer`/`n_head`, stages 3-4 use a single head, and only
+    stage 5 uses `n_head` heads and `dropout`.
+    """
+
+    vocab_size: int = GPT2_VOCAB
+    block_size: int = 256
+    n_embd: int = 256
+    n_layer: int = 12
+    n_head: int = 4
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise StagegptError(f"model {name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise StagegptError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                "pick a width that is a multiple of the head count"
+            )
+        if not (0.0 <= self.dropout < 1.0) or math.isnan(self.dropout):
+            raise StagegptError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        if name not in PRESETS:
+            raise StagegptError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise StagegptError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed's final model: GPT-2 tokenizer, 12 blocks, 4 heads.
+    "seed": dict(vocab_size=GPT2_VOCAB, block_size=256, n_embd=256, n_layer=12, n_head=4),
+    # OpenAI's GPT-2 shapes.
+    "gpt2": dict(vocab_size=GPT2_VOCAB, block_size=1024, n_embd=768, n_layer=12, n_head=12),
+    "gpt2-medium": dict(vocab_size=GPT2_VOCAB, block_size=1024, n_embd=1024, n_layer=24, n_head=16),
+    "gpt2-large": dict(vocab_size=GPT2_VOCAB, block_size=1024, n_embd=1280, n_layer=36, n_head=20),
+    "gpt2-xl": dict(vocab_size=GPT2_VOCAB, block_size=1024, n_embd=1600, n_layer=48, n_head=25),
+    # Small CPU presets; vocab_size is replaced by the data's tokenizer when training.
+    "small": dict(vocab_size=GPT2_VOCAB, block_size=64, n_embd=128, n_layer=4, n_head=4),
+    "tiny": dict(vocab_size=GPT2_VOCAB, block_size=32, n_embd=64, n_layer=2, n_head=2),
+    "micro": dict(vocab_size=GPT2_VOCAB, block_size=16, n_embd=32, n_layer=2, n_head=2),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the model shape."""
+
+    max_steps: int = 1000
+    batch_size: int = 12
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 20
+    ckpt_every: int = 500
+    seed: int = 1337
+    device: str = "cpu"
+    dtype: str = "float32"
+    compile: bool = False
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        positive = ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches",
+                    "ckpt_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise StagegptError(f"--{name.replace('_', '-')} must be >= 1, got {value!r}")
+        if self.warmup_steps < 0:
+            raise StagegptError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise StagegptError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if self.lr == 0:
+            raise StagegptError("--lr must be > 0")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise StagegptError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda", "mps", "auto"):
+            raise StagegptError(f"--device must be cpu, cuda, mps or auto, got {self.device!r}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise StagegptError(f"--max-seconds must be > 0, got {self.max_seconds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a TOML config with optional [model] and [train] tables."""
+    path = Path(path)
+    if not path.is_file():
+        raise StagegptError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise StagegptError(f"config file {path} is not valid TOML: {err}") from None
+    unknown = set(data) - {"model", "train", "stage", "preset"}
+    if unknown:
+        raise StagegptError(
+            f"config file {path} has unknown tables {sorted(unknown)}; use [model] and [train]"
+        )
+    return data
+
+
+def replace_known(obj: Any, values: dict[str, Any]) -> Any:
+    """dataclasses.replace that names unknown keys instead of raising TypeError."""
+    known = {f.name for f in fields(obj)}
+    unknown = set(values) - known
+    if unknown:
+        raise StagegptError(f"unknown {type(obj).__name__} keys: {', '.join(sorted(unknown))}")
+    return dataclasses.replace(obj, **values)

@@ -1,0 +1,145 @@
+"""The building blocks the stages share: attention, MLP, the transformer block, a KV cache.
+
+Names follow GPT-2 (`c_attn`, `c_proj`, `c_fc`, `ln_1`, `ln_2`) so its weights map one to one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class KVCache(nn.Module):
+    """Keys and values of one attention layer, allocated once for a whole generation.
+
+    `update` writes the new positions in place and returns views of everything cached so
+    far, so decoding one token costs one small copy instead of a growing `torch.cat`.
+    """
+
+    def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        super().__init__()
+        shape = (batch, n_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def update(self, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        end = start + k.size(2)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, end, hd)
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
+    """True where query i (the last q_len of k_len positions) may attend to key j."""
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    return torch.arange(k_len, device=device)[None, :] <= q_pos  # (q_len, k_len)
+
+
+def reference_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Causal attention written out step by step; returns (output, weights).
+
+    q: (B, nh, Tq, hd), k and v: (B, nh, Tk, hd) with Tq <= Tk; the queries are the
+    last Tq positions. This is the path the notebooks show and the tests compare against.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, Tq, Tk)
+    mask = causal_mask(q.size(-2), k.size(-2), q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ v, weights  # (B, nh, Tq, hd), (B, nh, Tq, Tk)
+
+
+def fast_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
+    """The same causal attention through PyTorch's fused kernel."""
+    q_len, k_len = q.size(-2), k.size(-2)
+    if q_len == k_len:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if q_len == 1:  # one new token sees every cached position
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    mask = causal_mask(q_len, k_len, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal self-attention with `n_head` heads; `n_head=1` is stages 3-4's single head.
+
+    Set `reference = True` to run the explicit softmax path, and `keep_weights = True`
+    as well to keep the last attention weights in `self.weights` for plotting.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        self.n_head = n_head
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.dropout = dropout
+        self.reference = False
+        self.keep_weights = False
+        self.weights: Tensor | None = None
+
+    def forward(self, x: Tensor, cache: KVCache | None = None, start: int = 0) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        if cache is not None:
+            k, v = cache.update(k, v, start)  # (B, nh, start + T, hd)
+        if self.reference or self.keep_weights:
+            y, weights = reference_attention(q, k, v)
+            self.weights = weights.detach() if self.keep_weights else None
+        else:
+            p = self.dropout if self.training else 0.0
+            y = fast_attention(q, k, v, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: widen 4x, GELU, project back."""
+
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, 4C) inside
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block.
+
+        x ──┬──────────────────────── + ──┬──────────────────── + ──> out
+            └─ ln_1 ─ attn (causal) ──┘   └─ ln_2 ─ mlp ────────┘
+
+    The residual stream carries the input straight through, so gradients reach early
+    blocks undiminished however deep the stack is.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = MultiHeadAttention(n_embd, n_head, dropout, bias)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = MLP(n_embd, dropout, bias)
+
+    def forward(self, x: Tensor, cache: KVCache | None = None, start: int = 0) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cache, start)
+        return x + self.mlp(self.ln_2(x))
+
+
+def attention_layers(model: nn.Module) -> list[MultiHeadAttention]:
+    return [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+
+
+def use_reference_attention(model: nn.Module, enabled: bool = True) -> None:
+    """Switch every attention layer of `model` to the explicit (or the fused) path."""
+    for layer in attention_layers(model):
+        layer.reference = enabled
