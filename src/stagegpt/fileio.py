@@ -1,0 +1,120 @@
+"""Crash-safe writes: everything goes to a temporary name first and is renamed into place.
+
+A reader (or a resumed run) therefore sees either the old file or the new one, never a
+half-written mix, even if the process is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from stagegpt.errors import StagegptError
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """Create `path` (and parents) or explain why it cannot be written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StagegptError(f"cannot create directory {path}: {err.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise StagegptError(f"directory {path} is not writable; choose another output path")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success rename it to `path`."""
+    path = Path(path)
+    ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_file(path, "w") as f:
+        f.write(text)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory; on success it replaces `target` in one rename.
+
+    If `target` already exists it is moved aside first and removed only after the new
+    directory is in place, so at every moment one complete version exists on disk.
+    """
+    target = Path(target)
+    ensure_dir(target.parent)
+    recover_dir(target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            if child.is_file():
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def recover_dir(target: str | Path) -> None:
+    """Finish an `atomic_dir` swap that a crash interrupted between its two renames."""
+    target = Path(target)
+    old = target.parent / f".{target.name}.old"
+    if not target.exists() and old.is_dir():
+        os.replace(old, target)
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Read JSON, turning a missing or malformed file into a clear user error."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StagegptError(f"{what} {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StagegptError(
+            f"{what} {path} is not valid JSON ({err}); it may be truncated"
+        ) from None
