@@ -33,21 +33,27 @@ class LanguageModel(nn.Module):
         """Token ids (B, T) -> final hidden states (B, T, C)."""
         raise NotImplementedError
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Return (logits (B, T, V), mean cross-entropy or None)."""
+    def forward(self, idx: Tensor, targets: Tensor | None = None,
+                return_logits: bool = True) -> tuple[Tensor | None, Tensor | None]:
+        """Return (logits (B, T, V), mean cross-entropy or None).
+
+        With `return_logits=False` and targets, the loss is computed chunk by chunk
+        without ever holding the full (B*T, V) logits, and None is returned for them.
+        """
         self._check_length(idx.size(1))
-        logits = self.lm_head(self.body(idx))  # (B, T, V)
+        hidden = self.body(idx)  # (B, T, C)
+        if targets is not None and not return_logits:
+            loss = chunked_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight,
+                                         self.lm_head.bias, targets.flatten())
+            return None, loss
+        logits = self.lm_head(hidden)  # (B, T, V)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        return logits, loss
+        return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Training loss without materializing the full (B*T, V) logits."""
-        self._check_length(idx.size(1))
-        hidden = self.body(idx).flatten(0, 1)  # (B*T, C)
-        return chunked_cross_entropy(hidden, self.lm_head.weight, self.lm_head.bias,
-                                     targets.flatten())
+        return self(idx, targets, return_logits=False)[1]
 
     def make_kv_cache(self, batch: int, device: torch.device | str = "cpu",
                       dtype: torch.dtype = torch.float32) -> list[KVCache] | None:
