@@ -65,6 +65,12 @@ class LanguageModel(nn.Module):
         return [KVCache(batch, m.n_head, c.block_size, c.n_embd // m.n_head, device, dtype)
                 for m in layers]
 
+    def generate(self, idx: Tensor, max_new_tokens: int, **kwargs) -> Tensor:
+        """Continue `idx` (B, T) by up to `max_new_tokens`; see `stagegpt.generate.generate`."""
+        from stagegpt.generate import generate
+
+        return generate(self, idx, max_new_tokens, **kwargs)
+
     def num_params(self) -> int:
         """Parameter count with the tied head counted once."""
         return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,200 @@
+"""Sampling from any stage: temperature, top-k, top-p, a KV cache, a rolling context window.
+
+One decoding step:
+
+    window (the last <= block_size tokens) -> body -> last hidden state (B, C)
+        -> lm_head -> logits (B, V) -> temperature, top-k, top-p -> sample -> next ids (B, 1)
+
+With the cache, the prompt's window runs through the model once (the prefill) and every
+later step feeds only the newest token, at its absolute position, while each attention
+layer reads the keys and values of the earlier positions from its `KVCache`. Stages 1-2
+have no attention and no cache: a token's hidden state depends only on the token and its
+position, so their cached path feeds the newest token alone.
+
+When the sequence outgrows `block_size` the window rolls forward: the context is the last
+`block_size` tokens at positions 0..block_size-1. Positions are absolute (learned `wpe`),
+so rolling shifts every position and invalidates every cached key and value; the cache is
+rebuilt by a prefill of the new window. Past `block_size` the cache therefore saves
+nothing, but both paths see exactly the same window, so their greedy outputs are identical.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from stagegpt.errors import StagegptError
+
+if TYPE_CHECKING:
+    from stagegpt.models import LanguageModel
+
+
+def check_sampling_args(max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                        top_p: float | None = None) -> None:
+    """Raise StagegptError, with the CLI flag's name, on a value sampling cannot use."""
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise StagegptError(f"--max-new-tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise StagegptError(
+            f"--temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}"
+        )
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise StagegptError(f"--top-k must be an integer >= 1, got {top_k!r}")
+    if top_p is not None and (not _is_real(top_p) or not 0.0 < top_p <= 1.0):
+        raise StagegptError(f"--top-p must be in (0, 1], got {top_p!r}")
+
+
+def top_p_keep(sorted_probs: Tensor, top_p: float) -> Tensor:
+    """Which tokens of a descending (B, V) distribution the nucleus keeps, as a bool (B, V).
+
+    The nucleus is the smallest prefix whose mass reaches `top_p`: a token stays while the
+    mass before it is still below `top_p`, so the most likely token always stays.
+    """
+    mass_before = sorted_probs.cumsum(dim=-1)  # (B, V), shifted right by one below
+    keep = torch.ones_like(sorted_probs, dtype=torch.bool)
+    keep[..., 1:] = mass_before[..., :-1] < top_p
+    return keep
+
+
+def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """Pick the next token of each row: logits (B, V) -> ids (B, 1).
+
+    Temperature 0 is greedy (argmax). Otherwise top-k and top-p work on the few candidates
+    they keep instead of masking all V logits: `topk` keeps exactly k tokens even when
+    logits tie, and a sort orders the candidates for the nucleus.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    ids = None
+    if top_k is not None and top_k < logits.size(-1):
+        logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), descending
+    nucleus = top_p is not None and top_p < 1.0
+    if nucleus and ids is None:
+        logits, ids = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+    probs = torch.softmax(logits, dim=-1)
+    if nucleus:
+        probs = probs.masked_fill_(~top_p_keep(probs, top_p), 0.0)  # multinomial renormalizes
+    choice = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+    return choice if ids is None else ids.gather(-1, choice)
+
+
+def stream(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+           stop_ids: Iterable[int] = (), use_cache: bool = True) -> Iterator[Tensor]:
+    """Yield each new column of token ids (B, 1) as soon as it is sampled.
+
+    Arguments are those of `generate`. They are checked now, before the first token. The
+    model is in eval mode until the iterator is exhausted or closed; its training flag is
+    then restored. The yielded columns are views of one preallocated (B, T + n) buffer.
+    """
+    out, T = _start(model, idx, max_new_tokens, temperature, top_k, top_p)
+    return _decode(model, out, T, max_new_tokens, temperature, top_k, top_p, seed, stop_ids,
+                   use_cache)
+
+
+def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             stop_ids: Iterable[int] = (), use_cache: bool = True,
+             on_token: Callable[[Tensor], object] | None = None) -> Tensor:
+    """Continue the prompts `idx` (B, T) by up to `max_new_tokens`; return (B, T + n).
+
+    temperature: 0 is greedy; otherwise logits are divided by it before sampling.
+    top_k: sample among the k most likely tokens only (exactly k, ties broken by index order).
+    top_p: sample from the smallest set of tokens whose probability reaches top_p.
+    seed: seeds a private `torch.Generator`, so a seed always gives the same sample.
+    stop_ids: a row that samples one of these is done; it repeats its stop id while the
+        other rows go on, and generation ends early (n < max_new_tokens) once all are done.
+    use_cache: decode with a KV cache; False recomputes the whole window every step.
+    on_token: called with each new column of ids (B, 1) as it is produced.
+
+    Prompts longer than `block_size` are cropped to their last `block_size` tokens, and
+    so is the context once generation runs past it (see the module docstring).
+    """
+    out, T = _start(model, idx, max_new_tokens, temperature, top_k, top_p)
+    n = 0
+    with closing(_decode(model, out, T, max_new_tokens, temperature, top_k, top_p, seed,
+                         stop_ids, use_cache)) as columns:
+        for column in columns:
+            n += 1
+            if on_token is not None:
+                on_token(column)
+    return out[:, :T + n]
+
+
+def _start(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float,
+           top_k: int | None, top_p: float | None) -> tuple[Tensor, int]:
+    """Check the arguments; return the output buffer (B, T + n) holding the prompt, and T."""
+    check_sampling_args(max_new_tokens, temperature, top_k, top_p)
+    if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.is_floating_point():
+        raise StagegptError("idx must be a (batch, time) tensor of token ids; use idx[None] "
+                            "for a single prompt")
+    B, T = idx.shape
+    if B == 0 or T == 0:
+        raise StagegptError(f"got an empty prompt batch of shape {tuple(idx.shape)}; give every "
+                            "prompt at least one token (e.g. the tokenizer's start id)")
+    vocab_size = model.config.vocab_size
+    if idx.min() < 0 or idx.max() >= vocab_size:
+        raise StagegptError(f"token ids must be in [0, {vocab_size}) for this model; "
+                            "encode the prompt with the model's own tokenizer")
+    device = next(model.parameters()).device
+    out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=device)
+    out[:, :T] = idx
+    return out, T
+
+
+def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: float,
+            top_k: int | None, top_p: float | None, seed: int | None,
+            stop_ids: Iterable[int] | None, use_cache: bool) -> Iterator[Tensor]:
+    """The decoding loop: writes new ids into `out[:, T:]` and yields each column."""
+    if n == 0:
+        return
+    B, device = out.size(0), out.device
+    block_size = model.config.block_size
+    generator = None
+    if seed is not None and temperature > 0:
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+    stop = torch.tensor(sorted({int(s) for s in stop_ids or ()}), dtype=torch.long, device=device)
+    finished = torch.zeros(B, 1, dtype=torch.bool, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            dtype = next(model.parameters()).dtype
+            caches = model.make_kv_cache(B, device, dtype) if use_cache else None
+            hidden = model.body(out[:, max(0, T - block_size):T], caches, 0)  # (B, <=bs, C)
+        pos = min(T, block_size)  # where the next token goes in the cache
+        for t in range(T, T + n):
+            with torch.inference_mode():
+                if t > T and use_cache and pos < block_size:  # one new token, cache the rest
+                    hidden = model.body(out[:, t - 1:t], caches, pos)  # (B, 1, C)
+                    pos += 1
+                elif t > T:  # no cache, or the window rolled: run the whole window
+                    hidden = model.body(out[:, max(0, t - block_size):t], caches, 0)
+                logits = model.lm_head(hidden[:, -1])  # (B, V): the head on the last position
+                column = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+                if len(stop):
+                    column = torch.where(finished, out[:, t - 1:t], column)  # done rows repeat
+                    finished |= torch.isin(column, stop)
+                out[:, t:t + 1] = column
+            yield out[:, t:t + 1]
+            if len(stop) and finished.all():
+                return
+    finally:
+        model.train(was_training)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)

@@ -1,0 +1,259 @@
+import math
+
+import pytest
+import torch
+
+import stagegpt
+from stagegpt import ModelConfig, StagegptError, build_model
+from stagegpt.generate import generate, sample_next, stream, top_p_keep
+
+STAGES = [1, 2, 3, 4, 5]
+
+
+def peaky_model(stage, config, seed=0):
+    """A random model with large weights: sharp, varied greedy choices instead of one token
+    repeated, so a wrong position or a stale cache entry changes the output."""
+    torch.manual_seed(seed)
+    model = build_model(stage, config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 1.0)
+    return model.eval()
+
+
+def prompts(config, B=2, T=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, config.vocab_size, (B, T), generator=g)
+
+
+def textbook_greedy(model, idx, n):
+    """The plainest loop there is: full forward on the cropped window, argmax the last."""
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(idx[:, -model.config.block_size:])
+            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+def counter_model(vocab_size=10):
+    """Stage 1 with hand-set weights: always predicts (token + 1) % vocab_size."""
+    config = ModelConfig(vocab_size=vocab_size, block_size=8, n_embd=vocab_size, n_layer=1,
+                         n_head=1)
+    model = build_model(1, config)
+    with torch.no_grad():
+        model.wte.weight.copy_(10 * torch.eye(vocab_size))
+        model.lm_head.weight.copy_(torch.eye(vocab_size).roll(1, dims=0))
+        model.lm_head.bias.zero_()
+    return model.eval()
+
+
+# --- the KV cache and the rolling window ------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("T, n", [(1, 10), (5, 30), (16, 8), (23, 12)],
+                         ids=["short", "past-block", "full-prompt", "long-prompt"])
+def test_greedy_with_cache_equals_without_cache(stage, T, n, tiny_config):
+    """Token for token, including generation that rolls the window past block_size (16)."""
+    model = peaky_model(stage, tiny_config)
+    idx = prompts(tiny_config, T=T)
+    cached = generate(model, idx, n, temperature=0)
+    uncached = generate(model, idx, n, temperature=0, use_cache=False)
+    assert cached.shape == (2, T + n)
+    assert torch.equal(cached[:, :T], idx)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, textbook_greedy(model, idx, n))
+
+
+def test_context_overflow_rebuilds_the_cache(tiny_config):
+    """Regression: past block_size, positions restart at 0 for the rolled window. Varied
+    output proves the comparison above is not between two constant sequences."""
+    model = peaky_model(5, tiny_config)
+    out = generate(model, prompts(tiny_config, B=1, T=3), 40, temperature=0)
+    assert out[0, 3 + tiny_config.block_size:].unique().numel() > 3
+    assert torch.equal(out, generate(model, out[:, :3], 40, temperature=0, use_cache=False))
+
+
+@pytest.mark.parametrize("stage", [3, 5])
+def test_sampled_with_cache_equals_without_cache(stage, tiny_config):
+    model = peaky_model(stage, tiny_config)
+    idx = prompts(tiny_config)
+    a = generate(model, idx, 24, temperature=0.9, top_k=20, seed=3)
+    b = generate(model, idx, 24, temperature=0.9, top_k=20, seed=3, use_cache=False)
+    assert torch.equal(a, b)
+
+
+# --- sampling -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", [1, 5])
+def test_same_seed_same_sample(stage, tiny_config):
+    model = peaky_model(stage, tiny_config)
+    idx = prompts(tiny_config)
+    a = generate(model, idx, 20, temperature=1.2, seed=7)
+    b = generate(model, idx, 20, temperature=1.2, seed=7)
+    c = generate(model, idx, 20, temperature=1.2, seed=8)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_seed_does_not_touch_the_global_rng(tiny_config):
+    model = peaky_model(5, tiny_config)
+    torch.manual_seed(0)
+    before = torch.rand(3)
+    torch.manual_seed(0)
+    generate(model, prompts(tiny_config), 5, seed=1)
+    assert torch.equal(torch.rand(3), before)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_top_k_1_equals_greedy(stage, tiny_config):
+    model = peaky_model(stage, tiny_config)
+    idx = prompts(tiny_config)
+    greedy = generate(model, idx, 20, temperature=0)
+    assert torch.equal(generate(model, idx, 20, temperature=1.5, top_k=1, seed=0), greedy)
+    assert torch.equal(generate(model, idx, 20, top_k=1, top_p=0.5), greedy)
+
+
+def test_top_k_keeps_exactly_k_tokens_when_logits_tie():
+    logits = torch.zeros(1, 50)  # every token ties
+    logits[0, 7] = 1.0
+    g = torch.Generator().manual_seed(0)
+    seen = {sample_next(logits, 1.0, top_k=4, generator=g).item() for _ in range(400)}
+    assert len(seen) == 4 and 7 in seen
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.5, 0.25, 0.125, 0.0625, 0.0625]])  # sorted, exact in binary
+    expected = {0.3: 1, 0.5: 1, 0.6: 2, 0.75: 2, 0.76: 3, 0.875: 3, 0.9: 4, 1.0: 5}
+    for p, size in expected.items():
+        keep = top_p_keep(probs, p)
+        assert keep[0].tolist() == [True] * size + [False] * (5 - size), p
+        assert probs[0, :size].sum() >= p and probs[0, :size - 1].sum() < p
+
+
+def test_top_p_samples_only_from_the_nucleus():
+    probs = torch.tensor([0.1, 0.45, 0.05, 0.3, 0.1])  # unsorted: nucleus for 0.7 is {1, 3}
+    logits = probs.log().repeat(2, 1)  # a batch of two identical rows
+    g = torch.Generator().manual_seed(0)
+    draws = torch.cat([sample_next(logits, 1.0, top_p=0.7, generator=g) for _ in range(600)])
+    counts = torch.bincount(draws.flatten(), minlength=5)
+    assert set(counts.nonzero().flatten().tolist()) == {1, 3}
+    assert abs(counts[1] / counts.sum() - 0.45 / 0.75) < 0.05  # renormalized within the set
+
+
+def test_top_k_then_top_p_compose():
+    logits = torch.tensor([[3.0, 2.9, 2.8, 0.0, -1.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = {sample_next(logits, 1.0, top_k=4, top_p=0.99, generator=g).item()
+             for _ in range(300)}
+    assert draws <= {0, 1, 2, 3} and {0, 1, 2} <= draws
+
+
+def test_temperature_sharpens_and_flattens():
+    logits = torch.tensor([[2.0, 1.0, 0.0]]).repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    cold = (sample_next(logits, 0.2, generator=g) == 0).float().mean()
+    hot = (sample_next(logits, 5.0, generator=g) == 0).float().mean()
+    assert cold > 0.95 and hot < 0.5
+
+
+# --- batches, stop ids, streaming -----------------------------------------------------------
+
+
+def test_stop_ids_pad_finished_rows_and_end_when_all_are_done():
+    model = counter_model()
+    idx = torch.tensor([[1], [5]])
+    out = generate(model, idx, 20, temperature=0, stop_ids=[8])
+    # row 0 counts 2..8 (7 steps), row 1 reaches 8 after 3 and repeats it; then all are done
+    assert out.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8], [5, 6, 7, 8, 8, 8, 8, 8]]
+    out = generate(model, idx, 20, temperature=0, stop_ids=(8, 7))
+    assert out.tolist() == [[1, 2, 3, 4, 5, 6, 7], [5, 6, 7, 7, 7, 7, 7]]
+    assert generate(model, idx, 4, temperature=0, stop_ids=[9]).shape == (2, 5)
+
+
+def test_stop_id_in_the_prompt_does_not_stop():
+    out = generate(counter_model(), torch.tensor([[8]]), 3, temperature=0, stop_ids=[8])
+    assert out.tolist() == [[8, 9, 0, 1]]
+
+
+def test_batch_rows_match_single_prompts(tiny_config):
+    model = peaky_model(5, tiny_config)
+    idx = prompts(tiny_config, B=3)
+    batch = generate(model, idx, 12, temperature=0)
+    for b in range(3):
+        assert torch.equal(batch[b:b + 1], generate(model, idx[b:b + 1], 12, temperature=0))
+
+
+def test_stream_and_on_token_yield_each_column(tiny_config):
+    model = peaky_model(4, tiny_config)
+    idx = prompts(tiny_config)
+    columns = []
+    out = generate(model, idx, 9, temperature=0.8, seed=1,
+                   on_token=lambda col: columns.append(col.clone()))
+    assert [c.shape for c in columns] == [(2, 1)] * 9
+    assert torch.equal(torch.cat([idx, *columns], dim=1), out)
+    streamed = [c.clone() for c in stream(model, idx, 9, temperature=0.8, seed=1)]
+    assert torch.equal(torch.cat([idx, *streamed], dim=1), out)
+
+
+def test_zero_new_tokens_returns_the_prompt(tiny_config):
+    idx = prompts(tiny_config)
+    assert torch.equal(generate(peaky_model(5, tiny_config), idx, 0), idx)
+
+
+def test_restores_training_flag_and_returns_plain_tensor(tiny_config):
+    model = build_model(5, ModelConfig(**{**tiny_config.to_dict(), "dropout": 0.5})).train()
+    out = generate(model, prompts(tiny_config), 6, temperature=0)
+    assert model.training and all(m.training for m in model.modules())
+    assert not out.is_inference() and not out.requires_grad
+    model.eval()
+    assert torch.equal(out, generate(model, prompts(tiny_config), 6, temperature=0))
+    steps = stream(model.train(), prompts(tiny_config), 6)
+    next(steps)
+    steps.close()  # an abandoned stream restores the flag too
+    assert model.training
+
+
+def test_method_and_package_export(tiny_config):
+    model = peaky_model(5, tiny_config)
+    idx = prompts(tiny_config)
+    assert stagegpt.generate is generate
+    expected = generate(model, idx, 5, temperature=0)
+    assert torch.equal(model.generate(idx, 5, temperature=0), expected)
+
+
+# --- bad arguments -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    (dict(temperature=-0.1), "--temperature"),
+    (dict(temperature=math.nan), "--temperature"),
+    (dict(temperature=math.inf), "--temperature"),
+    (dict(top_k=0), "--top-k"),
+    (dict(top_k=2.5), "--top-k"),
+    (dict(top_p=0.0), "--top-p"),
+    (dict(top_p=1.01), "--top-p"),
+    (dict(top_p=math.nan), "--top-p"),
+    (dict(max_new_tokens=-1), "--max-new-tokens"),
+])
+def test_bad_arguments_raise_one_line_errors(kwargs, flag, tiny_config):
+    model = peaky_model(5, tiny_config)
+    args = {"max_new_tokens": 3, **kwargs}
+    for fn in (generate, stream):  # stream checks eagerly, before the first next()
+        with pytest.raises(StagegptError, match=flag) as err:
+            fn(model, prompts(tiny_config), **args)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("idx", [
+    torch.zeros(2, 0, dtype=torch.long),
+    torch.zeros(3, dtype=torch.long),
+    torch.tensor([[0, 97]]),
+    torch.tensor([[-1, 2]]),
+    torch.zeros(1, 3),
+], ids=["empty", "1-d", "too-big-id", "negative-id", "float"])
+def test_bad_prompts_raise(idx, tiny_config):
+    with pytest.raises(StagegptError):
+        generate(peaky_model(5, tiny_config), idx, 3)
