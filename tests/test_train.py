@@ -1,0 +1,198 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stagegpt.checkpoint import load_checkpoint, step_dirs
+from stagegpt.cli import main
+from stagegpt.config import ModelConfig, TrainConfig
+from stagegpt.optim import lr_at, param_groups
+from stagegpt.train import Trainer
+
+MODEL = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def markov1(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "markov1"
+    assert main(["prepare", "markov", "--order", "1", "--vocab", "16", "--tokens", "60000",
+                 "--seed", "3", "--out", str(out)]) == 0
+    return out
+
+
+def train_args(data, out, steps, *extra):
+    return ["train", "--stage", "5", "--data", str(data), "--out", str(out),
+            "--max-steps", str(steps), "--batch-size", "4", "--eval-every", "3",
+            "--eval-batches", "2", "--ckpt-every", "100", "--warmup-steps", "2",
+            "--dropout", "0.1", "--no-progress", *MODEL, *extra]
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["train_loss"], r["val_loss"]) for r in rows]
+
+
+def final_weights(run_dir):
+    return load_file(str(step_dirs(run_dir)[-1] / "model.safetensors"))
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for key in a:
+        if atol == 0.0:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert torch.allclose(a[key], b[key], atol=atol), key
+
+
+def test_interrupted_and_resumed_run_is_bit_exact(markov1, tmp_path):
+    assert main(train_args(markov1, tmp_path / "full", 10)) == 0
+
+    def interrupt_at_5(trainer, row):
+        if row["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    model_config = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.1)
+    train_config = TrainConfig(max_steps=10, batch_size=4, eval_every=3, eval_batches=2,
+                               ckpt_every=100, warmup_steps=2)
+    first = Trainer(5, model_config, train_config, markov1, tmp_path / "split", progress=False,
+                    on_step=interrupt_at_5).fit()
+    assert first.interrupted and first.step == 5
+    assert [int(p.name.split("_")[1]) for p in step_dirs(tmp_path / "split")] == [5]
+    assert main(train_args(markov1, tmp_path / "split", 10, "--resume")) == 0
+
+    assert losses(tmp_path / "split") == losses(tmp_path / "full")
+    assert len(losses(tmp_path / "full")) == 10
+    assert_same_weights(final_weights(tmp_path / "split"), final_weights(tmp_path / "full"))
+
+
+def test_existing_run_is_not_overwritten_without_resume(markov1, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(markov1, out, 2)) == 0
+    before = (out / "metrics.jsonl").read_bytes()
+    assert main(train_args(markov1, out, 2)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--resume" in err and len(err.splitlines()) == 1
+    assert (out / "metrics.jsonl").read_bytes() == before
+
+
+def test_stage1_reaches_markov_order1_entropy(markov1, tmp_path):
+    entropy = json.loads((markov1 / "meta.json").read_text())["entropy_rate"]
+    result = Trainer(1, ModelConfig(n_embd=32, block_size=32),
+                     TrainConfig(max_steps=300, batch_size=16, lr=3e-2, min_lr=3e-3,
+                                 warmup_steps=10, eval_every=300, eval_batches=40,
+                                 ckpt_every=1000, weight_decay=0.0),
+                     markov1, tmp_path / "s1", progress=False).fit()
+    assert result.val_loss <= 1.03 * entropy, (result.val_loss, entropy)
+
+
+def test_checkpoints_hold_everything_sample_needs(markov1, tmp_path):
+    out = tmp_path / "run"
+    assert main(train_args(markov1, out, 3)) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.stage == 5 and ckpt.trainer_state["step"] == 3
+    assert ckpt.tokenizer.vocab_size == ckpt.config.vocab_size
+    assert (out / "best" / "model.safetensors").is_file()
+    assert (out / "loss.png").stat().st_size > 1000
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert set(rows[0]) >= {"step", "tokens", "train_loss", "val_loss", "lr",
+                            "tokens_per_sec", "elapsed"}
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    config = TrainConfig(max_steps=100, lr=1.0, min_lr=0.1, warmup_steps=10)
+    assert lr_at(0, config) == pytest.approx(0.1)
+    assert lr_at(9, config) == pytest.approx(1.0)
+    assert lr_at(10, config) == pytest.approx(1.0)
+    assert lr_at(55, config) == pytest.approx(0.55)
+    assert lr_at(100, config) == pytest.approx(0.1)
+
+
+def test_no_decay_on_biases_norms_and_embeddings(tiny_config):
+    from stagegpt import build_model
+
+    model = build_model(5, tiny_config)
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decayed and all(n.endswith("weight") and ("c_" in n) for n in decayed)
+    assert "wte.weight" not in decayed and "wpe.weight" not in decayed
+
+
+def run_cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "stagegpt", *args], capture_output=True,
+                          text=True, **kwargs)
+
+
+def test_ddp_two_processes_match_one_process(markov1, tmp_path):
+    common = ["--data", str(markov1), "--max-steps", "4", "--eval-every", "4",
+              "--eval-batches", "1", "--ckpt-every", "4", "--warmup-steps", "1", "--dropout",
+              "0", "--no-progress", "--stage", "5", *MODEL]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29517", "-m", "stagegpt", "train", "--out", str(tmp_path / "ddp"),
+         "--batch-size", "4", *common], capture_output=True, text=True, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    single = run_cli("train", "--out", str(tmp_path / "one"), "--batch-size", "8", *common,
+                     env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
+    assert_same_weights(final_weights(tmp_path / "ddp"), final_weights(tmp_path / "one"),
+                        atol=1e-5)
+
+
+def test_sigkill_leaves_complete_checkpoints_and_resume_continues(markov1, tmp_path):
+    args = train_args(markov1, tmp_path / "run", 40)
+    args[args.index("--ckpt-every") + 1] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "stagegpt", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(step_dirs(tmp_path / "run")) < 2:
+        time.sleep(0.05)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    found = step_dirs(tmp_path / "run")
+    assert found, "no checkpoint before the kill"
+    for directory in found:
+        load_checkpoint(directory)  # every visible checkpoint is complete
+    resumed = run_cli(*train_args(markov1, tmp_path / "run", 40, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr
+    assert main(train_args(markov1, tmp_path / "ref", 40)) == 0
+    assert_same_weights(final_weights(tmp_path / "run"), final_weights(tmp_path / "ref"))
+
+
+@pytest.mark.parametrize("case", ["missing_data", "meta_mismatch", "block_too_big",
+                                  "other_stage", "batch_zero"])
+def test_bad_training_input_is_one_line_error(case, markov1, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(markov1, data)
+    out = tmp_path / "run"
+    assert main(train_args(data, out, 1)) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    args = train_args(data, out, 2, "--resume")
+    if case == "missing_data":
+        args[args.index("--data") + 1] = str(tmp_path / "nope")
+    elif case == "meta_mismatch":
+        (data / "train.bin").write_bytes((data / "train.bin").read_bytes()[:-6])
+    elif case == "block_too_big":
+        args += ["--block-size", "100000"]
+    elif case == "other_stage":
+        args[args.index("--stage") + 1] = "4"
+    elif case == "batch_zero":
+        args += ["--batch-size", "0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
