@@ -136,8 +136,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     """Load a stagegpt checkpoint (or run dir, or Hugging Face GPT-2 dir) for inference."""
     directory = resolve_checkpoint_dir(path)
     meta = read_json(directory / CONFIG_FILE, "checkpoint config")
-    if meta.get("model_type") == "gpt2":
-        from stagegpt.hf import load_hf_dir
+    if isinstance(meta, dict) and "model_type" in meta:
+        from stagegpt.hf import load_hf_dir  # refuses every model_type but "gpt2"
 
         return load_hf_dir(directory, device)
     if not isinstance(meta, dict) or "stage" not in meta or "model" not in meta:
