@@ -1,0 +1,379 @@
+"""GPT-2 interop: Hugging Face GPT-2 dirs load into stage 5, and stage 5 exports back.
+
+transformers is the independent implementation: randomly initialized GPT2LMHeadModels
+(nothing is downloaded; HF_HUB_OFFLINE=1) are compared with stagegpt on logits, then on
+greedy tokens, and every file the converter writes or refuses is checked.
+"""
+
+import json
+import pickle
+import re
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from stagegpt import ModelConfig, build_model
+from stagegpt.checkpoint import load_checkpoint, save_checkpoint
+from stagegpt.cli import main
+from stagegpt.errors import StagegptError
+from stagegpt.generate import generate
+from stagegpt.hf import hf_config, load_hf_model
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+TINY = dict(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+
+
+def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Move every parameter off its init (LayerNorms start at 1 and 0, biases at 0), so a
+    mapping that drops or swaps a bias or a LayerNorm cannot pass by accident."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():  # a tied tensor appears once
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return model
+
+
+def hf_model(seed: int = 0, **config) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(**{"bos_token_id": None, "eos_token_id": None, **config})
+    return perturb(transformers.GPT2LMHeadModel(cfg), seed).eval()
+
+
+def random_ids(vocab: int, B: int, T: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def hf_logits(model, idx):
+    with torch.no_grad():
+        return model(idx).logits  # (B, T, V)
+
+
+def our_logits(model, idx):
+    with torch.no_grad():
+        return model(idx)[0]  # (B, T, V)
+
+
+def read_safetensors(path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+
+def refused(path, match: str) -> str:
+    """Loading `path` raises a one-line StagegptError matching `match`; returns it."""
+    with pytest.raises(StagegptError, match=match) as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def edit_json(path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    """A tiny random GPT2LMHeadModel saved with save_pretrained, and its dir."""
+    model = hf_model(**TINY)
+    directory = tmp_path_factory.mktemp("hf") / "tiny"
+    model.save_pretrained(directory)
+    return model, directory
+
+
+@pytest.fixture
+def hf_dir(tiny_hf, tmp_path):
+    """A private copy of the tiny HF dir that a test may break."""
+    return shutil.copytree(tiny_hf[1], tmp_path / "hf")
+
+
+@pytest.fixture
+def our_dir(tiny_config, tmp_path):
+    torch.manual_seed(0)
+    model = perturb(build_model(5, tiny_config))
+    return save_checkpoint(tmp_path / "ours", model, None)
+
+
+# --- Hugging Face -> stagegpt ---------------------------------------------------------------
+
+
+def test_hf_dir_loads_as_stage5_checkpoint(tiny_hf):
+    ckpt = load_checkpoint(tiny_hf[1])
+    assert ckpt.stage == 5 and ckpt.trainer_state is None and ckpt.tokenizer is None
+    assert ckpt.config == ModelConfig(vocab_size=97, block_size=64, n_embd=32, n_layer=2,
+                                      n_head=2, dropout=0.1, bias=True)
+    assert not ckpt.model.training
+    assert ckpt.model.lm_head.weight.data_ptr() == ckpt.model.wte.weight.data_ptr()
+
+
+def test_tiny_hf_logits_match(tiny_hf):
+    model, directory = tiny_hf
+    ours = load_checkpoint(directory).model
+    for seed, (B, T) in enumerate([(3, 64), (2, 17)]):
+        idx = random_ids(97, B, T, seed)
+        torch.testing.assert_close(our_logits(ours, idx), hf_logits(model, idx),
+                                   atol=1e-4, rtol=0)
+
+
+def test_tiny_hf_same_50_greedy_tokens(tiny_hf):
+    model, directory = tiny_hf
+    ours = load_checkpoint(directory).model
+    idx = random_ids(97, 2, 8, seed=3)
+    expected = model.generate(idx, max_new_tokens=50, do_sample=False)  # (2, 58)
+    assert torch.equal(generate(ours, idx, 50, temperature=0), expected)
+    assert torch.equal(generate(ours, idx, 50, temperature=0, use_cache=False), expected)
+
+
+def test_gpt2_124m_shape_logits_and_greedy_match(tmp_path):
+    model = hf_model(seed=1)  # GPT2Config() is GPT-2 small: 12 x 12 heads x 768, 1024, 50257
+    model.save_pretrained(tmp_path / "gpt2")
+    ckpt = load_checkpoint(tmp_path / "gpt2")
+    assert ckpt.config == ModelConfig.from_preset("gpt2", dropout=0.1)
+    assert ckpt.model.num_params() == 124_439_808
+    idx = random_ids(50257, 1, 32, seed=1)
+    torch.testing.assert_close(our_logits(ckpt.model, idx), hf_logits(model, idx),
+                               atol=1e-4, rtol=0)
+    prompt = idx[:, :8]
+    expected = model.generate(prompt, max_new_tokens=50, do_sample=False)  # (1, 58)
+    assert torch.equal(generate(ckpt.model, prompt, 50, temperature=0), expected)
+
+
+def test_old_pickled_checkpoint_without_prefix_loads(tiny_hf, tmp_path):
+    """The layout of OpenAI's original pytorch_model.bin: no `transformer.` prefix, the
+    attention mask buffers stored, and the tied head saved as well."""
+    model, directory = tiny_hf
+    weights = {k.removeprefix("transformer."): v for k, v in model.state_dict().items()}
+    for i in range(TINY["n_layer"]):
+        weights[f"h.{i}.attn.bias"] = torch.ones(64, 64).tril().view(1, 1, 64, 64)
+        weights[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    (tmp_path / "old").mkdir()
+    shutil.copy(directory / "config.json", tmp_path / "old")
+    torch.save(weights, tmp_path / "old" / "pytorch_model.bin")
+    idx = random_ids(97, 2, 64)
+    torch.testing.assert_close(our_logits(load_checkpoint(tmp_path / "old").model, idx),
+                               hf_logits(model, idx), atol=1e-4, rtol=0)
+
+
+def test_sharded_safetensors_load(tiny_hf, tmp_path):
+    model, _ = tiny_hf
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    idx = random_ids(97, 2, 64)
+    torch.testing.assert_close(our_logits(load_checkpoint(tmp_path / "sharded").model, idx),
+                               hf_logits(model, idx), atol=1e-4, rtol=0)
+
+
+def test_head_stored_beside_its_embedding_loads_but_untied_head_is_refused(hf_dir):
+    weights = read_safetensors(hf_dir / "model.safetensors")
+    weights["lm_head.weight"] = weights["transformer.wte.weight"].clone()
+    save_file(weights, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
+    load_checkpoint(hf_dir)
+    weights["lm_head.weight"] += 0.01
+    save_file(weights, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
+    refused(hf_dir, "untied")
+
+
+# --- stagegpt -> Hugging Face ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_exported_stage5_loads_in_transformers_with_same_logits(bias, tmp_path, capsys):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=97, block_size=16, n_embd=32, n_layer=2, n_head=2, bias=bias)
+    model = perturb(build_model(5, config)).eval()
+    save_checkpoint(tmp_path / "ours", model, None)
+    assert main(["convert", "--to-hf", "--ckpt", str(tmp_path / "ours"),
+                 "--out", str(tmp_path / "hf")]) == 0
+    assert ("zero biases" in capsys.readouterr().out) == (not bias)
+
+    theirs, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf",
+                                                                output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched keys
+    assert theirs.dtype == torch.float32 and not theirs.training
+    idx = random_ids(97, 3, 16)
+    torch.testing.assert_close(hf_logits(theirs, idx), our_logits(model, idx), atol=1e-4, rtol=0)
+
+    back = load_checkpoint(tmp_path / "hf").model  # stagegpt -> HF -> stagegpt
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(back.state_dict()[name], tensor), name
+
+
+def test_exported_config_is_a_gpt2_config(tmp_path, our_dir):
+    main(["convert", "--to-hf", "--ckpt", str(our_dir), "--out", str(tmp_path / "hf")])
+    written = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert written["architectures"] == ["GPT2LMHeadModel"]
+    assert (written["n_positions"], written["n_ctx"], written["n_embd"]) == (16, 16, 32)
+    assert written["bos_token_id"] is None  # a 97-token vocab has no <|endoftext|>
+    config = transformers.GPT2Config.from_pretrained(tmp_path / "hf")
+    assert (config.model_type, config.activation_function, config.layer_norm_epsilon) == (
+        "gpt2", "gelu_new", 1e-5)
+    assert config.tie_word_embeddings and config.resid_pdrop == config.attn_pdrop == 0.0
+    gpt2 = hf_config(ModelConfig.from_preset("gpt2"))
+    assert gpt2["bos_token_id"] == gpt2["eos_token_id"] == 50256
+
+
+def test_import_export_import_is_bit_exact(tiny_hf, tmp_path):
+    _, directory = tiny_hf
+    assert main(["convert", "--from-hf", str(directory), "--out", str(tmp_path / "ours"),
+                 "--no-tokenizer"]) == 0
+    assert main(["convert", "--to-hf", "--ckpt", str(tmp_path / "ours"),
+                 "--out", str(tmp_path / "hf")]) == 0
+    original = read_safetensors(directory / "model.safetensors")
+    exported = read_safetensors(tmp_path / "hf" / "model.safetensors")
+    assert original.keys() == exported.keys()
+    for key, tensor in original.items():
+        assert tensor.dtype == exported[key].dtype and torch.equal(tensor, exported[key]), key
+    first, second = load_checkpoint(directory), load_checkpoint(tmp_path / "hf")
+    assert first.config == second.config == load_checkpoint(tmp_path / "ours").config
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[name], tensor), name
+
+
+# --- refused inputs -------------------------------------------------------------------------
+
+
+class RunsCode:
+    """A pickle payload: unpickling it calls open(marker, "w"), creating the file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_pickle_that_would_run_code_is_refused_and_never_runs(writer, hf_dir, tmp_path, capsys):
+    proof = tmp_path / "proof"
+    pickle.loads(pickle.dumps(RunsCode(proof)))  # a plain unpickler does run it ...
+    assert proof.exists()
+
+    marker = tmp_path / "pwned"
+    payload = {"transformer.wte.weight": RunsCode(marker)}
+    (hf_dir / "model.safetensors").unlink()
+    with open(hf_dir / "pytorch_model.bin", "wb") as f:
+        torch.save(payload, f) if writer == "torch.save" else pickle.dump(payload, f, protocol=2)
+    refused(hf_dir, "refusing to load .*pytorch_model.bin")
+    assert main(["convert", "--from-hf", str(hf_dir), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could run code" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()  # ... stagegpt never does
+
+
+@pytest.mark.parametrize("kind", ["stagegpt", "hf"])
+@pytest.mark.parametrize("key,value", [("n_embd", 64), ("n_layer", 3), ("vocab_size", 50)])
+def test_weights_that_do_not_match_their_config_are_refused(kind, key, value, hf_dir, our_dir):
+    if kind == "hf":
+        edit_json(hf_dir / "config.json", **{key: value})
+        refused(hf_dir, "config.json")
+    else:
+        meta = json.loads((our_dir / "config.json").read_text())
+        meta["model"][key] = value
+        (our_dir / "config.json").write_text(json.dumps(meta))
+        refused(our_dir, "config")
+
+
+@pytest.mark.parametrize("kind", ["stagegpt", "hf"])
+@pytest.mark.parametrize("keep", [None, 0.0, 0.5, 0.999])
+def test_missing_or_truncated_weights_are_refused(kind, keep, hf_dir, our_dir):
+    directory = hf_dir if kind == "hf" else our_dir
+    weights = directory / "model.safetensors"
+    if keep is None:
+        weights.unlink()
+        refused(directory, "model.safetensors is missing")
+    else:
+        data = weights.read_bytes()
+        weights.write_bytes(data[: int(len(data) * keep)])
+        refused(directory, "model.safetensors is not a readable safetensors file")
+
+
+@pytest.mark.parametrize("key,value", [
+    ("activation_function", "relu"),
+    ("layer_norm_epsilon", 1e-6),
+    ("scale_attn_by_inverse_layer_idx", True),
+    ("reorder_and_upcast_attn", True),
+    ("scale_attn_weights", False),
+    ("add_cross_attention", True),
+    ("tie_word_embeddings", False),
+    ("n_inner", 100),
+    ("n_head", 5),
+    ("model_type", "gpt_neo"),
+])
+def test_gpt2_variants_stage5_cannot_compute_are_refused(key, value, hf_dir):
+    edit_json(hf_dir / "config.json", **{key: value})
+    refused(hf_dir, "not a Hugging Face GPT-2 config" if key == "model_type" else key)
+
+
+def test_config_json_that_is_not_an_object_is_refused(hf_dir):
+    (hf_dir / "config.json").write_text("[1, 2]")
+    refused(hf_dir, "not a stagegpt checkpoint config")
+    with pytest.raises(StagegptError, match="not a Hugging Face GPT-2 config"):
+        load_hf_model(hf_dir)
+
+
+def test_only_stage5_exports(tiny_config, tmp_path, capsys):
+    save_checkpoint(tmp_path / "s4", build_model(4, tiny_config), None)
+    assert main(["convert", "--to-hf", "--ckpt", str(tmp_path / "s4"),
+                 "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "only stage 5" in err and "stage 4" in err
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--to-hf", "--out", "{tmp}/x"], "--to-hf needs --ckpt"),
+    (["--from-hf", "{hf}", "--ckpt", "{hf}", "--out", "{tmp}/x"], "--ckpt goes with --to-hf"),
+    (["--from-hf", "{hf}", "--out", "{tmp}"], "already exists and is not empty"),
+    (["--from-hf", "{hf}", "--out", "{tmp}/x"], "vocab_size 97.*--no-tokenizer"),
+])
+def test_convert_usage_errors_are_one_line(argv, match, hf_dir, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path, hf=hf_dir) for a in argv]
+    assert main(["convert", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert re.search(match, err), err
+
+
+# --- the GPT-2 tokenizer --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2_vocab_hf(tmp_path_factory):
+    """A tiny model with GPT-2's 50,257-token vocabulary."""
+    directory = tmp_path_factory.mktemp("hf") / "vocab"
+    hf_model(vocab_size=50257, n_positions=32, n_embd=32, n_layer=1, n_head=2
+             ).save_pretrained(directory)
+    return directory
+
+
+def test_gpt2_vocab_without_a_tokenizer_loads_with_a_warning(gpt2_vocab_hf, monkeypatch,
+                                                            tmp_path, capsys):
+    def unavailable():
+        raise StagegptError("GPT-2's rank file is not cached and the machine is offline")
+
+    monkeypatch.setattr("stagegpt.hf.gpt2_tokenizer", unavailable)
+    with pytest.warns(UserWarning, match="without a tokenizer"):
+        assert load_checkpoint(gpt2_vocab_hf).tokenizer is None
+    assert main(["convert", "--from-hf", str(gpt2_vocab_hf), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tokenizer" in err and "--no-tokenizer" in err
+
+
+def test_from_hf_writes_the_gpt2_tokenizer(gpt2_vocab_hf, tmp_path):
+    from stagegpt.hf import gpt2_tokenizer
+
+    try:
+        gpt2_tokenizer()
+    except StagegptError as err:
+        pytest.skip(f"GPT-2 tokenizer unavailable here: {err}")
+    assert main(["convert", "--from-hf", str(gpt2_vocab_hf), "--out", str(tmp_path / "x")]) == 0
+    ckpt = load_checkpoint(tmp_path / "x")
+    assert load_checkpoint(gpt2_vocab_hf).tokenizer is not None
+    text = "Hello, world! GPT-2 interop."
+    assert ckpt.tokenizer.decode(ckpt.tokenizer.encode(text)) == text
