@@ -52,16 +52,19 @@ def _disk_dtype(name: str) -> np.dtype:
 # Writing
 
 
-_CUT = re.compile(r"\n(?=\S)")
+_CUT = re.compile(r"(?<=\S)\n(?=\S)")
 
 
 def text_chunks(text: str, size: int = 1 << 18) -> list[str]:
     """`text` in pieces of about `size` characters that tokenize exactly like the whole.
 
-    Pieces end after a newline that is followed by a non-space character. GPT-2's split
+    Pieces end after a lone newline between two non-space characters. GPT-2's split
     pattern (used by gpt2 and bpe) never puts a newline and a non-space character in one
-    pre-token, so every tokenizer here splits there anyway and the pieces' ids, joined,
-    equal the ids of the whole text.
+    pre-token, and a lone newline is one pre-token whether or not the text ends after it
+    (a longer run of whitespace is not: at the very end it stays whole, mid-text it is
+    split before its last character). Python's whitespace class covers every character
+    the tokenizers' does, so no cut sits next to what they see as whitespace. Every tokenizer
+    here splits at the cuts anyway, and the pieces' ids, joined, equal the whole text's.
     """
     pieces, start = [], 0
     while start < len(text):
