@@ -1,0 +1,153 @@
+"""`stagegpt inspect` and `stagegpt attention`: the trace, the counts, the maps."""
+
+import pytest
+import torch
+
+from stagegpt import ModelConfig, build_model
+from stagegpt.attention_maps import attention_maps, plot_attention
+from stagegpt.checkpoint import save_checkpoint
+from stagegpt.cli import main
+from stagegpt.errors import StagegptError
+from stagegpt.inspect import (
+    COMPONENTS,
+    flops_per_token,
+    format_inspection,
+    inspect_model,
+    parameter_counts,
+    trace_shapes,
+)
+from stagegpt.tokenizers import get_tokenizer
+
+TEXT = "To be, or not to be: that is the question.\n"
+
+
+def meta_model(stage: int, preset: str):
+    with torch.device("meta"):
+        return build_model(stage, ModelConfig.from_preset(preset))
+
+
+def unique_numel(model) -> int:
+    return sum({id(p): p.numel() for p in model.parameters()}.values())
+
+
+def test_gpt2_flops_match_6n_plus_12ltc():
+    model = meta_model(5, "gpt2")
+    c = model.config
+    n = parameter_counts(model)["total"] - model.wpe.weight.numel()
+    estimate = 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
+    train = inspect_model(model, batch=1, seq=8).flops["train"]
+    assert train == flops_per_token(model)["train"]  # the number the ladder reports
+    assert abs(train - estimate) / estimate < 0.01
+
+
+def test_gpt2_parameter_counts_count_the_tied_head_once():
+    model = meta_model(5, "gpt2")
+    counts = parameter_counts(model)
+    assert model.lm_head.weight is model.wte.weight
+    assert counts["total"] == 124_439_808 == unique_numel(model)
+    assert counts["total"] == sum(counts[c] for c in COMPONENTS)
+    assert counts["head"] == 0
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4, 5])
+def test_trace_params_sum_to_the_model_total(stage, tiny_config):
+    model = build_model(stage, tiny_config)
+    ins = inspect_model(model, batch=2, seq=5)
+    assert ins.params["total"] == unique_numel(model) == model.num_params()
+    assert sum(r.params for r in ins.trace) == ins.params["total"]
+    assert ins.trace[-1].shape == (2, 5, tiny_config.vocab_size)
+    assert "FLOPs per token" in format_inspection(ins)
+
+
+def test_trace_shows_attention_internals(tiny_config):
+    model = build_model(5, tiny_config)
+    B, T, C, nh = 2, 6, tiny_config.n_embd, tiny_config.n_head
+    rows = [r for r in trace_shapes(model, torch.zeros(B, T, dtype=torch.long))
+            if r.module == "h.0.attn"]
+    by_note = {r.note.split(":")[0]: r.shape for r in rows}
+    assert by_note["q"] == (B, T, nh, C // nh) or by_note["q"] == (B, nh, T, C // nh)
+    assert by_note["scores = q @ k^T"] == (B, nh, T, T)
+    assert by_note["causal mask"] == (B, nh, T, T)
+    assert by_note["attention weights"] == (B, nh, T, T)
+    assert by_note["merge heads"] == (B, T, C)
+    assert rows[-1].operation == "MultiHeadAttention"
+    assert not any(layer.reference for layer in model.modules() if hasattr(layer, "reference"))
+
+
+def test_trace_of_gpt2_on_meta_is_shapes_only():
+    rows = trace_shapes(meta_model(5, "gpt2"), torch.zeros(1, 8, dtype=torch.long,
+                                                           device="meta"))
+    assert rows[-1].shape == (1, 8, 50_257)
+    assert sum(r.params for r in rows) == 124_439_808
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tiny_config):
+    tokenizer = get_tokenizer("char", TEXT)
+    config = ModelConfig(**{**tiny_config.to_dict(), "vocab_size": tokenizer.vocab_size,
+                            "block_size": 64})
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "ckpt", build_model(5, config), tokenizer)
+
+
+def test_attention_png_weights_are_causal_distributions(checkpoint, tmp_path):
+    from stagegpt.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    out = tmp_path / "attn.png"
+    maps = plot_attention(ckpt.model, ckpt.tokenizer, TEXT, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    T, c = len(TEXT), ckpt.config
+    assert maps.weights.shape == (c.n_layer, c.n_head, T, T)
+    assert maps.panels == [(li, hi) for li in range(c.n_layer) for hi in range(c.n_head)]
+    assert maps.tokens[0] == "T" and maps.tokens[2] == "␣" and maps.tokens[-1] == "↵"
+    for li, hi in maps.panels:
+        w = maps.panel(li, hi)
+        torch.testing.assert_close(w.sum(-1), torch.ones(T))
+        assert torch.all(w.triu(diagonal=1) == 0)
+    assert all(not layer.keep_weights for layer in ckpt.model.h for layer in [layer.attn])
+
+
+def test_attention_weights_match_the_module_output(tiny_config):
+    """The plotted weights are the ones the model used: weights @ v reproduces attention."""
+    model = build_model(3, tiny_config).eval()
+    idx = torch.randint(tiny_config.vocab_size, (1, 7))
+    weights = attention_maps(model, idx)  # (1, 1, T, T)
+    x = model.ln_1(model.embed(idx))
+    q, k, v = model.attn.c_attn(x).split(tiny_config.n_embd, dim=2)
+    torch.testing.assert_close(model.attn.c_proj(weights[0] @ v), model.attn(x))
+
+
+def test_attention_cli_one_head(checkpoint, tmp_path, capsys):
+    out = tmp_path / "one.png"
+    assert main(["attention", "--ckpt", str(checkpoint), "--text", "to be", "--out", str(out),
+                 "--layer", "1", "--head", "0"]) == 0
+    assert out.is_file() and "1 heatmap(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, layer, message", [
+    ("to be", "9", "--layer must be between 0 and 1"),
+    ("t" * 65, None, "shorten --text"),
+    ("", None, "--text is empty"),
+])
+def test_attention_cli_refuses_bad_input(checkpoint, tmp_path, capsys, text, layer, message):
+    out = tmp_path / "x.png"
+    argv = ["attention", "--ckpt", str(checkpoint), "--out", str(out), "--text", text]
+    assert main(argv + (["--layer", layer] if layer else [])) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_attention_refuses_a_stage_without_attention(tiny_config):
+    with pytest.raises(StagegptError, match="no attention"):
+        attention_maps(build_model(2, tiny_config), torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_inspect_cli_preset_and_checkpoint(checkpoint, capsys):
+    assert main(["inspect", "--stage", "5", "--preset", "gpt2"]) == 0
+    out = capsys.readouterr().out
+    assert "124,439,808" in out and "attention weights" in out
+    assert main(["inspect", "--ckpt", str(checkpoint), "--batch", "2", "--seq", "4"]) == 0
+    assert "(2, 4, " in capsys.readouterr().out
+    assert main(["inspect", "--ckpt", str(checkpoint), "--stage", "3"]) == 2
+    assert "holds stage 5" in capsys.readouterr().err
