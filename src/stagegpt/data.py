@@ -28,7 +28,7 @@ from tqdm import tqdm
 from stagegpt.corpora import Corpus
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import atomic_dir, read_json, write_json
-from stagegpt.markov import MarkovSource, markov_alphabet
+from stagegpt.markov import FLOOR, MarkovSource, markov_alphabet
 from stagegpt.tokenizers import CharTokenizer, Tokenizer, get_tokenizer, load_tokenizer
 
 SPLITS = ("train", "val")
@@ -188,6 +188,7 @@ def prepare_markov(out: str | Path, order: int, vocab: int, tokens: int, seed: i
             "uniform_entropy": float(np.log(vocab)),
             "seed": seed,
             "concentration": concentration,
+            "floor": FLOOR,
             "settings": settings or {},
         }
         write_json(tmp / "meta.json", meta)
