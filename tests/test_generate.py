@@ -5,7 +5,7 @@ import torch
 
 import stagegpt
 from stagegpt import ModelConfig, StagegptError, build_model
-from stagegpt.generate import generate, sample_next, stream, top_p_keep
+from stagegpt.generate import _nucleus, draw, generate, sample_next, stream, top_p_keep
 
 STAGES = [1, 2, 3, 4, 5]
 
@@ -143,6 +143,30 @@ def test_top_p_samples_only_from_the_nucleus():
     assert abs(counts[1] / counts.sum() - 0.45 / 0.75) < 0.05  # renormalized within the set
 
 
+@pytest.mark.parametrize("sharpness", [0.1, 1.0, 3.0, 8.0])
+def test_nucleus_search_matches_a_full_sort(sharpness):
+    """_nucleus tries 64, 512 candidates before sorting all V; the set must not change."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5000, generator=g) * sharpness
+    for p in (0.1, 0.5, 0.9, 0.99):
+        probs, ids = _nucleus(logits, p)
+        kept = [set(ids[b][probs[b] > 0].tolist()) for b in range(3)]
+        full, order = torch.sort(torch.softmax(logits, -1), descending=True)
+        keep = top_p_keep(full, p)
+        assert kept == [set(order[b][keep[b]].tolist()) for b in range(3)]
+
+
+def test_draw_follows_the_weights_and_skips_zeros():
+    weights = torch.tensor([[0.0, 0.1, 0.0, 0.4, 0.5, 0.0], [2.0, 0.0, 0.0, 0.0, 0.0, 6.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.cat([draw(weights, g) for _ in range(4000)], dim=1)  # (2, 4000)
+    freq0 = torch.bincount(draws[0], minlength=6) / 4000
+    freq1 = torch.bincount(draws[1], minlength=6) / 4000
+    assert torch.allclose(freq0, torch.tensor([0, 0.1, 0, 0.4, 0.5, 0]), atol=0.03)
+    assert torch.allclose(freq1, torch.tensor([0.25, 0, 0, 0, 0, 0.75]), atol=0.03)
+    assert (freq0[[0, 2, 5]] == 0).all() and (freq1[1:5] == 0).all()
+
+
 def test_top_k_then_top_p_compose():
     logits = torch.tensor([[3.0, 2.9, 2.8, 0.0, -1.0]])
     g = torch.Generator().manual_seed(0)
@@ -257,3 +281,147 @@ def test_bad_arguments_raise_one_line_errors(kwargs, flag, tiny_config):
 def test_bad_prompts_raise(idx, tiny_config):
     with pytest.raises(StagegptError):
         generate(peaky_model(5, tiny_config), idx, 3)
+
+
+# --- the `stagegpt sample` command ------------------------------------------------------
+
+CORPUS = "hello world\nthe quick brown fox jumps over the lazy dog\nça coûte 5€\n"
+
+
+@pytest.fixture
+def char_ckpt(tmp_path):
+    """A stage 5 checkpoint with a char tokenizer, context 16."""
+    from stagegpt.checkpoint import save_checkpoint
+    from stagegpt.tokenizers import get_tokenizer
+
+    tokenizer = get_tokenizer("char", CORPUS)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_embd=32, n_layer=2,
+                         n_head=2)
+    model = peaky_model(5, config)
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer)
+    return tmp_path / "ckpt", model, tokenizer
+
+
+def sample_cli(ckpt, *args):
+    """Run `stagegpt sample` in process; the exit code, whether returned or raised by argparse."""
+    from stagegpt.cli import main
+
+    try:
+        return main(["sample", "--ckpt", str(ckpt), *args])
+    except SystemExit as exit:
+        return exit.code
+
+
+@pytest.mark.parametrize("cache", [[], ["--no-cache"]], ids=["cache", "no-cache"])
+@pytest.mark.parametrize("prompt", ["the ", "the quick brown fox jumps"], ids=["short", "long"])
+def test_sample_prints_prompt_and_greedy_text(prompt, cache, char_ckpt, capsys):
+    """The long prompt (25 chars) is cropped to the last 16; 30 new tokens roll the window."""
+    path, model, tokenizer = char_ckpt
+    assert sample_cli(path, "--prompt", prompt, "--max-new-tokens", "30", "--temperature", "0",
+                      *cache) == 0
+    out, err = capsys.readouterr()
+    expected = generate(model, torch.tensor([tokenizer.encode(prompt)]), 30, temperature=0)
+    assert out == prompt + tokenizer.decode(expected[0, -30:].tolist()) + "\n"
+    assert ("cropped" in err) == (len(prompt) > 16)
+
+
+def test_sample_streams_each_token_as_it_is_made(char_ckpt, monkeypatch):
+    path, _, _ = char_ckpt
+    events = []
+
+    class Recorder:
+        def write(self, text):
+            events.append(("write", text))
+
+        def flush(self):
+            events.append(("flush", None))
+
+    monkeypatch.setattr("sys.stdout", Recorder())
+    assert sample_cli(path, "--prompt", "he", "--max-new-tokens", "12", "--seed", "1") == 0
+    writes = [text for kind, text in events if kind == "write"]
+    assert writes[0] == "he" and len(writes) >= 12  # the prompt, one write per token, "\n"
+    assert all(events[i + 1][0] == "flush" for i, (kind, _) in enumerate(events)
+               if kind == "write")
+
+
+def test_sample_seed_repeats_and_num_samples_differ(char_ckpt, capsys):
+    path, _, _ = char_ckpt
+    args = ["--prompt", "he", "--max-new-tokens", "15", "--seed", "3", "--num-samples", "2",
+            "--top-p", "0.9", "--top-k", "20"]
+    assert sample_cli(path, *args) == 0
+    first = capsys.readouterr().out
+    assert sample_cli(path, *args) == 0
+    assert capsys.readouterr().out == first
+    one, two = first.split("\n---\n")
+    assert one.startswith("he") and two.startswith("he") and one != two.rstrip("\n")
+
+
+def test_sample_empty_prompt_starts_from_the_start_id(char_ckpt, capsys):
+    path, model, tokenizer = char_ckpt
+    assert tokenizer.decode([tokenizer.start_id]) == "\n"
+    assert sample_cli(path, "--max-new-tokens", "10", "--temperature", "0") == 0
+    expected = generate(model, torch.tensor([[tokenizer.start_id]]), 10, temperature=0)
+    assert capsys.readouterr().out == tokenizer.decode(expected[0, 1:].tolist()) + "\n"
+
+
+def test_sample_stops_at_end_of_text_and_hides_it(tmp_path, capsys):
+    from stagegpt.checkpoint import save_checkpoint
+    from stagegpt.tokenizers import get_tokenizer
+
+    tokenizer = get_tokenizer("bpe:300", CORPUS * 4)
+    model = counter_model(tokenizer.vocab_size)  # predicts token + 1 ...
+    with torch.no_grad():
+        model.lm_head.bias[tokenizer.eot_id] = 100.0  # ... unless end-of-text wins outright
+    save_checkpoint(tmp_path / "bpe", model, tokenizer)
+    assert sample_cli(tmp_path / "bpe", "--prompt", "hello", "--max-new-tokens", "50") == 0
+    assert capsys.readouterr().out == "hello\n"
+
+
+def test_text_stream_never_breaks_a_character():
+    import io
+
+    from stagegpt.commands.sample import TextStream
+
+    class Bytes:  # a byte-level tokenizer: "€" is three tokens, "é" two
+        table = [b"a", b"\xe2", b"\x82", b"\xac", b"\xc3", b"\xa9", b"\xff"]
+
+        def decode(self, ids):
+            return b"".join(self.table[i] for i in ids).decode("utf-8", errors="replace")
+
+    out = io.StringIO()
+    text = TextStream(Bytes(), out)
+    pieces = []
+    for token in [0, 1, 2, 3, 4, 5, 0, 6, 0, 1]:
+        before = out.getvalue()
+        text.push(token)
+        pieces.append(out.getvalue()[len(before):])
+    text.close()
+    assert pieces == ["a", "", "", "€", "", "é", "a", "", "\ufffda", ""]
+    assert out.getvalue() == "a€éa\ufffda\ufffd"  # an unfinished character shows at the end
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--temperature", "-1"], "--temperature"),
+    (["--temperature", "nan"], "--temperature"),
+    (["--top-k", "0"], "--top-k"),
+    (["--top-p", "0"], "--top-p"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--max-new-tokens", "-5"], "--max-new-tokens"),
+    (["--num-samples", "0"], "--num-samples"),
+    (["--top-k", "two"], "--top-k"),
+    (["--prompt", "hi", "--prompt-file", "x.txt"], "--prompt"),
+    (["--prompt", "hello WORLD"], "'W'"),
+    (["--prompt-file", "/nonexistent/prompt.txt"], "prompt file"),
+])
+def test_sample_bad_values_give_one_line_and_exit_2(args, flag, char_ckpt, capsys):
+    path, _, _ = char_ckpt
+    assert sample_cli(path, *args) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and flag in err, err
+
+
+def test_sample_missing_checkpoint_dir(tmp_path, capsys):
+    assert sample_cli(tmp_path / "nope", "--prompt", "x") == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "nope" in err
