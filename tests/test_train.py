@@ -22,7 +22,7 @@ MODEL = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "1
 @pytest.fixture(scope="module")
 def markov1(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "markov1"
-    assert main(["prepare", "markov", "--order", "1", "--vocab", "16", "--tokens", "60000",
+    assert main(["prepare", "markov", "--order", "1", "--vocab", "16", "--tokens", "200000",
                  "--seed", "3", "--out", str(out)]) == 0
     return out
 
@@ -149,7 +149,7 @@ def test_ddp_two_processes_match_one_process(markov1, tmp_path):
 
 
 def test_sigkill_leaves_complete_checkpoints_and_resume_continues(markov1, tmp_path):
-    args = train_args(markov1, tmp_path / "run", 40)
+    args = train_args(markov1, tmp_path / "run", 20)
     args[args.index("--ckpt-every") + 1] = "1"
     proc = subprocess.Popen([sys.executable, "-m", "stagegpt", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -163,10 +163,10 @@ def test_sigkill_leaves_complete_checkpoints_and_resume_continues(markov1, tmp_p
     assert found, "no checkpoint before the kill"
     for directory in found:
         load_checkpoint(directory)  # every visible checkpoint is complete
-    resumed = run_cli(*train_args(markov1, tmp_path / "run", 40, "--resume"))
+    resumed = run_cli(*train_args(markov1, tmp_path / "run", 20, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr
-    assert main(train_args(markov1, tmp_path / "ref", 40)) == 0
+    assert main(train_args(markov1, tmp_path / "ref", 20)) == 0
     assert_same_weights(final_weights(tmp_path / "run"), final_weights(tmp_path / "ref"))
 
 

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,7 +167,7 @@ class Trainer:
         torch.set_rng_state(_rng_from_str(state["torch_rng"]))
         self.rows = [r for r in self._read_metrics() if r["step"] <= self.step]
         if self._is_main():
-            tqdm.write(f"resuming from {directory} at step {self.step}")
+            tqdm.write(f"resuming from {directory} at step {self.step}", file=sys.stderr)
 
     def _read_metrics(self) -> list[dict]:
         path = self.out_dir / "metrics.jsonl"
@@ -284,7 +285,7 @@ class Trainer:
         interrupted = self.step < self.tc.max_steps and not self._out_of_time()
         if interrupted and self._is_main():
             tqdm.write(f"stopped at step {self.step}; checkpoint saved. "
-                       f"Continue with the same command plus --resume.")
+                       f"Continue with the same command plus --resume.", file=sys.stderr)
         if self.rows and val_loss is None:  # a finished run resumed: report its last figures
             train_loss = self.rows[-1]["train_loss"]
             val_loss = next((r["val_loss"] for r in reversed(self.rows) if r["val_loss"]), None)
