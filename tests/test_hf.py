@@ -10,6 +10,7 @@ import pickle
 import re
 import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from stagegpt.checkpoint import load_checkpoint, save_checkpoint
 from stagegpt.cli import main
 from stagegpt.errors import StagegptError
 from stagegpt.generate import generate
-from stagegpt.hf import hf_config, load_hf_model
+from stagegpt.hf import config_from_hf, hf_config, load_hf_model
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -154,6 +155,16 @@ def test_gpt2_124m_shape_logits_and_greedy_match(tmp_path):
     prompt = idx[:, :8]
     expected = model.generate(prompt, max_new_tokens=50, do_sample=False)  # (1, 58)
     assert torch.equal(generate(ckpt.model, prompt, 50, temperature=0), expected)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
+def test_every_gpt2_size_maps_to_its_preset_and_back(preset):
+    config = ModelConfig.from_preset(preset, dropout=0.1)
+    written = hf_config(config)
+    theirs = transformers.GPT2Config(**written)  # transformers accepts what we write
+    assert (theirs.n_embd, theirs.n_layer, theirs.n_head, theirs.n_positions) == (
+        config.n_embd, config.n_layer, config.n_head, config.block_size)
+    assert config_from_hf(theirs.to_dict(), Path("config.json")) == config
 
 
 def test_old_pickled_checkpoint_without_prefix_loads(tiny_hf, tmp_path):
@@ -393,8 +404,6 @@ def test_from_hf_writes_the_gpt2_tokenizer(gpt2_vocab_hf, tmp_path):
 
 def test_readme_gpt2_interop_commands_run(gpt2_vocab_hf, tmp_path, monkeypatch):
     """The README's GPT-2 section, run as written on a tiny stand-in for downloaded GPT-2."""
-    from pathlib import Path
-
     from stagegpt.hf import gpt2_tokenizer
 
     try:
