@@ -314,19 +314,26 @@ def parse_bpe_size(name: str) -> int:
     return size
 
 
+def check_tokenizer_name(name: str) -> str:
+    """`name` if it is "gpt2", "char" or a valid "bpe:N", else a StagegptError."""
+    if name.startswith("bpe:"):
+        parse_bpe_size(name)
+    elif name not in ("gpt2", "char"):
+        raise StagegptError(f"unknown tokenizer {name!r}; use gpt2, char or bpe:N "
+                            "(e.g. bpe:4096)")
+    return name
+
+
 def get_tokenizer(name: str, corpus_text: str | Iterable[str] | None = None,
                   progress: bool = False) -> Tokenizer:
     """Build "gpt2", "char" or "bpe:N"; char and bpe are made from `corpus_text`."""
-    if name == "gpt2":
+    if check_tokenizer_name(name) == "gpt2":
         return GPT2Tokenizer()
-    if name == "char" or name.startswith("bpe:"):
-        size = parse_bpe_size(name) if name != "char" else 0
-        if corpus_text is None:
-            raise StagegptError(f"the {name} tokenizer is built from a corpus; give its text")
-        if name == "char":
-            return CharTokenizer.from_text(corpus_text)
-        return BPETokenizer.train(corpus_text, size, progress=progress)
-    raise StagegptError(f"unknown tokenizer {name!r}; use gpt2, char or bpe:N (e.g. bpe:4096)")
+    if corpus_text is None:
+        raise StagegptError(f"the {name} tokenizer is built from a corpus; give its text")
+    if name == "char":
+        return CharTokenizer.from_text(corpus_text)
+    return BPETokenizer.train(corpus_text, parse_bpe_size(name), progress=progress)
 
 
 def load_tokenizer(spec: dict[str, Any], directory: str | Path | None = None) -> Tokenizer:

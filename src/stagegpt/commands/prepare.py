@@ -44,6 +44,7 @@ from stagegpt.data import (
     read_meta,
 )
 from stagegpt.errors import StagegptError
+from stagegpt.tokenizers import check_tokenizer_name
 
 HELP = "tokenize Shakespeare, your own text or a synthetic Markov source into a data dir"
 
@@ -148,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.min_val_tokens < 1:
         raise StagegptError("--min-val-tokens must be at least 1")
+    if args.source != "markov":
+        check_tokenizer_name(args.tokenizer)
     if not _should_prepare(out, settings, args):
         return 0
     if getattr(args, "gpt2_ranks", None):
