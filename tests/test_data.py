@@ -31,6 +31,11 @@ from stagegpt.markov import MarkovSource
 TEXT = ("First Citizen:\r\nBefore we proceed any further, hear me speak.\r\n\r\n"
         "All:\r\nSpeak, speak. Café — naïve 日本 😀\r\n") * 40
 
+SHAKESPEARE_SHA256 = {  # the assembled, normalized text (train + val) of each variant
+    "tiny": "13693aceade8e3d115975d4c8e375bb3766f05d07efb9fd93ba258094f794edb",
+    "full": "0febadc603d945fc6c7cf4936700a8e062cfb1953b6a0588295834ff485550e1",
+}
+
 
 def prepare(*argv) -> int:
     return main(["prepare", *map(str, argv), "--no-progress"])
@@ -64,7 +69,7 @@ def test_prepare_shakespeare_tiny_is_deterministic_and_exact(tmp_path):
     assert meta["source"] == "shakespeare:tiny" and meta["dtype"] == "uint16"
     assert meta["documents"] == {"train": TINY_TRAIN, "val": TINY_VAL}
     corpus = shakespeare_corpus("tiny")
-    assert meta["sha256"] == corpus.sha256
+    assert meta["sha256"] == corpus.sha256 == SHAKESPEARE_SHA256["tiny"]  # same on every machine
     assert 0.9e6 < meta["text_bytes"] < 1.1e6  # the scale of the classic tiny-shakespeare
     tokenizer = load_tokenizer_from_data(first)
     assert np.array_equal(load_split(first, "train"), tokenizer.encode(corpus.train))
@@ -73,6 +78,7 @@ def test_prepare_shakespeare_tiny_is_deterministic_and_exact(tmp_path):
 
 def test_shakespeare_full_uses_one_edition_and_splits_by_play():
     corpus = shakespeare_corpus("full")
+    assert corpus.sha256 == SHAKESPEARE_SHA256["full"]
     names = corpus.documents["train"] + corpus.documents["val"]
     assert len(names) == len(set(names)) == 42 and corpus.documents["val"] == FULL_VAL
     assert 4.5e6 < len(corpus.train + corpus.val) < 5.1e6

@@ -118,7 +118,7 @@ def test_gpt2_ranks_env_must_be_the_real_table(monkeypatch, tmp_path):
 
 
 def test_gpt2_ranks_env_accepts_a_verified_copy(gpt2, monkeypatch):
-    real = corpora.cache_dir() / "gpt2.tiktoken"
+    real = corpora.gpt2_ranks_path()
     monkeypatch.setenv(corpora.RANKS_ENV, str(real))
     assert corpora.gpt2_ranks_path() == real
 
@@ -142,7 +142,7 @@ def test_gpt2_fetch_failure_says_what_to_do(monkeypatch, tmp_path):
 
 
 def test_gpt2_table_is_read_from_the_whisper_sdist_and_cached(gpt2, monkeypatch, tmp_path):
-    table = (corpora.cache_dir() / "gpt2.tiktoken").read_bytes()
+    table = corpora.gpt2_ranks_path().read_bytes()
     _no_other_sources(monkeypatch, tmp_path)
     calls = []
 
