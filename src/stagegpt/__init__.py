@@ -9,5 +9,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GPT", "PRESETS", "STAGES", "LanguageModel", "ModelConfig", "StagegptError", "TrainConfig",
-    "build_model", "generate", "__version__",
+    "Trainer", "build_model", "generate", "load_checkpoint", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # Imported on first use: they pull in safetensors, matplotlib and tqdm.
+    if name == "Trainer":
+        from stagegpt.train import Trainer
+
+        return Trainer
+    if name == "load_checkpoint":
+        from stagegpt.checkpoint import load_checkpoint
+
+        return load_checkpoint
+    raise AttributeError(f"module 'stagegpt' has no attribute {name!r}")

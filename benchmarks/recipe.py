@@ -1,0 +1,154 @@
+"""Quality against a known recipe: stagegpt stage 5 vs a plain nanoGPT-style GPT.
+
+Both train on the same bins with the same recipe (4 layers, 4 heads, n_embd 128,
+block 64, batch 12, dropout 0, AdamW lr 1e-3 with 100 warmup steps and cosine decay to
+1e-4, 2000 steps); stagegpt runs as the real `stagegpt train` command (evals,
+checkpoints and plots included in its wall time). Both final models are then scored on
+the same fixed validation batches.
+
+    python benchmarks/recipe.py --data data/shakespeare_full_char   # prepare it first:
+    stagegpt prepare shakespeare --variant full --tokenizer char --out data/shakespeare_full_char
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stagegpt.checkpoint import load_checkpoint
+from stagegpt.data import load_split, read_meta
+
+RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3,
+              min_lr=1e-4, warmup_steps=100, steps=2000)
+
+
+class PlainGPT(nn.Module):
+    """The textbook GPT: full (B, T, V) logits and F.cross_entropy, nothing fused."""
+
+    def __init__(self, vocab: int, T: int, C: int, L: int, H: int):
+        super().__init__()
+        self.H = H
+        self.tok = nn.Embedding(vocab, C)
+        self.pos = nn.Embedding(T, C)
+        self.layers = nn.ModuleList(nn.ModuleDict(dict(
+            n1=nn.LayerNorm(C), qkv=nn.Linear(C, 3 * C), out=nn.Linear(C, C),
+            n2=nn.LayerNorm(C), up=nn.Linear(C, 4 * C), down=nn.Linear(4 * C, C),
+        )) for _ in range(L))
+        self.norm = nn.LayerNorm(C)
+        self.head = nn.Linear(C, vocab, bias=False)
+        self.head.weight = self.tok.weight
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * L) if name.endswith(("out.weight", "down.weight")) \
+                    else 0.02
+                nn.init.normal_(p, 0.0, std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+
+    def forward(self, idx, targets):
+        B, T = idx.shape
+        x = self.tok(idx) + self.pos(torch.arange(T))
+        for layer in self.layers:
+            q, k, v = layer["qkv"](layer["n1"](x)).chunk(3, dim=-1)
+            q, k, v = (t.view(B, T, self.H, -1).transpose(1, 2) for t in (q, k, v))
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + layer["out"](a.transpose(1, 2).reshape(B, T, -1))
+            x = x + layer["down"](F.gelu(layer["up"](layer["n2"](x)), approximate="tanh"))
+        logits = self.head(self.norm(x))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+def batch(data: np.ndarray, B: int, T: int, g: torch.Generator):
+    ix = torch.randint(len(data) - T - 1, (B,), generator=g).numpy()
+    rows = np.stack([data[i:i + T + 1] for i in ix]).astype(np.int64)
+    return torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
+
+
+def lr_at(step: int) -> float:
+    r = RECIPE
+    if step < r["warmup_steps"]:
+        return r["lr"] * (step + 1) / r["warmup_steps"]
+    p = (step - r["warmup_steps"]) / (r["steps"] - r["warmup_steps"])
+    return r["min_lr"] + 0.5 * (1 + math.cos(math.pi * p)) * (r["lr"] - r["min_lr"])
+
+
+def train_plain(data_dir: Path, vocab: int) -> tuple[nn.Module, float]:
+    r = RECIPE
+    torch.manual_seed(1337)
+    model = PlainGPT(vocab, r["block_size"], r["n_embd"], r["n_layer"], r["n_head"])
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": other, "weight_decay": 0.0}], lr=r["lr"],
+                            betas=(0.9, 0.99))
+    train = load_split(data_dir, "train")
+    g = torch.Generator().manual_seed(1337)
+    start = time.perf_counter()
+    for step in range(r["steps"]):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        x, y = batch(train, r["batch_size"], r["block_size"], g)
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return model, time.perf_counter() - start
+
+
+def train_stagegpt(data_dir: Path, out: Path) -> float:
+    r = RECIPE
+    args = ["train", "--stage", "5", "--data", str(data_dir), "--out", str(out),
+            "--preset", "small", "--n-layer", str(r["n_layer"]), "--n-head", str(r["n_head"]),
+            "--n-embd", str(r["n_embd"]), "--block-size", str(r["block_size"]),
+            "--batch-size", str(r["batch_size"]), "--dropout", "0", "--lr", str(r["lr"]),
+            "--min-lr", str(r["min_lr"]), "--warmup-steps", str(r["warmup_steps"]),
+            "--max-steps", str(r["steps"]), "--eval-every", "500", "--ckpt-every", "1000",
+            "--no-progress"]
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "stagegpt", *args], check=True)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def val_loss(loss_fn, data_dir: Path, batches: int = 200) -> float:
+    val = load_split(data_dir, "val")
+    g = torch.Generator().manual_seed(7)
+    r = RECIPE
+    losses = [loss_fn(*batch(val, r["batch_size"], r["block_size"], g)).item()
+              for _ in range(batches)]
+    return sum(losses) / len(losses)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    vocab = read_meta(args.data)["vocab_size"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_time = train_stagegpt(args.data, Path(tmp) / "run")
+        model = load_checkpoint(Path(tmp) / "run").model
+        ours = val_loss(lambda x, y: model(x, y)[1], args.data)
+    plain_model, plain_time = train_plain(args.data, vocab)
+    plain_model.eval()
+    plain = val_loss(plain_model, args.data)
+    print(f"{'':<22}{'val loss':>10}{'wall time':>12}")
+    print(f"{'stagegpt stage 5':<22}{ours:>10.4f}{ours_time:>11.1f}s")
+    print(f"{'plain nanoGPT-style':<22}{plain:>10.4f}{plain_time:>11.1f}s")
+    print(f"ratio (plain / stagegpt): val {plain / ours:.3f}, time {plain_time / ours_time:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
