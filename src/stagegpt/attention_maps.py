@@ -136,6 +136,7 @@ def draw_maps(maps: AttentionMaps, rows: int, cols: int):
     ticks = list(range(0, T, step))
     labels = [maps.tokens[i] for i in ticks]
     fontsize = 8 if T <= 24 else 6
+    rotation = 90 if max(map(len, labels)) > 1 else 0  # single characters read upright
     image = None
     for ax, (li, hi) in zip(axes.flat, maps.panels, strict=True):
         image = ax.imshow(maps.panel(li, hi).numpy(), cmap="viridis", vmin=0.0, vmax=1.0,
@@ -143,7 +144,7 @@ def draw_maps(maps: AttentionMaps, rows: int, cols: int):
         ax.set_title(f"layer {li}, head {hi}", fontsize=9)
         ax.set_xticks(ticks)
         ax.set_yticks(ticks)
-        ax.set_xticklabels(labels, rotation=90, fontsize=fontsize)
+        ax.set_xticklabels(labels, rotation=rotation, fontsize=fontsize)
         ax.set_yticklabels(labels, fontsize=fontsize)
     for ax in axes[:, 0]:
         ax.set_ylabel("query (attends from)")

@@ -16,7 +16,7 @@ table. None of this is active outside `trace_shapes`: the normal forward is unto
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -303,7 +303,9 @@ class Inspection:
     params: dict[str, int]
     flops: dict[str, int]  # per token, over a context of `flops_context` tokens
     flops_context: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    model_class: str = ""
+    attention_layers: int = 0  # as built: stages 1-2 have none, stages 3-4 one head each
+    n_head: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -327,15 +329,22 @@ def inspect_model(model: LanguageModel, batch: int = 1, seq: int = 8,
     device = next(model.parameters()).device
     idx = torch.arange(batch * seq, device=device).view(batch, seq) % config.vocab_size
     context = flops_context or config.block_size
+    layers = attention_layers(model)
     return Inspection(stage=model.stage, config=config, batch=batch, seq=seq,
                       trace=trace_shapes(model, idx), params=parameter_counts(model),
-                      flops=flops_per_token(model, context), flops_context=context)
+                      flops=flops_per_token(model, context), flops_context=context,
+                      model_class=type(model).__name__, attention_layers=len(layers),
+                      n_head=layers[0].n_head if layers else 0)
 
 
 def format_inspection(ins: Inspection) -> str:
     c = ins.config
-    head = (f"stage {ins.stage}: vocab {c.vocab_size:,}, block_size {c.block_size}, "
-            f"n_embd {c.n_embd}, n_layer {c.n_layer}, n_head {c.n_head}; "
+    attention = "no attention"
+    if ins.attention_layers:
+        heads = "head" if ins.n_head == 1 else "heads"
+        attention = f"{ins.attention_layers} attention layer(s) x {ins.n_head} {heads}"
+    head = (f"stage {ins.stage} ({ins.model_class}): vocab {c.vocab_size:,}, block_size "
+            f"{c.block_size}, n_embd {c.n_embd}, {attention}; "
             f"input (B, T) = ({ins.batch}, {ins.seq})")
     total = ins.params["total"]
     params = ["parameters (tied weights counted once):"]

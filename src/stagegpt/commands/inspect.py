@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
 import torch
 
@@ -66,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
     model = build_for_inspection(args.stage, args.preset, args.ckpt)
     seq = args.seq if args.seq is not None else min(8, model.config.block_size)
     inspection = inspect_model(model, batch=args.batch, seq=seq)
-    if args.json:
-        print(json.dumps(inspection.to_dict(), indent=2))
-    else:
-        print(format_inspection(inspection))
+    text = json.dumps(inspection.to_dict(), indent=2) if args.json else format_inspection(
+        inspection)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `stagegpt inspect ... | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
