@@ -11,7 +11,8 @@ operation, output shape, dtype and the module's own parameters. Then parameters 
 component (embeddings, attention, MLP, norms, head; a tied head is counted once, under
 embeddings) and matmul FLOPs per token over the full context, forward and training (3x),
 the numbers the ladder reports. A model from --preset is built on the meta device: shapes
-only, no memory and no compute, so even gpt2-xl is instant. --json prints the same as data.
+only, no weights allocated and nothing computed, so even gpt2-xl takes seconds. --json
+prints the same as data.
 """
 
 from __future__ import annotations
