@@ -1,0 +1,98 @@
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from stagegpt import ladder
+from stagegpt.checkpoint import load_checkpoint, step_dirs
+from stagegpt.cli import main
+from stagegpt.config import ModelConfig, TrainConfig
+from stagegpt.errors import StagegptError
+from stagegpt.train import Trainer
+
+MODEL = ModelConfig(n_embd=32, n_layer=2, n_head=2, block_size=16)
+
+
+@pytest.fixture(scope="module")
+def markov2(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "markov2"
+    assert main(["prepare", "markov", "--order", "2", "--vocab", "6", "--concentration", "0.3",
+                 "--tokens", "200000", "--seed", "0", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_attention_beats_the_bigram_floor_that_stages_1_2_cannot(markov2, tmp_path):
+    meta = json.loads((markov2 / "meta.json").read_text())
+    entropy, floor = meta["entropy_rate"], meta["bigram_entropy"]
+    assert floor - entropy > 0.3  # the source really needs more than one token of context
+    train = TrainConfig(max_steps=500, batch_size=16, lr=1e-2, min_lr=1e-3, warmup_steps=20,
+                        eval_every=100, eval_batches=40, ckpt_every=1000, weight_decay=0.0)
+    rows = ladder.run_ladder(markov2, tmp_path / "ladder", MODEL, train, stages=(1, 2, 5),
+                             progress=False, sample_tokens=10)
+    by_stage = {r.stage: r for r in rows}
+    assert by_stage[1].val_loss >= floor - 0.02
+    assert by_stage[2].val_loss >= floor - 0.02
+    assert by_stage[5].val_loss <= 1.05 * entropy, (by_stage[5].val_loss, entropy)
+
+    out = tmp_path / "ladder"
+    with open(out / "ladder.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["stage"]) for r in table] == [1, 2, 5]
+    assert set(table[0]) == {"stage", "adds", "params", "flops_per_token", "train_loss",
+                             "val_loss", "val_ppl", "tokens_per_sec", "wall_time"}
+    assert "| 5 |" in (out / "ladder.md").read_text()
+    assert (out / "ladder.png").stat().st_size > 1000
+    assert (out / "samples.md").read_text().count("## Stage") == 3
+    assert load_checkpoint(out / "stage5").stage == 5
+
+
+def interrupt_stage(stage, at_step, monkeypatch):
+    class Interrupting(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if self.stage == stage:
+                self.on_step = lambda trainer, row: row["step"] == at_step and os.kill(
+                    os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(ladder, "Trainer", Interrupting)
+
+
+def test_interrupted_ladder_resumes_skipping_finished_stages(markov2, tmp_path, monkeypatch):
+    train = TrainConfig(max_steps=6, batch_size=4, eval_every=3, eval_batches=2, ckpt_every=100,
+                        warmup_steps=1)
+    reference = ladder.run_ladder(markov2, tmp_path / "ref", MODEL, train, stages=(1, 3),
+                                  progress=False, sample_tokens=5)
+
+    out = tmp_path / "split"
+    with monkeypatch.context() as patch:
+        interrupt_stage(3, 2, patch)
+        assert ladder.run_ladder(markov2, out, MODEL, train, stages=(1, 3), progress=False,
+                                 sample_tokens=5) is None
+    stage1 = (out / "stage1" / "metrics.jsonl").stat().st_mtime_ns
+    with pytest.raises(StagegptError, match="--resume"):
+        ladder.run_ladder(markov2, out, MODEL, train, stages=(1, 3), progress=False)
+    rows = ladder.run_ladder(markov2, out, MODEL, train, stages=(1, 3), resume=True,
+                             progress=False, sample_tokens=5)
+    assert (out / "stage1" / "metrics.jsonl").stat().st_mtime_ns == stage1  # skipped
+    assert [r.val_loss for r in rows] == [r.val_loss for r in reference]
+    for stage in (1, 3):
+        ours = load_file(str(step_dirs(out / f"stage{stage}")[-1] / "model.safetensors"))
+        ref = load_file(str(step_dirs(tmp_path / "ref" / f"stage{stage}")[-1] /
+                            "model.safetensors"))
+        assert all((ours[k] == ref[k]).all() for k in ref)
+
+
+def test_ladder_cli_prints_the_table_and_checks_flags(markov2, tmp_path, capsys):
+    args = ["ladder", "--data", str(markov2), "--out", str(tmp_path / "l"), "--stages", "1,2",
+            "--max-steps", "2", "--eval-every", "2", "--eval-batches", "1", "--batch-size", "2",
+            "--n-embd", "16", "--block-size", "8", "--no-progress", "--sample-tokens", "4"]
+    assert main(args) == 0
+    assert "| 2 |" in capsys.readouterr().out
+    for bad in (["--stages", "1,7"], ["--stages", "x"], ["--max-seconds", "5"]):
+        assert main(args + bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "error" in err
