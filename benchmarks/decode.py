@@ -82,17 +82,19 @@ def main() -> None:
     if hf is not None:
         time_hf(hf, prompt, 8)
 
+    print(f"preset {args.preset}: stage 5, {model.num_params():,} parameters, batch 1, greedy, "
+          f"{args.threads} threads, torch {torch.__version__}; load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
     rates: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeats):
+    for i in range(args.repeats):
         for name, run in runs.items():
             rates[name].append(run())
-    print(f"preset {args.preset}: stage 5, {model.num_params():,} parameters, batch 1, greedy, "
-          f"{args.threads} threads, torch {torch.__version__}, median of {args.repeats}")
+        print(f"  round {i + 1}: " + ", ".join(f"{v[-1]:.1f}" for v in rates.values())
+              + f" tok/s (load average {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"median of {args.repeats} rounds:")
     for name, values in rates.items():
         med = statistics.median(values)
-        print(f"  {name:<62} {med:8.1f} tok/s  ({1000 / med:7.2f} ms/token; "
-              f"runs: {', '.join(f'{v:.1f}' for v in values)})")
-
+        print(f"  {name:<62} {med:8.1f} tok/s  ({1000 / med:7.2f} ms/token)")
 
 if __name__ == "__main__":
     main()

@@ -146,7 +146,7 @@ def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature
     """Continue the prompts `idx` (B, T) by up to `max_new_tokens`; return (B, T + n).
 
     temperature: 0 is greedy; otherwise logits are divided by it before sampling.
-    top_k: sample among the k most likely tokens only (exactly k, ties broken by index order).
+    top_k: sample among the k most likely tokens only (exactly k, even when logits tie).
     top_p: sample from the smallest set of tokens whose probability reaches top_p.
     seed: seeds a private `torch.Generator`, so a seed always gives the same sample.
     stop_ids: a row that samples one of these is done; it repeats its stop id while the
