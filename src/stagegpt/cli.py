@@ -1,14 +1,18 @@
 """The `stagegpt` command. Each verb lives in `stagegpt.commands.<verb>`.
 
 A verb module defines HELP (one line), `add_arguments(parser)` and `run(args) -> int`.
-User errors (`StagegptError`) become one line on stderr and exit code 2; `--debug`
-shows the traceback instead.
+User errors (`StagegptError`) and failed file operations (`OSError`: a full disk, a
+read-only or forbidden path) become one line on stderr and exit code 2; `--debug` shows
+the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
+import os
 import sys
 
 from stagegpt.errors import StagegptError
@@ -53,6 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OS_ADVICE = {
+    errno.ENOSPC: "free some disk space or choose an output path on another disk",
+    errno.EDQUOT: "free some space within your quota or choose another output path",
+    errno.EROFS: "the file system is read-only; choose an output path on a writable disk",
+    errno.EACCES: "check the path's permissions or choose another path",
+    errno.EPERM: "check the path's permissions or choose another path",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """An OSError as one line: what failed, on which path, and what to do."""
+    reason = err.strerror or str(err) or type(err).__name__
+    paths = [p for p in (err.filename, err.filename2) if p is not None]
+    where = f" ({' -> '.join(map(str, paths))})" if paths else ""
+    advice = OS_ADVICE.get(err.errno, "check the path and try again")
+    return " ".join(f"{reason}{where}; {advice}".split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -62,6 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"stagegpt {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `stagegpt sample ... | head`: the reader left, nothing is wrong
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as err:
+        if args.debug:
+            raise
+        print(f"stagegpt {args.verb}: error: {describe_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"stagegpt {args.verb}: interrupted", file=sys.stderr)
