@@ -27,6 +27,17 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _name_path(err: BaseException, path: Path, tmp: Path | None = None) -> None:
+    """Name `path` in an OSError that names no file (a write that hit a full disk), and
+    the final path instead of the temporary one where it names a file inside `tmp`."""
+    if not isinstance(err, OSError):
+        return
+    if err.filename is None:
+        err.filename = str(path)
+    elif tmp is not None and str(err.filename).startswith(str(tmp)):
+        err.filename = str(path) + str(err.filename)[len(str(tmp)):]
+
+
 def ensure_dir(path: str | Path) -> Path:
     """Create `path` (and parents) or explain why it cannot be written."""
     path = Path(path)
@@ -52,9 +63,10 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _name_path(err, path)
         raise
 
 
@@ -94,8 +106,11 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         _fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            recover_dir(target)  # the swap failed halfway: put the old version back
+        _name_path(err, target, tmp)
         raise
 
 
