@@ -8,6 +8,7 @@ crash never leaves half a checkpoint. A Hugging Face GPT-2 directory loads too.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,32 @@ def unique_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return weights
 
 
+def write_safetensors(weights: dict[str, torch.Tensor], path: str | Path,
+                      metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file`, but a failed write (a full disk, a read-only file
+    system) raises the OSError it is, not a SafetensorError, so the CLI can report it."""
+    try:
+        save_file(weights, str(path), metadata=metadata)
+    except SafetensorError as err:
+        code = re.search(r"\(os error (\d+)\)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+
+
+def write_torch(obj: Any, path: str | Path) -> None:
+    """`torch.save` through a Python file, so a failed write raises its OSError (torch.save
+    itself reports a full disk as an obscure RuntimeError)."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as err:
+        cause = err.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from None
+
+
 def save_checkpoint(directory: str | Path, model: LanguageModel, tokenizer: Any,
                     trainer_state: dict[str, Any] | None = None,
                     optimizer_state: dict[str, Any] | None = None,
@@ -65,13 +92,13 @@ def save_checkpoint(directory: str | Path, model: LanguageModel, tokenizer: Any,
     with atomic_dir(directory) as tmp:
         write_json(tmp / CONFIG_FILE, config)
         weights = {k: v.cpu() for k, v in unique_weights(model).items()}
-        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_safetensors(weights, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save(tmp)
         if trainer_state is not None:
             write_json(tmp / STATE_FILE, trainer_state)
         if optimizer_state is not None:
-            torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+            write_torch(optimizer_state, tmp / OPTIMIZER_FILE)
     return Path(directory)
 
 

@@ -90,7 +90,7 @@ def _write_tokens(path: Path, text: str, tokenizer: Tokenizer, dtype: str, desc:
             ids = tokenizer.encode_array(group)
             if ids.size and not 0 <= ids.min() <= ids.max() < tokenizer.vocab_size:
                 raise StagegptError(f"{tokenizer.name} produced an id outside its vocabulary")
-            ids.astype(_disk_dtype(dtype)).tofile(f)
+            f.write(ids.astype(_disk_dtype(dtype)).tobytes())  # a full disk raises ENOSPC
             count += ids.size
             bar.update(sum(len(c.encode("utf-8")) for c in group))
     return count, total, time.perf_counter() - started
@@ -169,8 +169,8 @@ def prepare_markov(out: str | Path, order: int, vocab: int, tokens: int, seed: i
     dtype = dtype_for_vocab(vocab)
     stream = ids.astype(_disk_dtype(dtype))
     with atomic_dir(out) as tmp:
-        stream[: tokens - n_val].tofile(tmp / "train.bin")
-        stream[tokens - n_val:].tofile(tmp / "val.bin")
+        (tmp / "train.bin").write_bytes(stream[: tokens - n_val].tobytes())
+        (tmp / "val.bin").write_bytes(stream[tokens - n_val:].tobytes())
         tokenizer.save(tmp)
         meta = {
             "stagegpt_version": _version(),

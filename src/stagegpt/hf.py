@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from stagegpt.checkpoint import (
@@ -39,6 +38,7 @@ from stagegpt.checkpoint import (
     load_weights_into,
     read_weights,
     unique_weights,
+    write_safetensors,
 )
 from stagegpt.config import GPT2_VOCAB, ModelConfig
 from stagegpt.errors import StagegptError
@@ -257,7 +257,7 @@ def save_hf_dir(directory: str | Path, model: LanguageModel) -> Path:
         )
     with atomic_dir(directory) as tmp:
         write_json(tmp / CONFIG_FILE, hf_config(model.config))
-        save_file(weights_to_hf(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_safetensors(weights_to_hf(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
     return Path(directory)
 
 
