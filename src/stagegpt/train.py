@@ -331,7 +331,10 @@ class Trainer:
         save_checkpoint(target, self.model, self.tokenizer, trainer_state=self._trainer_state(),
                         optimizer_state=self.optimizer.state_dict(), extra=self._extra())
         for old in step_dirs(self.out_dir)[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+            # Hide it first, so a crash mid-delete never leaves a half checkpoint in view.
+            doomed = old.with_name(f".{old.name}.tmp")
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
     def _clean_stale_temp_dirs(self) -> None:
         """Remove temp dirs a killed run left behind (complete checkpoints are untouched)."""
