@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise StagegptError(f"checkpoint {args.ckpt} has no tokenizer, so its text cannot be "
                             "encoded; sample from a checkpoint saved with its tokenizer")
-    ids = tokenizer.encode(prompt) if prompt else [tokenizer.start_id]
+    ids = tokenizer.encode(prompt) or [tokenizer.start_id]  # empty: the start token
     block_size = ckpt.model.config.block_size
     if len(ids) > block_size:
         print(f"stagegpt sample: note: the prompt's {len(ids)} tokens are cropped to the "
