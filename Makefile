@@ -16,7 +16,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/stagegpt prepare shakespeare --variant tiny --tokenizer char --out data/shakespeare_char --if-missing
-	$(BIN)/stagegpt ladder --data data/shakespeare_char --out runs/ladder --resume
+	$(BIN)/stagegpt ladder --data data/shakespeare_char --out runs/ladder --resume \
+		--max-steps 2000 --eval-every 200 --prompt "ROMEO:"
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -24,10 +25,8 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
 bench: $(STAMP)
