@@ -127,6 +127,9 @@ class Trainer:
         if not found:
             return None
         meta = read_json(found[-1] / CONFIG_FILE, "checkpoint config")
+        if not isinstance(meta, dict):
+            raise StagegptError(f"{found[-1] / CONFIG_FILE} is not a checkpoint config; delete "
+                                f"{found[-1]} to resume from the checkpoint before it")
         if meta.get("stage") != self.stage or meta.get("model") != self.mc.to_dict():
             raise StagegptError(
                 f"cannot resume: {found[-1]} holds stage {meta.get('stage')} with "
@@ -160,11 +163,18 @@ class Trainer:
         load_weights_into(self.model, weights, directory)
         self.optimizer.load_state_dict(load_optimizer_state(directory))
         state = read_json(directory / "trainer_state.json", "trainer state")
-        self.step, self.tokens = state["step"], state["tokens"]
+        try:
+            self.step, self.tokens = int(state["step"]), state["tokens"]
+            self.elapsed, self.best_val = state["elapsed"], state["best_val"]
+            self.data_rng.set_state(_rng_from_str(state["data_rng"]))
+            torch.set_rng_state(_rng_from_str(state["torch_rng"]))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise StagegptError(
+                f"{directory}/trainer_state.json is damaged ({type(err).__name__}: "
+                f"{' '.join(str(err).split())[:80]}); delete {directory} to resume from the "
+                "checkpoint before it"
+            ) from None
         self.saved_step = self.step
-        self.elapsed, self.best_val = state["elapsed"], state["best_val"]
-        self.data_rng.set_state(_rng_from_str(state["data_rng"]))
-        torch.set_rng_state(_rng_from_str(state["torch_rng"]))
         self.rows = [r for r in self._read_metrics() if r["step"] <= self.step]
         if self._is_main():
             tqdm.write(f"resuming from {directory} at step {self.step}", file=sys.stderr)
@@ -172,10 +182,12 @@ class Trainer:
     def _read_metrics(self) -> list[dict]:
         path = self.out_dir / "metrics.jsonl"
         rows = []
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
+        if path.exists():  # a damaged line is skipped: the checkpoint, not this, is the truth
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 with contextlib.suppress(json.JSONDecodeError):
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
+                    if isinstance(row, dict) and isinstance(row.get("step"), int):
+                        rows.append(row)
         return rows
 
     def _fixed_val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
