@@ -348,7 +348,13 @@ def load_tokenizer(spec: dict[str, Any], directory: str | Path | None = None) ->
         if chars is None:
             if directory is None:
                 raise StagegptError("a char tokenizer spec without chars needs its directory")
-            chars = "".join(read_json(Path(directory) / "vocab.json", "char vocabulary")["chars"])
+            vocab = read_json(Path(directory) / "vocab.json", "char vocabulary")
+            chars = vocab.get("chars") if isinstance(vocab, dict) else None
+            if isinstance(chars, list) and all(isinstance(c, str) for c in chars):
+                chars = "".join(chars)
+        if not isinstance(chars, str):
+            raise StagegptError(f"the char tokenizer{where} has no list of characters (its "
+                                "vocab.json or spec is damaged); prepare the data again")
         tokenizer = CharTokenizer(chars)
     elif kind == "bpe":
         if directory is None:
@@ -365,7 +371,14 @@ def load_tokenizer(spec: dict[str, Any], directory: str | Path | None = None) ->
                                 "it was changed after it was saved")
         from tokenizers import Tokenizer as HFTokenizer
 
-        tokenizer = BPETokenizer(HFTokenizer.from_str(text), spec.get("name", "bpe"), text)
+        try:
+            tokenizer = BPETokenizer(HFTokenizer.from_str(text), spec.get("name", "bpe"), text)
+        except StagegptError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the Rust parser raises a bare Exception
+            reason = " ".join(str(err).split())[:80] or type(err).__name__
+            raise StagegptError(f"{path} is not a byte-level BPE tokenizer file ({reason}); "
+                                "prepare the data again") from None
     else:
         raise StagegptError(f"unknown tokenizer spec{where}: {spec!r:.80}; expected kind "
                             "gpt2, char or bpe")
