@@ -226,6 +226,15 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     if missing:
         raise StagegptError(f"{data_dir}/meta.json lacks {', '.join(missing)}; prepare the "
                             "data again")
+    for key in ("vocab_size", "train_tokens", "val_tokens"):
+        if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 0:
+            raise StagegptError(f"{data_dir}/meta.json has {key} {meta[key]!r}, not a count; "
+                                "prepare the data again")
+    spec = meta["tokenizer"]
+    spec_vocab = spec.get("vocab_size") if isinstance(spec, dict) else None
+    if spec_vocab is not None and spec_vocab != meta["vocab_size"]:
+        raise StagegptError(f"{data_dir}/meta.json says vocab_size {meta['vocab_size']} but its "
+                            f"tokenizer has {spec_vocab} tokens; prepare the data again")
     if meta["dtype"] not in ("uint16", "uint32"):
         raise StagegptError(f"{data_dir}/meta.json has dtype {meta['dtype']!r}; expected "
                             "uint16 or uint32")
