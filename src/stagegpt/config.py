@@ -122,7 +122,7 @@ class TrainConfig:
             raise StagegptError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.device not in ("cpu", "cuda", "mps", "auto"):
             raise StagegptError(f"--device must be cpu, cuda, mps or auto, got {self.device!r}")
-        if self.max_seconds is not None and self.max_seconds <= 0:
+        if self.max_seconds is not None and not self.max_seconds > 0:  # also refuses nan
             raise StagegptError(f"--max-seconds must be > 0, got {self.max_seconds}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,6 +143,10 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
         raise StagegptError(
             f"config file {path} has unknown tables {sorted(unknown)}; use [model] and [train]"
         )
+    for table in ("model", "train"):
+        if not isinstance(data.get(table, {}), dict):
+            raise StagegptError(f"config file {path}: `{table}` must be a [{table}] table of "
+                                "settings, not a single value")
     return data
 
 
