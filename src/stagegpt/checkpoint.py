@@ -167,7 +167,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         from stagegpt.hf import load_hf_dir  # refuses every model_type but "gpt2"
 
         return load_hf_dir(directory, device)
-    if not isinstance(meta, dict) or "stage" not in meta or "model" not in meta:
+    if not isinstance(meta, dict) or "stage" not in meta or not isinstance(meta.get("model"), dict):
         raise StagegptError(f"{directory / CONFIG_FILE} is not a stagegpt checkpoint config")
     config = ModelConfig.from_dict(meta["model"])
     with torch.device("meta"):
@@ -181,6 +181,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         from stagegpt.tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(meta["tokenizer"], directory)
+        if tokenizer.vocab_size > config.vocab_size:
+            raise StagegptError(
+                f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                f"{config.vocab_size}; its config.json and tokenizer do not belong together"
+            )
     state = None
     if (directory / STATE_FILE).is_file():
         state = read_json(directory / STATE_FILE, "trainer state")
