@@ -44,7 +44,8 @@ def ensure_dir(path: str | Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise StagegptError(f"cannot create directory {path}: {err.strerror}") from None
+        raise StagegptError(f"cannot create directory {path}: {err.strerror}; choose another "
+                            "output path") from None
     if not os.access(path, os.W_OK):
         raise StagegptError(f"directory {path} is not writable; choose another output path")
     return path
