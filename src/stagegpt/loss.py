@@ -1,23 +1,89 @@
-"""Cross-entropy of a linear head without materializing the full (N, V) logits.
+"""Cross-entropy of a linear head without materializing the full fp32 (N, V) logits.
 
 With a 50,257-token vocabulary the logits of a training batch are hundreds of MB, and
 writing them, soft-maxing them and reading them back costs more than the whole
 transformer stack at small widths. Here the head and the loss run chunk by chunk over
-the rows; the gradient of each chunk is computed right away (softmax - one_hot), so the
-backward pass is only a scale by the incoming gradient.
+the rows, and each chunk's gradient is made in the forward pass, in place:
+
+    for each chunk of rows:   P = softmax(h @ W.T + b)      one matmul, one in-place softmax
+                              loss -= log P[i, target_i]
+                              P[i, target_i] -= 1           now P = dloss/dlogits (times N)
+    for each group of chunks: grad_h = P @ W,  grad_W += P.T @ h,  grad_b += P.sum(0)
+
+so backward is only a scale by the incoming gradient. What makes it fast on a CPU:
+
+- one in-place softmax per chunk (the fused, vectorized kernel) instead of logsumexp,
+  subtract, exp and divide passes, each over the whole chunk;
+- the gradient matmuls run over groups of up to GROUP_BYTES of P, not chunk by chunk,
+  so `grad_W` (V x C) is read and written a few times per step rather than once per chunk;
+- the chunk/group buffer is allocated once and kept (`_workspace`): a fresh
+  multi-hundred-MB tensor every step costs a page fault per 4 KB;
+- under `torch.autocast` (bf16) the matmuls run in bf16 and P is kept in bf16; the
+  softmax kernel computes in fp32 internally, as autocast's own fp32 softmax would.
+
+The loss is -log P[i, target_i]. A row whose target probability underflows fp32 (a
+model confidently wrong by more than ~69 nats) gets its loss recomputed exactly.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CHUNK_ELEMENTS = 1 << 22  # logits per chunk (16 MB in fp32): stays in cache-friendly range
+CHUNK_ELEMENTS = 1 << 23  # logits per softmax chunk (32 MB in fp32; 166 rows at V = 50,257)
+GROUP_BYTES = 128 << 20  # P held for one round of gradient matmuls
+TINY = 1e-30  # below this the target probability is recomputed from the logits
+LOG_TINY = math.log(TINY)
+
+_workspace: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
 
 def chunk_rows(vocab_size: int) -> int:
     return max(1, CHUNK_ELEMENTS // vocab_size)
+
+
+def group_rows(vocab_size: int, rows: int, dtype: torch.dtype) -> int:
+    """The largest multiple of `rows` whose P (rows x V) fits in GROUP_BYTES."""
+    fit = GROUP_BYTES // (vocab_size * torch.finfo(dtype).bits // 8)
+    return max(rows, fit // rows * rows)
+
+
+def workspace(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A (rows, cols) scratch tensor, grown when needed and reused across calls on a CPU."""
+    key = (device, dtype)
+    buf = _workspace.get(key)
+    if buf is None or buf.numel() < rows * cols:
+        buf = torch.empty(rows * cols, dtype=dtype, device=device)
+        if device.type == "cpu":  # accelerators have caching allocators of their own
+            _workspace[key] = buf
+    return buf[:rows * cols].view(rows, cols)
+
+
+def release_workspace() -> None:
+    """Free the kept chunk buffers (they are rebuilt on the next call)."""
+    _workspace.clear()
+
+
+def _compute_dtype(hidden: Tensor) -> torch.dtype:
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return hidden.dtype
+
+
+def _logits_into(out: Tensor, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    if b is None:
+        return torch.mm(h, w.t(), out=out)
+    return torch.addmm(b, h, w.t(), out=out)
+
+
+def _exact_loss(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor) -> Tensor:
+    """Summed cross-entropy of a few rows, from freshly computed logits."""
+    logits = F.linear(h, w, b).float()
+    return F.cross_entropy(logits, targets, reduction="sum")
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -25,50 +91,100 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
-                rows: int) -> Tensor:
-        n = hidden.size(0)
-        need_grad = any(ctx.needs_input_grad[:3])
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if need_grad else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
-        grad_bias = None
-        if need_grad and bias is not None:
-            grad_bias = torch.zeros_like(bias, dtype=torch.float32)
-        w = weight.to(hidden.dtype)
-        for start in range(0, n, rows):
-            h = hidden[start:start + rows]  # (n_c, C)
-            tgt = targets[start:start + rows]  # (n_c,)
-            logits = F.linear(h, w, None if bias is None else bias.to(h.dtype)).float()
-            lse = torch.logsumexp(logits, dim=-1)  # (n_c,)
-            total += (lse - logits.gather(1, tgt[:, None]).squeeze(1)).sum()
-            if not need_grad:
-                continue
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place: (n_c, V)
-            grad[torch.arange(len(tgt), device=grad.device), tgt] -= 1.0
-            grad.div_(n)
-            grad_low = grad.to(h.dtype)
-            grad_hidden[start:start + rows] = grad_low @ w  # (n_c, C)
-            grad_weight += (grad_low.t() @ h).float()  # (V, C)
-            if grad_bias is not None:
-                grad_bias += grad.sum(0)
-        if need_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
-            ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+                rows: int, group: int | None) -> Tensor:
+        n, V = hidden.size(0), weight.size(0)
+        dtype = _compute_dtype(hidden)
+        with torch.autocast(hidden.device.type, enabled=False):
+            h, w = hidden.to(dtype), weight.to(dtype)  # (N, C), (V, C)
+            b = None if bias is None else bias.to(dtype)
+            group = min(n, group or group_rows(V, rows, dtype))
+            group = max(rows, group // rows * rows) if group < n else n
+            P = workspace(group, V, dtype, hidden.device)
+            grad_h = torch.empty(n, h.size(1), dtype=torch.float32, device=hidden.device)
+            grad_w = torch.empty(V, h.size(1), dtype=torch.float32, device=hidden.device)
+            grad_b = None if b is None else torch.zeros(V, dtype=torch.float32,
+                                                        device=hidden.device)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for g0 in range(0, n, group):
+                g1 = min(g0 + group, n)
+                for s in range(g0, g1, rows):
+                    e = min(s + rows, g1)
+                    p = _logits_into(P[s - g0:e - g0], h[s:e], w, b)  # (m, V)
+                    torch.softmax(p, dim=-1, out=p)  # in place
+                    idx = (torch.arange(e - s, device=p.device), targets[s:e])
+                    p_target = p[idx].float()  # (m,)
+                    total -= p_target.clamp_min(TINY).log().sum()
+                    p[idx] -= 1.0  # softmax - one_hot: the gradient of the summed loss
+                    if bool((p_target < TINY).any()):  # rare: replace -log(TINY) by the truth
+                        bad = (p_target < TINY).nonzero().squeeze(1) + s
+                        total += _exact_loss(h[bad], w, b, targets[bad]) + LOG_TINY * len(bad)
+                pg = P[:g1 - g0]  # (G, V)
+                if dtype == torch.float32:
+                    torch.mm(pg, w, out=grad_h[g0:g1])  # (G, C)
+                    if g0 == 0:
+                        torch.mm(pg.t(), h[g0:g1], out=grad_w)  # (V, C)
+                    else:
+                        grad_w.addmm_(pg.t(), h[g0:g1])
+                else:
+                    grad_h[g0:g1] = pg @ w
+                    if g0 == 0:
+                        grad_w.copy_(pg.t() @ h[g0:g1])
+                    else:
+                        grad_w += pg.t() @ h[g0:g1]
+                if grad_b is not None:
+                    grad_b += pg.sum(0, dtype=torch.float32)
+        ctx.grads = (grad_h, grad_w, grad_b)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.n = n
         return total / n
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        weight_dtype, bias_dtype = ctx.dtypes
-        grad_hidden = grad_hidden * grad_out.to(grad_hidden.dtype)
-        grad_weight = (grad_weight * grad_out).to(weight_dtype)
-        if grad_bias is not None:
-            grad_bias = (grad_bias * grad_out).to(bias_dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None
+        if ctx.grads is None:
+            raise RuntimeError("LinearCrossEntropy's backward can run only once per forward")
+        grad_h, grad_w, grad_b = ctx.grads
+        ctx.grads = None  # the buffers are scaled in place and handed over to autograd
+        h_dtype, w_dtype, b_dtype = ctx.dtypes
+        scale = grad_out.float() / ctx.n
+        grad_h = grad_h.mul_(scale).to(h_dtype)
+        grad_w = grad_w.mul_(scale).to(w_dtype)
+        if grad_b is not None:
+            grad_b = grad_b.mul_(scale).to(b_dtype)
+        return grad_h, grad_w, grad_b, None, None, None
+
+
+def linear_cross_entropy_loss(hidden: Tensor, weight: Tensor, bias: Tensor | None,
+                              targets: Tensor, rows: int) -> Tensor:
+    """The loss alone (no gradients), chunk by chunk: for evaluation under no_grad."""
+    n, V = hidden.size(0), weight.size(0)
+    dtype = _compute_dtype(hidden)
+    with torch.autocast(hidden.device.type, enabled=False):
+        h, w = hidden.detach().to(dtype), weight.detach().to(dtype)
+        b = None if bias is None else bias.detach().to(dtype)
+        buf = workspace(min(rows, n), V, torch.float32, hidden.device)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for s in range(0, n, rows):
+            e = min(s + rows, n)
+            z = buf[:e - s]
+            if dtype == torch.float32:
+                _logits_into(z, h[s:e], w, b)
+            else:
+                z.copy_(F.linear(h[s:e], w, b))
+            torch.log_softmax(z, dim=-1, out=z)
+            total -= z.gather(1, targets[s:e, None]).sum()
+    return total / n
 
 
 def chunked_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None,
-                          targets: Tensor, rows: int | None = None) -> Tensor:
-    """Mean cross-entropy of `hidden (N, C) @ weight (V, C).T + bias` against `targets (N,)`."""
+                          targets: Tensor, rows: int | None = None,
+                          group: int | None = None) -> Tensor:
+    """Mean cross-entropy of `hidden (N, C) @ weight (V, C).T + bias` against `targets (N,)`.
+
+    rows: rows per softmax chunk (default: CHUNK_ELEMENTS logits); group: rows per round
+    of gradient matmuls (default: as many chunks as fit in GROUP_BYTES).
+    """
     rows = rows or chunk_rows(weight.size(0))
-    return LinearCrossEntropy.apply(hidden, weight, bias, targets, rows)
+    inputs = (hidden, weight) if bias is None else (hidden, weight, bias)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return LinearCrossEntropy.apply(hidden, weight, bias, targets, rows, group)
+    return linear_cross_entropy_loss(hidden, weight, bias, targets, rows)
