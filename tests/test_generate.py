@@ -52,8 +52,9 @@ def counter_model(vocab_size=10):
 
 
 @pytest.mark.parametrize("stage", STAGES)
-@pytest.mark.parametrize("T, n", [(1, 10), (5, 30), (16, 8), (23, 12)],
-                         ids=["short", "past-block", "full-prompt", "long-prompt"])
+@pytest.mark.parametrize("T, n", [(1, 10), (5, 30), (16, 8), (23, 12), (2, 40)],
+                         ids=["short", "past-block", "full-prompt", "long-prompt",
+                              "transposed-head"])
 def test_greedy_with_cache_equals_without_cache(stage, T, n, tiny_config):
     """Token for token, including generation that rolls the window past block_size (16)."""
     model = peaky_model(stage, tiny_config)

@@ -208,6 +208,7 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
         with torch.inference_mode():
             dtype = next(model.parameters()).dtype
             caches = model.make_kv_cache(B, device, dtype) if use_cache else None
+            head = decoding_head(model, n)
             hidden = model.body(out[:, max(0, T - block_size):T], caches, 0)  # (B, <=bs, C)
         pos = min(T, block_size)  # where the next token goes in the cache
         for t in range(T, T + n):
@@ -217,7 +218,7 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
                     pos += 1
                 elif t > T:  # no cache, or the window rolled: run the whole window
                     hidden = model.body(out[:, max(0, t - block_size):t], caches, 0)
-                logits = model.lm_head(hidden[:, -1])  # (B, V): the head on the last position
+                logits = head(hidden[:, -1])  # (B, V): the head on the last position
                 column = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
                 if len(stop):
                     column = torch.where(finished, out[:, t - 1:t], column)  # done rows repeat
@@ -228,6 +229,23 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
                 return
     finally:
         model.train(was_training)
+
+
+def decoding_head(model: LanguageModel, n: int) -> Callable[[Tensor], Tensor]:
+    """`model.lm_head` for `n` decoding steps: last hidden states (B, C) -> logits (B, V).
+
+    At batch 1 the head is a matrix-vector product over the largest matrix of a small
+    model, and on a CPU one against a (C, V) layout runs about twice as fast as one against
+    the (V, C) `nn.Linear` weight. Long enough generations (the copy costs about as much
+    as 20 tokens save) therefore decode against a transposed copy made once per call.
+    """
+    weight, bias = model.lm_head.weight, model.lm_head.bias
+    if weight.device.type != "cpu" or n < 32:
+        return model.lm_head
+    weight_t = weight.detach().t().contiguous()  # (C, V)
+    if bias is None:
+        return lambda h: torch.mm(h, weight_t)
+    return lambda h: torch.addmm(bias.detach(), h, weight_t)
 
 
 def _is_int(value: object) -> bool:
