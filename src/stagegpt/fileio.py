@@ -18,6 +18,18 @@ from typing import Any
 from stagegpt.errors import StagegptError
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp and mkdtemp create owner-only (0600/0700) entries; what we rename into place gets
+# the permissions a plain open() or mkdir() would give, so others can read data dirs and
+# checkpoints as usual.
+_UMASK = _read_umask()
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -58,6 +70,7 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -92,9 +105,11 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     recover_dir(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)
         yield tmp
         for child in tmp.iterdir():
             if child.is_file():
+                os.chmod(child, 0o666 & ~_UMASK)  # safetensors writes 0600
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
         old = None
