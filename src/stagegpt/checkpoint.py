@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from stagegpt.config import ModelConfig
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import atomic_dir, read_json, recover_dir, write_json
+from stagegpt.fileio import atomic_dir, read_json, readable_dir, write_json
 from stagegpt.models import LanguageModel, build_model
 
 CONFIG_FILE = "config.json"
@@ -114,8 +114,7 @@ def step_dirs(run_dir: Path) -> list[Path]:
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
     """A checkpoint dir itself, or a run dir (its newest step checkpoint)."""
-    path = Path(path)
-    recover_dir(path)
+    path = readable_dir(path)
     if (path / CONFIG_FILE).is_file():
         return path
     if not path.exists():

@@ -131,11 +131,27 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 
 
 def recover_dir(target: str | Path) -> None:
-    """Finish an `atomic_dir` swap that a crash interrupted between its two renames."""
+    """Finish an `atomic_dir` swap that a crash interrupted between its two renames: put
+    the old version back if the new one never arrived, or remove it if the new one did.
+
+    Only a writer may call this (a reader doing it mid-swap would break the writer's
+    second rename); readers use `readable_dir`.
+    """
     target = Path(target)
     old = target.parent / f".{target.name}.old"
-    if not target.exists() and old.is_dir():
+    if not old.is_dir():
+        return
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
         os.replace(old, target)
+
+
+def readable_dir(target: str | Path) -> Path:
+    """`target`, or the old version an interrupted (or running) `atomic_dir` swap set aside."""
+    target = Path(target)
+    old = target.parent / f".{target.name}.old"
+    return old if not target.exists() and old.is_dir() else target
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

@@ -37,7 +37,7 @@ from stagegpt.checkpoint import (
 from stagegpt.config import ModelConfig, TrainConfig
 from stagegpt.data import load_split, load_tokenizer_from_data, read_meta, sample_batch
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import ensure_dir, read_json, write_text
+from stagegpt.fileio import ensure_dir, read_json, recover_dir, write_text
 from stagegpt.models import LanguageModel, build_model
 from stagegpt.optim import lr_at, make_optimizer
 from stagegpt.plots import plot_run
@@ -352,10 +352,14 @@ class Trainer:
         """Remove temp dirs a killed run left behind (complete checkpoints are untouched)."""
         if not self._is_main():
             return
+        recover_dir(self.out_dir / "best")
         for root in (self.out_dir, self.out_dir / "checkpoints"):
             if root.is_dir():
                 for stale in root.glob(".*.tmp"):
-                    shutil.rmtree(stale, ignore_errors=True)
+                    if stale.is_dir():
+                        shutil.rmtree(stale, ignore_errors=True)
+                    else:  # a half-written metrics.jsonl or loss.png
+                        stale.unlink(missing_ok=True)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def request_stop(signum, frame):
