@@ -69,7 +69,7 @@ OS_ADVICE = {
 def describe_os_error(err: OSError) -> str:
     """An OSError as one line: what failed, on which path, and what to do."""
     reason = err.strerror or str(err) or type(err).__name__
-    paths = [p for p in (err.filename, err.filename2) if p is not None]
+    paths = list(dict.fromkeys(p for p in (err.filename, err.filename2) if p is not None))
     where = f" ({' -> '.join(map(str, paths))})" if paths else ""
     advice = OS_ADVICE.get(err.errno, "check the path and try again")
     return " ".join(f"{reason}{where}; {advice}".split())
