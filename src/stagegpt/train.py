@@ -260,7 +260,7 @@ class Trainer:
         bar = tqdm(total=self.tc.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.progress and self._is_main()),
                    desc=f"stage {self.stage}")
-        train_loss, val_loss, speed = None, None, 0.0
+        train_loss, val_loss, speed, smooth = None, None, 0.0, None
         start_elapsed, t0 = self.elapsed, time.perf_counter()
         while self.step < self.tc.max_steps and self.stop_signal is None:
             t_step = time.perf_counter()
@@ -287,8 +287,9 @@ class Trainer:
             bar.update(1)
             if self.on_step is not None:
                 self.on_step(self, row)
+            smooth = speed if smooth is None else 0.9 * smooth + 0.1 * speed
             bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss or float('nan'):.4f}",
-                            tok_s=f"{speed:,.0f}")
+                            tok_s=f"{smooth:,.0f}", refresh=False)
             if done:
                 break
         bar.close()
