@@ -1,0 +1,74 @@
+"""fp32 matrix products through oneDNN, for CPUs where PyTorch's default BLAS is slow.
+
+PyTorch's fp32 `mm`/`addmm`/`F.linear` call MKL, which on AMD CPUs runs its AVX2 code;
+oneDNN, also inside every PyTorch CPU build, uses AVX-512 there and measures about twice
+as fast on the products of training (the `stagegpt bench` ceilings show both). It is
+reached through public APIs only: `F.linear` on an input converted with
+`Tensor.to_mkldnn()`, the result converted back with `Tensor.to_dense()`. Each
+conversion is a plain copy, small next to the product it feeds.
+
+`linear(x, weight, bias)` is `F.linear` with that path in forward and backward. It falls
+back to `F.linear` whenever the path does not apply or would not pay: fewer than
+MIN_ROWS rows (decoding), anything but fp32 on a CPU, under autocast (bf16 products
+already go to oneDNN), under `torch.compile`, or with `ENABLED = False`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ENABLED = True
+MIN_ROWS = 64  # below this (e.g. one token while decoding) the conversions do not pay
+
+
+def applies(x: Tensor, weight: Tensor) -> bool:
+    """True if `x @ weight.T` should go through oneDNN here."""
+    return (ENABLED and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and x.numel() >= MIN_ROWS * x.size(-1) and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling())
+
+
+def matmul_nt(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x (M, K) @ weight (N, K).T + bias -> dense (M, N), in oneDNN.
+
+    `weight` is used in place when contiguous; a transposed view would be copied per call.
+    """
+    return F.linear(x.to_mkldnn(), weight, bias).to_dense()
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        x2 = x.reshape(-1, x.size(-1))  # (M, in)
+        ctx.save_for_backward(x2, weight)
+        ctx.has_bias = bias is not None
+        y = matmul_nt(x2, weight.contiguous(), bias)  # (M, out)
+        return y.view(*x.shape[:-1], weight.size(0))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x2, weight = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.size(-1))  # (M, out)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = matmul_nt(g2, weight.t().contiguous()).view(*grad.shape[:-1], -1)
+        if ctx.needs_input_grad[1]:
+            grad_w = matmul_nt(g2.t(), x2.t().contiguous())  # (out, M) @ (M, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`F.linear(x, weight, bias)`, through oneDNN when `applies(x, weight)`."""
+    if not applies(x, weight):
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _Linear.apply(x, weight, bias)
+    y = matmul_nt(x.reshape(-1, x.size(-1)), weight.contiguous(), bias)
+    return y.view(*x.shape[:-1], weight.size(0))
