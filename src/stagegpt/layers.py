@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stagegpt import onednn
+
 
 class KVCache(nn.Module):
     """Keys and values of one attention layer, allocated once for a whole generation.
@@ -63,6 +65,13 @@ def fast_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> T
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
+class Linear(nn.Linear):
+    """`nn.Linear` whose fp32 CPU products go through oneDNN (see `stagegpt.onednn`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return onednn.linear(x, self.weight, self.bias)
+
+
 class MultiHeadAttention(nn.Module):
     """Causal self-attention with `n_head` heads; `n_head=1` is stages 3-4's single head.
 
@@ -73,8 +82,8 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
         self.n_head = n_head
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v in one matmul
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.c_attn = Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v in one matmul
+        self.c_proj = Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         self.dropout = dropout
         self.reference = False
@@ -104,9 +113,9 @@ class MLP(nn.Module):
 
     def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.c_fc = Linear(n_embd, 4 * n_embd, bias=bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
-        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.c_proj = Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
