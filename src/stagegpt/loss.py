@@ -18,6 +18,9 @@ so backward is only a scale by the incoming gradient. What makes it fast on a CP
   so `grad_W` (V x C) is read and written a few times per step rather than once per chunk;
 - the chunk/group buffer is allocated once and kept (`_workspace`): a fresh
   multi-hundred-MB tensor every step costs a page fault per 4 KB;
+- in fp32 on a CPU, the logits and grad_h products run in oneDNN (`stagegpt.onednn`),
+  chunk by chunk while P is in cache; chunks stay under 32 MB so that their buffers
+  are recycled by the allocator instead of page-faulted in afresh;
 - under `torch.autocast` (bf16) the matmuls run in bf16 and P is kept in bf16; the
   softmax kernel computes in fp32 internally, as autocast's own fp32 softmax would.
 
@@ -33,12 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CHUNK_ELEMENTS = 1 << 23  # logits per softmax chunk (32 MB in fp32; 166 rows at V = 50,257)
+from stagegpt import onednn
+
+CHUNK_ELEMENTS = 6 << 20  # logits per softmax chunk: 24 MB in fp32 (125 rows at V = 50,257)
 GROUP_BYTES = 128 << 20  # P held for one round of gradient matmuls
 TINY = 1e-30  # below this the target probability is recomputed from the logits
 LOG_TINY = math.log(TINY)
 
-_workspace: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+_workspace: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 
 
 def chunk_rows(vocab_size: int) -> int:
@@ -51,9 +56,10 @@ def group_rows(vocab_size: int, rows: int, dtype: torch.dtype) -> int:
     return max(rows, fit // rows * rows)
 
 
-def workspace(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+def workspace(name: str, rows: int, cols: int, dtype: torch.dtype,
+              device: torch.device) -> Tensor:
     """A (rows, cols) scratch tensor, grown when needed and reused across calls on a CPU."""
-    key = (device, dtype)
+    key = (name, device, dtype)
     buf = _workspace.get(key)
     if buf is None or buf.numel() < rows * cols:
         buf = torch.empty(rows * cols, dtype=dtype, device=device)
@@ -99,7 +105,10 @@ class LinearCrossEntropy(torch.autograd.Function):
             b = None if bias is None else bias.to(dtype)
             group = min(n, group or group_rows(V, rows, dtype))
             group = max(rows, group // rows * rows) if group < n else n
-            P = workspace(group, V, dtype, hidden.device)
+            P = workspace("P", group, V, dtype, hidden.device)
+            fast = onednn.applies(h, w)  # fp32 on a CPU: the two big products in oneDNN
+            if fast:
+                w_t = workspace("weight_t", h.size(1), V, dtype, hidden.device).copy_(w.t())
             grad_h = torch.empty(n, h.size(1), dtype=torch.float32, device=hidden.device)
             grad_w = torch.empty(V, h.size(1), dtype=torch.float32, device=hidden.device)
             grad_b = None if b is None else torch.zeros(V, dtype=torch.float32,
@@ -109,7 +118,11 @@ class LinearCrossEntropy(torch.autograd.Function):
                 g1 = min(g0 + group, n)
                 for s in range(g0, g1, rows):
                     e = min(s + rows, g1)
-                    p = _logits_into(P[s - g0:e - g0], h[s:e], w, b)  # (m, V)
+                    p = P[s - g0:e - g0]  # (m, V)
+                    if fast:
+                        p.copy_(onednn.matmul_nt(h[s:e], w, b))
+                    else:
+                        _logits_into(p, h[s:e], w, b)
                     torch.softmax(p, dim=-1, out=p)  # in place
                     idx = (torch.arange(e - s, device=p.device), targets[s:e])
                     p_target = p[idx].float()  # (m,)
@@ -118,9 +131,12 @@ class LinearCrossEntropy(torch.autograd.Function):
                     if bool((p_target < TINY).any()):  # rare: replace -log(TINY) by the truth
                         bad = (p_target < TINY).nonzero().squeeze(1) + s
                         total += _exact_loss(h[bad], w, b, targets[bad]) + LOG_TINY * len(bad)
+                    if fast:  # while the chunk is still in cache
+                        grad_h[s:e] = onednn.matmul_nt(p, w_t)  # (m, C)
                 pg = P[:g1 - g0]  # (G, V)
                 if dtype == torch.float32:
-                    torch.mm(pg, w, out=grad_h[g0:g1])  # (G, C)
+                    if not fast:
+                        torch.mm(pg, w, out=grad_h[g0:g1])  # (G, C)
                     if g0 == 0:
                         torch.mm(pg.t(), h[g0:g1], out=grad_w)  # (V, C)
                     else:
@@ -161,7 +177,7 @@ def linear_cross_entropy_loss(hidden: Tensor, weight: Tensor, bias: Tensor | Non
     with torch.autocast(hidden.device.type, enabled=False):
         h, w = hidden.detach().to(dtype), weight.detach().to(dtype)
         b = None if bias is None else bias.detach().to(dtype)
-        buf = workspace(min(rows, n), V, torch.float32, hidden.device)
+        buf = workspace("P", min(rows, n), V, torch.float32, hidden.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for s in range(0, n, rows):
             e = min(s + rows, n)
