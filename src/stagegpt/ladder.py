@@ -183,7 +183,12 @@ def _budget(stage, model_config, train_config, data_dir, seconds, run_dir) -> in
     """Steps for a time budget, measured once per stage and remembered for --resume."""
     path = run_dir / "budget.json"
     if path.exists():
-        return read_json(path, "ladder budget")["max_steps"]
+        budget = read_json(path, "ladder budget")
+        steps = budget.get("max_steps") if isinstance(budget, dict) else None
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise StagegptError(f"{path} is damaged (no max_steps); delete {run_dir} to run "
+                                f"stage {stage} again from the start")
+        return steps
     scratch = run_dir.parent / f".probe{stage}"
     shutil.rmtree(scratch, ignore_errors=True)
     steps = steps_for_seconds(stage, model_config, train_config, data_dir, seconds, scratch)
