@@ -196,3 +196,18 @@ def test_bad_training_input_is_one_line_error(case, markov1, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "error" in err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_token_ids_outside_the_vocabulary_are_a_clear_error(markov1, tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+
+    data = tmp_path / "data"
+    shutil.copytree(markov1, data)
+    tokens = np.fromfile(data / "train.bin", dtype=np.uint16)
+    tokens[:] = 999  # sizes still match meta.json, the ids do not fit vocab 16
+    tokens.tofile(data / "train.bin")
+    assert main(train_args(data, tmp_path / "run", 2)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "outside the vocabulary" in err and len(err.splitlines()) == 1

@@ -209,6 +209,11 @@ class Trainer:
         """This rank's slice of one global batch, so every world size sees the same data."""
         B = self.tc.batch_size
         x, y = sample_batch(self.train_tokens, B * self.world, self.mc.block_size, self.data_rng)
+        if int(y.max()) >= self.mc.vocab_size:
+            raise StagegptError(
+                f"{self.data_dir}/train.bin holds token id {int(y.max())}, outside the "
+                f"vocabulary of {self.mc.vocab_size}; prepare the data dir again"
+            )
         rows = slice(self.rank * B, (self.rank + 1) * B)
         return x[rows].to(self.device), y[rows].to(self.device)
 
