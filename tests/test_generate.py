@@ -6,6 +6,7 @@ import torch
 import stagegpt
 from stagegpt import ModelConfig, StagegptError, build_model
 from stagegpt.generate import _nucleus, draw, generate, sample_next, stream, top_p_keep
+from stagegpt.layers import Linear
 
 STAGES = [1, 2, 3, 4, 5]
 
@@ -226,6 +227,17 @@ def test_stream_and_on_token_yield_each_column(tiny_config):
 def test_zero_new_tokens_returns_the_prompt(tiny_config):
     idx = prompts(tiny_config)
     assert torch.equal(generate(peaky_model(5, tiny_config), idx, 0), idx)
+
+
+def test_decoding_weight_copies_are_dropped_afterwards(tiny_config):
+    """Long generations decode against transposed weight copies; none outlives the call."""
+    model = peaky_model(5, tiny_config)
+    generate(model, prompts(tiny_config), 40, temperature=0)
+    columns = stream(model, prompts(tiny_config), 40, temperature=0)
+    next(columns)
+    assert any(m.weight_t is not None for m in model.modules() if isinstance(m, Linear))
+    columns.close()
+    assert all(m.weight_t is None for m in model.modules() if isinstance(m, Linear))
 
 
 def test_restores_training_flag_and_returns_plain_tensor(tiny_config):

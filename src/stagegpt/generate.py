@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from stagegpt.errors import StagegptError
+from stagegpt.layers import Linear
 
 if TYPE_CHECKING:
     from stagegpt.models import LanguageModel
@@ -208,7 +209,7 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
         with torch.inference_mode():
             dtype = next(model.parameters()).dtype
             caches = model.make_kv_cache(B, device, dtype) if use_cache else None
-            head = decoding_head(model, n)
+            head, widened = decoding_weights(model, n)
             hidden = model.body(out[:, max(0, T - block_size):T], caches, 0)  # (B, <=bs, C)
         pos = min(T, block_size)  # where the next token goes in the cache
         for t in range(T, T + n):
@@ -229,23 +230,41 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
                 return
     finally:
         model.train(was_training)
+        for layer in widened:
+            layer.weight_t = None
 
 
-def decoding_head(model: LanguageModel, n: int) -> Callable[[Tensor], Tensor]:
-    """`model.lm_head` for `n` decoding steps: last hidden states (B, C) -> logits (B, V).
+DECODE_COPY_BYTES = 256 << 20  # at most this much in transposed weight copies per call
 
-    At batch 1 the head is a matrix-vector product over the largest matrix of a small
-    model, and on a CPU one against a (C, V) layout runs about twice as fast as one against
-    the (V, C) `nn.Linear` weight. Long enough generations (the copy costs about as much
-    as 20 tokens save) therefore decode against a transposed copy made once per call.
+
+def decoding_weights(model: LanguageModel, n: int) -> tuple[Callable[[Tensor], Tensor], list]:
+    """The head for `n` decoding steps (hidden (B, C) -> logits (B, V)), and the `Linear`
+    layers given transposed weights for them (reset their `weight_t` to None afterwards).
+
+    At a few rows per step every product is a matrix-vector product, and on a CPU one
+    against an (in, out) layout runs up to twice as fast as one against the (out, in)
+    `nn.Linear` weight when out > in. Long enough generations (a copy costs about what 20
+    tokens save) therefore decode against transposed copies made once per call: the head
+    first, then the blocks' widening layers, within DECODE_COPY_BYTES.
     """
     weight, bias = model.lm_head.weight, model.lm_head.bias
-    if weight.device.type != "cpu" or n < 32:
-        return model.lm_head
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or n < 32:
+        return model.lm_head, []
+    budget = DECODE_COPY_BYTES - weight.numel() * weight.element_size()
+    if budget < 0:
+        return model.lm_head, []
     weight_t = weight.detach().t().contiguous()  # (C, V)
-    if bias is None:
-        return lambda h: torch.mm(h, weight_t)
-    return lambda h: torch.addmm(bias.detach(), h, weight_t)
+    head = ((lambda h: torch.mm(h, weight_t)) if bias is None
+            else (lambda h: torch.addmm(bias.detach(), h, weight_t)))
+    widened = []
+    for layer in model.modules():
+        if isinstance(layer, Linear) and layer.out_features > layer.in_features:
+            budget -= layer.weight.numel() * layer.weight.element_size()
+            if budget < 0:
+                break
+            layer.weight_t = layer.weight.detach().t().contiguous()  # (in, out)
+            widened.append(layer)
+    return head, widened
 
 
 def _is_int(value: object) -> bool:

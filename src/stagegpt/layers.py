@@ -66,9 +66,20 @@ def fast_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> T
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` whose fp32 CPU products go through oneDNN (see `stagegpt.onednn`)."""
+    """`nn.Linear` with the faster fp32 CPU product for the rows at hand.
+
+    Many rows (training, prefill) go through oneDNN (see `stagegpt.onednn`). A few rows
+    (decoding) use `weight_t`, an (in, out) copy of the weight that generation sets for
+    its duration (see `stagegpt.generate.decoding_weights`) when that layout is faster.
+    """
+
+    weight_t: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.weight_t is not None and x.numel() < onednn.MIN_ROWS * x.size(-1):
+            x2 = x.reshape(-1, x.size(-1))  # (rows, in)
+            y = x2 @ self.weight_t if self.bias is None else self.bias.addmm(x2, self.weight_t)
+            return y.view(*x.shape[:-1], self.out_features)
         return onednn.linear(x, self.weight, self.bias)
 
 
