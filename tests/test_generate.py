@@ -11,6 +11,16 @@ from stagegpt.layers import Linear
 STAGES = [1, 2, 3, 4, 5]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models decode one small product at a time: a second thread only adds
+    synchronization, which on a busy machine costs more than the products themselves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def peaky_model(stage, config, seed=0):
     """A random model with large weights: sharp, varied greedy choices instead of one token
     repeated, so a wrong position or a stale cache entry changes the output."""
