@@ -204,6 +204,7 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
     stop = torch.tensor(sorted({int(s) for s in stop_ids or ()}), dtype=torch.long, device=device)
     finished = torch.zeros(B, 1, dtype=torch.bool, device=device)
     was_training = model.training
+    widened: list = []
     model.eval()
     try:
         with torch.inference_mode():
