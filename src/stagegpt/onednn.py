@@ -21,6 +21,9 @@ from torch import Tensor
 
 ENABLED = True
 MIN_ROWS = 64  # below this (e.g. one token while decoding) the conversions do not pay
+# The weight gradient g.T @ x needs both operands transposed for oneDNN; below this many
+# multiply-adds MKL's product, which reads the transposes in place, is faster.
+MIN_WEIGHT_GRAD_MACS = 1 << 26
 
 
 def applies(x: Tensor, weight: Tensor) -> bool:
@@ -56,8 +59,10 @@ class _Linear(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = matmul_nt(g2, weight.t().contiguous()).view(*grad.shape[:-1], -1)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and g2.numel() * x2.size(1) >= MIN_WEIGHT_GRAD_MACS:
             grad_w = matmul_nt(g2.t(), x2.t().contiguous())  # (out, M) @ (M, in)
+        elif ctx.needs_input_grad[1]:
+            grad_w = g2.t() @ x2
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b
