@@ -65,7 +65,7 @@ class PlainGPT(nn.Module):
             x = x + layer["out"](a.transpose(1, 2).reshape(B, T, -1))
             x = x + layer["down"](F.gelu(layer["up"](layer["n2"](x)), approximate="tanh"))
         logits = self.head(self.norm(x))
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def batch(data: np.ndarray, B: int, T: int, g: torch.Generator):
