@@ -14,10 +14,11 @@ so backward is only a scale by the incoming gradient. What makes it fast on a CP
 
 - one in-place softmax per chunk (the fused, vectorized kernel) instead of logsumexp,
   subtract, exp and divide passes, each over the whole chunk;
-- the gradient matmuls run over groups of up to GROUP_BYTES of P, not chunk by chunk,
-  so `grad_W` (V x C) is read and written a few times per step rather than once per chunk;
-- the chunk/group buffer is allocated once and kept (`_workspace`): a fresh
-  multi-hundred-MB tensor every step costs a page fault per 4 KB;
+- bf16 gradient matmuls run over groups of up to GROUP_BYTES of P, not chunk by chunk:
+  bf16 products need many rows per call to run at full speed (fp32 ones do not, so an
+  fp32 group is one chunk and the buffer stays small);
+- the group buffer and the transposed weight are allocated once and kept
+  (`_workspace`): fresh tensors of 50-130 MB every step cost a page fault per 4 KB;
 - in fp32 on a CPU, the logits and grad_h products run in oneDNN (`stagegpt.onednn`),
   chunk by chunk while P is in cache; chunks stay under 32 MB so that their buffers
   are recycled by the allocator instead of page-faulted in afresh;
@@ -39,7 +40,7 @@ from torch import Tensor
 from stagegpt import onednn
 
 CHUNK_ELEMENTS = 6 << 20  # logits per softmax chunk: 24 MB in fp32 (125 rows at V = 50,257)
-GROUP_BYTES = 128 << 20  # P held for one round of gradient matmuls
+GROUP_BYTES = 128 << 20  # P held for one round of gradient matmuls (bf16)
 TINY = 1e-30  # below this the target probability is recomputed from the logits
 LOG_TINY = math.log(TINY)
 
@@ -51,7 +52,9 @@ def chunk_rows(vocab_size: int) -> int:
 
 
 def group_rows(vocab_size: int, rows: int, dtype: torch.dtype) -> int:
-    """The largest multiple of `rows` whose P (rows x V) fits in GROUP_BYTES."""
+    """One chunk in fp32; in lower precision, as many chunks as fit in GROUP_BYTES."""
+    if dtype == torch.float32:
+        return rows
     fit = GROUP_BYTES // (vocab_size * torch.finfo(dtype).bits // 8)
     return max(rows, fit // rows * rows)
 
@@ -197,7 +200,7 @@ def chunked_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None,
     """Mean cross-entropy of `hidden (N, C) @ weight (V, C).T + bias` against `targets (N,)`.
 
     rows: rows per softmax chunk (default: CHUNK_ELEMENTS logits); group: rows per round
-    of gradient matmuls (default: as many chunks as fit in GROUP_BYTES).
+    of gradient matmuls (default: see `group_rows`).
     """
     rows = rows or chunk_rows(weight.size(0))
     inputs = (hidden, weight) if bias is None else (hidden, weight, bias)
