@@ -1,0 +1,427 @@
+"""stagegpt vs Hugging Face GPT-2 on this CPU: training, decoding, memory and data preparation.
+
+    make bench                                  # everything (~10 minutes on 2 cores)
+    .venv/bin/python benchmarks/bench.py --quick
+    .venv/bin/python benchmarks/bench.py --only train --rounds 9
+
+Every comparison runs both sides in this one process, alternating trial by trial (ours,
+then Hugging Face's, then ours again, ...), so load from other processes hits both alike;
+each figure is the median over the rounds. The models are random-init stage 5 `GPT` and
+`transformers.GPT2LMHeadModel` (sdpa attention) of the same shape holding the same weights,
+each trained with the same step: forward, backward, grad-norm clip 1.0, AdamW from
+`stagegpt.optim.make_optimizer`, zero_grad. Ours runs its training forward
+(`model(x, y, return_logits=False)`, as `Trainer` does); Hugging Face's is
+`model(input_ids=x, labels=x)`. The bf16 rows run ours under `torch.autocast` (bf16), as
+`TrainConfig(dtype="bfloat16")` does, and compare it with Hugging Face in fp32.
+
+Achieved GFLOP/s counts 6N + 12*L*T*C FLOPs per token (`stagegpt.inspect.flops_per_token`)
+and is set against matmul ceilings measured in the same rounds: a 2048^3 fp32 `torch.mm`
+(MKL here), the same product through oneDNN (`Tensor.to_mkldnn` + `aten.mkldnn_linear`),
+and a bf16 `torch.mm`. Peak RSS is measured in a fresh subprocess (`resource.getrusage`).
+The load average is printed before and after each section: other processes on the
+machine slow both sides, but not always equally. `benchmarks/decode.py` has more decoding
+variants (no cache, other presets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from stagegpt import ModelConfig, TrainConfig, build_model, generate
+from stagegpt.inspect import flops_per_token
+from stagegpt.optim import make_optimizer
+
+SEED = ModelConfig.from_preset("seed")  # 12 layers, 4 heads, n_embd 256, T 256, vocab 50,257
+CHAR = ModelConfig(vocab_size=65, block_size=64, n_embd=128, n_layer=4, n_head=4)
+SHAPES = {"seed": (SEED, 8), "char": (CHAR, 12)}  # config, batch size
+DECODE_TOKENS = 256
+PREPARE_MB = 8
+
+
+# ---- models and training steps ---------------------------------------------------------
+
+
+def hf_twin(model):
+    """GPT2LMHeadModel (sdpa) of `model`'s shape holding the very same weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # no notes about the default loss on every model
+
+    from stagegpt.hf import hf_config, weights_to_hf
+
+    config = GPT2Config(**hf_config(model.config), attn_implementation="sdpa")
+    twin = GPT2LMHeadModel(config)
+    missing, unexpected = twin.load_state_dict(weights_to_hf(model), strict=False)
+    assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
+    assert twin.lm_head.weight.data_ptr() == twin.transformer.wte.weight.data_ptr()
+    assert twin.config._attn_implementation == "sdpa"
+    return twin
+
+
+def autocast(dtype: str):
+    if dtype == "bfloat16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step_fn(model, forward: Callable, x, y, dtype: str = "float32") -> Callable[[], float]:
+    """One optimizer step as `Trainer._train_step` takes it (grad_accum 1, one process)."""
+    optimizer = make_optimizer(model, TrainConfig())
+    model.train()
+
+    def step() -> float:
+        with autocast(dtype):
+            loss = forward(x, y)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def ours_forward(model):
+    return lambda x, y: model(x, y, return_logits=False)[1]
+
+
+def hf_forward(model):
+    return lambda x, y: model(input_ids=x, labels=x).loss
+
+
+def make_pair(config: ModelConfig, batch: int):
+    torch.manual_seed(0)
+    ours = build_model(5, config)
+    hf = hf_twin(ours)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, config.vocab_size, (batch, config.block_size), generator=g)
+    y = torch.roll(x, -1, dims=1)  # ours predicts x[t+1] at t, as HF's shifted labels do
+    return ours, hf, x, y
+
+
+# ---- matmul ceilings ---------------------------------------------------------------------
+
+
+def matmul_probes(n: int = 2048) -> dict[str, Callable[[], float]]:
+    """GFLOP/s of one n x n x n product on each path; each call returns one measurement."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    flops = 2 * n**3
+    probes = {"fp32 torch.mm": lambda: torch.mm(a, b, out=out)}
+    try:
+        am, bm = a.to_mkldnn(), b.t().contiguous().to_mkldnn()
+        torch.ops.aten.mkldnn_linear(am, bm, None)
+        probes["fp32 oneDNN"] = lambda: torch.ops.aten.mkldnn_linear(am, bm, None)
+    except (RuntimeError, AttributeError):
+        pass
+    ab, bb = a.bfloat16(), b.bfloat16()
+    probes["bf16 torch.mm"] = lambda: torch.mm(ab, bb)
+
+    def timed(fn):
+        def measure() -> float:
+            start = time.perf_counter()
+            fn()
+            return flops / (time.perf_counter() - start) / 1e9
+        return measure
+
+    return {name: timed(fn) for name, fn in probes.items()}
+
+
+# ---- interleaved trials -------------------------------------------------------------------
+
+
+@dataclass
+class Trials:
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, value: float) -> None:
+        self.values.setdefault(name, []).append(value)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.values[name])
+
+    def spread(self, name: str) -> str:
+        v = sorted(self.values[name])
+        return f"{v[0]:,.0f}-{v[-1]:,.0f}"
+
+
+def time_steps(step: Callable[[], float], steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - start
+
+
+def bench_train(rounds: int, log: Callable[[str], None]) -> dict:
+    """Train tokens/s for each shape and dtype, ours and HF's, alternating within each round."""
+    runs: dict[str, tuple[Callable[[], float], int, int]] = {}  # name -> (step, tokens, steps)
+    flops: dict[str, int] = {}
+    losses: dict[str, float] = {}
+    for shape, (config, batch) in SHAPES.items():
+        ours, hf, x, y = make_pair(config, batch)
+        flops[shape] = flops_per_token(ours)["train"]
+        tokens = batch * config.block_size
+        steps = 1 if shape == "seed" else 10  # keep each trial at least ~0.2 s
+        runs[f"{shape} fp32 stagegpt"] = (train_step_fn(ours, ours_forward(ours), x, y),
+                                          tokens, steps)
+        if shape == "seed":
+            twin = build_model(5, config)
+            twin.load_state_dict(ours.state_dict())
+            runs["seed bf16 stagegpt"] = (
+                train_step_fn(twin, ours_forward(twin), x, y, "bfloat16"), tokens, steps)
+        runs[f"{shape} fp32 HF"] = (train_step_fn(hf, hf_forward(hf), x, y), tokens, steps)
+    probes = matmul_probes()
+    for name, (step, _, _) in runs.items():  # warm-up; the first losses check the twins agree
+        losses[name] = step()
+        step()
+    trials, faults = Trials(), Trials()
+    for r in range(rounds):
+        for name, probe in probes.items():
+            trials.add(name, max(probe() for _ in range(3)))
+        for name, (step, tokens, steps) in runs.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            trials.add(name, tokens * steps / time_steps(step, steps))
+            faults.add(name, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps)
+        log(f"  train round {r + 1}/{rounds}: " + ", ".join(
+            f"{k} {v[-1]:,.0f}" for k, v in trials.values.items()))
+    return {"trials": trials, "flops": flops, "losses": losses, "faults": faults}
+
+
+def bench_decode(rounds: int, log: Callable[[str], None]) -> dict:
+    """Greedy decoding of DECODE_TOKENS tokens, batch 1: stagegpt `generate` vs HF `generate`."""
+    torch.manual_seed(0)
+    ours = build_model(5, SEED).eval()
+    hf = hf_twin(ours).eval()
+    prompt = torch.tensor([[50256 % SEED.vocab_size]])
+
+    def run_ours() -> torch.Tensor:
+        return generate(ours, prompt, DECODE_TOKENS, temperature=0)
+
+    def run_hf() -> torch.Tensor:
+        with torch.inference_mode():
+            return hf.generate(prompt, max_new_tokens=DECODE_TOKENS, min_new_tokens=DECODE_TOKENS,
+                               do_sample=False, use_cache=True, pad_token_id=0)
+
+    same = torch.equal(run_ours(), run_hf())  # warm-up, and a check that both decode alike
+    trials = Trials()
+    for r in range(rounds):
+        for name, run in (("stagegpt", run_ours), ("HF", run_hf)):
+            start = time.perf_counter()
+            run()
+            trials.add(name, DECODE_TOKENS / (time.perf_counter() - start))
+        log(f"  decode round {r + 1}/{rounds}: stagegpt {trials.values['stagegpt'][-1]:.1f}, "
+            f"HF {trials.values['HF'][-1]:.1f} tok/s")
+    return {"trials": trials, "same_tokens": same}
+
+
+# ---- peak memory ----------------------------------------------------------------------------
+
+
+def rss_child(which: str) -> None:
+    """Run in a fresh interpreter: two seed-shape training steps, then print peak RSS (MB)."""
+    dtype = "bfloat16" if which.endswith("bf16") else "float32"
+    config, batch = SHAPES["seed"]
+    torch.manual_seed(0)
+    model = build_model(5, config)
+    if which.startswith("HF"):
+        model = hf_twin(model)
+        forward = hf_forward(model)
+    else:
+        forward = ours_forward(model)
+    x = torch.randint(0, config.vocab_size, (batch, config.block_size))
+    step = train_step_fn(model, forward, x, torch.roll(x, -1, dims=1), dtype)
+    for _ in range(2):  # the second step holds AdamW's state as well
+        step()
+    hwm = None  # the kernel's own high-water mark of this process image, as a cross-check
+    with contextlib.suppress(OSError, ValueError):
+        status = Path("/proc/self/status").read_text()
+        hwm = int(status.split("VmHWM:")[1].split()[0]) / 1024
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "vm_hwm_mb": hwm}))
+
+
+def bench_rss(threads: int) -> dict[str, float]:
+    """Linux carries ru_maxrss across fork and exec, so run this while the parent is small."""
+    peaks = {}
+    for which in ("stagegpt fp32", "stagegpt bf16", "HF fp32"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--rss-child", which, "--threads", str(threads)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        child = json.loads(out.strip().splitlines()[-1])
+        peaks[which] = child["peak_rss_mb"]
+        if child["vm_hwm_mb"] is not None:
+            peaks[which] = max(peaks[which], child["vm_hwm_mb"])
+    return peaks
+
+
+# ---- data preparation ------------------------------------------------------------------------
+
+
+def bench_prepare(megabytes: int) -> dict | None:
+    """`stagegpt prepare text --tokenizer char` on generated English-like text, in MB/s."""
+    try:
+        import stagegpt.commands.prepare  # noqa: F401
+    except ModuleNotFoundError:
+        return None
+    from stagegpt.cli import main as cli
+
+    g = torch.Generator().manual_seed(0)
+    words = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was",
+             "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at",
+             "which", "but", "have", "an", "had", "they", "you", "were", "their", "one", "all",
+             "we", "can", "her", "has", "there", "been", "if", "more", "when", "will", "would"]
+    ids = torch.randint(0, len(words), (megabytes * 200_000,), generator=g).tolist()
+    lines = [" ".join(words[i] for i in ids[j:j + 12]).capitalize() + "."
+             for j in range(0, len(ids), 12)]
+    text = "\n".join(lines) + "\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "corpus.txt"
+        path.write_text(text, encoding="utf-8")
+        size = path.stat().st_size
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = cli(["prepare", "text", str(path), "--tokenizer", "char",
+                        "--out", str(Path(tmp) / "data"), "--no-progress"])
+        elapsed = time.perf_counter() - start
+    if code != 0:
+        return None
+    return {"mb": size / 1e6, "seconds": elapsed, "mb_per_s": size / 1e6 / elapsed}
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def report(results: dict, args: argparse.Namespace) -> str:
+    lines = [f"stagegpt benchmark: {machine()}, torch {torch.__version__}, "
+             f"{args.threads} threads, median of {args.rounds} interleaved rounds", ""]
+    if "train" in results:
+        t, flops = results["train"]["trials"], results["train"]["flops"]
+        ceilings = {k: t.median(k) for k in ("fp32 torch.mm", "fp32 oneDNN", "bf16 torch.mm")
+                    if k in t.values}
+        lines.append("matmul ceilings (2048^3, GFLOP/s): " + ", ".join(
+            f"{k} {v:,.0f} ({t.spread(k)})" for k, v in ceilings.items()))
+        lines += ["", "| train (tokens/s) | stagegpt | HF fp32 | ratio | stagegpt GFLOP/s "
+                  "| of fp32 mm | of fp32 oneDNN | of bf16 mm |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for shape, dtype in (("seed", "fp32"), ("seed", "bf16"), ("char", "fp32")):
+            ours, hf = t.median(f"{shape} {dtype} stagegpt"), t.median(f"{shape} fp32 HF")
+            gflops = ours * flops[shape] / 1e9
+            fracs = [f"{gflops / ceilings[k]:.0%}" if k in ceilings else "n/a"
+                     for k in ("fp32 torch.mm", "fp32 oneDNN", "bf16 torch.mm")]
+            lines.append(f"| {shape} {dtype} | {ours:,.0f} | {hf:,.0f} "
+                         f"| **{ours / hf:.2f}x** | {gflops:,.0f} | " + " | ".join(fracs) + " |")
+        hf_gflops = t.median("seed fp32 HF") * flops["seed"] / 1e9
+        lines.append(f"\nHF seed fp32: {hf_gflops:,.0f} GFLOP/s; spreads (min-max tokens/s): "
+                     + ", ".join(f"{k} {t.spread(k)}" for k in t.values if "GFLOP" not in k
+                                 and "mm" not in k and "oneDNN" not in k))
+        faults = results["train"]["faults"]
+        lines.append("page faults per step (median): " + ", ".join(
+            f"{k} {faults.median(k):,.0f}" for k in faults.values))
+        first = results["train"]["losses"]
+        lines.append("first-step losses (twins agree): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in first.items()))
+    if "decode" in results:
+        t = results["decode"]["trials"]
+        ours, hf = t.median("stagegpt"), t.median("HF")
+        lines += ["", f"| decode (seed, batch 1, greedy, {DECODE_TOKENS} new tokens) "
+                  "| stagegpt | HF generate | ratio |", "|---|---|---|---|",
+                  f"| tokens/s | {ours:,.1f} | {hf:,.1f} | **{ours / hf:.2f}x** |",
+                  f"\nsame greedy tokens as HF: {results['decode']['same_tokens']}; spreads: "
+                  f"stagegpt {t.spread('stagegpt')}, HF {t.spread('HF')}"]
+    if "rss" in results:
+        lines += ["", "| peak RSS, seed-shape training step (MB) | " +
+                  " | ".join(results["rss"]) + " |",
+                  "|---|" + "---|" * len(results["rss"]),
+                  "| fresh process, 2 steps | " +
+                  " | ".join(f"{v:,.0f}" for v in results["rss"].values()) + " |"]
+    if "prepare" in results:
+        p = results["prepare"]
+        lines.append("\nprepare: the data module is not there" if p is None else
+                     f"\nstagegpt prepare text --tokenizer char: {p['mb']:.1f} MB of text in "
+                     f"{p['seconds']:.2f} s = {p['mb_per_s']:.1f} MB/s")
+    lines.append("\nload average (1 min) before -> after each section: " + ", ".join(
+        f"{k} {a:.2f} -> {b:.2f}" for k, (a, b) in results["load"].items()))
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores, no GPU" if not torch.cuda.is_available() else cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (3), for a rough look")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per comparison "
+                        "(default 7, or 3 with --quick)")
+    parser.add_argument("--only", default="train,decode,rss,prepare",
+                        help="comma-separated sections: train, decode, rss, prepare")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--json", metavar="FILE", help="also write the medians to FILE")
+    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+    if args.rss_child:
+        rss_child(args.rss_child)
+        return 0
+    args.rounds = args.rounds or (3 if args.quick else 7)
+    sections = {s.strip() for s in args.only.split(",") if s.strip()}
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    results: dict = {"load": {}}
+    runs = {"rss": ("peak RSS (fresh subprocesses)", lambda: bench_rss(args.threads)),
+            "train": ("training (seed fp32, seed bf16, char fp32; ours and HF alternating)",
+                      lambda: bench_train(args.rounds, log)),
+            "decode": ("decoding", lambda: bench_decode(args.rounds, log)),
+            "prepare": ("prepare", lambda: bench_prepare(2 if args.quick else PREPARE_MB))}
+    for section, (what, run) in runs.items():
+        if section in sections:
+            before = os.getloadavg()[0]
+            log(f"{what} ... (load average {before:.2f})")
+            results[section] = run()
+            results["load"][section] = (before, os.getloadavg()[0])
+    print(report(results, args))
+    if args.json:
+        Path(args.json).write_text(json.dumps(to_json(results), indent=2) + "\n")
+    return 0
+
+
+def to_json(results: dict) -> dict:
+    out = {}
+    for section, value in results.items():
+        if isinstance(value, dict) and "trials" in value:
+            out[section] = {k: ({"median": {n: v.median(n) for n in v.values}, "runs": v.values}
+                                if isinstance(v, Trials) else v) for k, v in value.items()}
+        else:
+            out[section] = value
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
