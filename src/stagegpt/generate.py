@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from stagegpt import onednn
 from stagegpt.errors import StagegptError
 from stagegpt.layers import Linear
 
@@ -242,21 +243,32 @@ def decoding_weights(model: LanguageModel, n: int) -> tuple[Callable[[Tensor], T
     """The head for `n` decoding steps (hidden (B, C) -> logits (B, V)), and the `Linear`
     layers given transposed weights for them (reset their `weight_t` to None afterwards).
 
-    At a few rows per step every product is a matrix-vector product, and on a CPU one
-    against an (in, out) layout runs up to twice as fast as one against the (out, in)
-    `nn.Linear` weight when out > in. Long enough generations (a copy costs about what 20
-    tokens save) therefore decode against transposed copies made once per call: the head
-    first, then the blocks' widening layers, within DECODE_COPY_BYTES.
+    At a few rows per step every product is a matrix-vector product, bound by reading the
+    weights. On a CPU, MKL's (PyTorch's default) runs on one thread, and when out > in
+    up to twice as fast against an (in, out) layout as against the (out, in) `nn.Linear`
+    weight; oneDNN's shares the work among the threads but costs ~30 us to set up. So for
+    generations long enough to repay a copy (about what 20 tokens save):
+    - the head, the largest matrix, goes through oneDNN when there are threads to share
+      it, and otherwise decodes against a transposed copy;
+    - the blocks' widening layers decode against transposed copies made once per call,
+      within DECODE_COPY_BYTES in all.
     """
-    weight, bias = model.lm_head.weight, model.lm_head.bias
+    weight, bias = model.lm_head.weight.detach(), model.lm_head.bias
+    bias = None if bias is None else bias.detach()
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or n < 32:
         return model.lm_head, []
-    budget = DECODE_COPY_BYTES - weight.numel() * weight.element_size()
-    if budget < 0:
-        return model.lm_head, []
-    weight_t = weight.detach().t().contiguous()  # (C, V)
-    head = ((lambda h: torch.mm(h, weight_t)) if bias is None
-            else (lambda h: torch.addmm(bias.detach(), h, weight_t)))
+    budget = DECODE_COPY_BYTES
+    if torch.get_num_threads() > 1 and onednn.available():
+        def head(h: Tensor) -> Tensor:
+            return onednn.matmul_nt(h, weight, bias)
+    else:
+        budget -= weight.numel() * weight.element_size()
+        if budget < 0:
+            return model.lm_head, []
+        weight_t = weight.t().contiguous()  # (C, V)
+
+        def head(h: Tensor) -> Tensor:
+            return h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
     widened = []
     for layer in model.modules():
         if isinstance(layer, Linear) and layer.out_features > layer.in_features:

@@ -26,12 +26,16 @@ MIN_ROWS = 64  # below this (e.g. one token while decoding) the conversions do n
 MIN_WEIGHT_GRAD_MACS = 1 << 26
 
 
+def available() -> bool:
+    """oneDNN is in this build, enabled, and not switched off here."""
+    return ENABLED and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
 def applies(x: Tensor, weight: Tensor) -> bool:
     """True if `x @ weight.T` should go through oneDNN here."""
-    return (ENABLED and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and x.numel() >= MIN_ROWS * x.size(-1) and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling())
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and x.numel() >= MIN_ROWS * x.size(-1) and available()
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
 def matmul_nt(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
