@@ -240,14 +240,15 @@ def test_zero_new_tokens_returns_the_prompt(tiny_config):
 
 
 def test_decoding_weight_copies_are_dropped_afterwards(tiny_config):
-    """Long generations decode against transposed weight copies; none outlives the call."""
+    """Long generations decode against weight copies in another layout; none outlives
+    the call."""
     model = peaky_model(5, tiny_config)
     generate(model, prompts(tiny_config), 40, temperature=0)
     columns = stream(model, prompts(tiny_config), 40, temperature=0)
     next(columns)
-    assert any(m.weight_t is not None for m in model.modules() if isinstance(m, Linear))
+    assert any(m.decode_weight is not None for m in model.modules() if isinstance(m, Linear))
     columns.close()
-    assert all(m.weight_t is None for m in model.modules() if isinstance(m, Linear))
+    assert all(m.decode_weight is None for m in model.modules() if isinstance(m, Linear))
 
 
 def test_restores_training_flag_and_returns_plain_tensor(tiny_config):

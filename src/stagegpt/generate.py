@@ -205,13 +205,13 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
     stop = torch.tensor(sorted({int(s) for s in stop_ids or ()}), dtype=torch.long, device=device)
     finished = torch.zeros(B, 1, dtype=torch.bool, device=device)
     was_training = model.training
-    widened: list = []
+    prepared: list = []
     model.eval()
     try:
         with torch.inference_mode():
             dtype = next(model.parameters()).dtype
             caches = model.make_kv_cache(B, device, dtype) if use_cache else None
-            head, widened = decoding_weights(model, n)
+            head, prepared = decoding_weights(model, n)
             hidden = model.body(out[:, max(0, T - block_size):T], caches, 0)  # (B, <=bs, C)
         pos = min(T, block_size)  # where the next token goes in the cache
         for t in range(T, T + n):
@@ -232,8 +232,8 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
                 return
     finally:
         model.train(was_training)
-        for layer in widened:
-            layer.weight_t = None
+        for layer in prepared:
+            layer.decode_weight = None
 
 
 DECODE_COPY_BYTES = 256 << 20  # at most this much in transposed weight copies per call
@@ -241,24 +241,24 @@ DECODE_COPY_BYTES = 256 << 20  # at most this much in transposed weight copies p
 
 def decoding_weights(model: LanguageModel, n: int) -> tuple[Callable[[Tensor], Tensor], list]:
     """The head for `n` decoding steps (hidden (B, C) -> logits (B, V)), and the `Linear`
-    layers given transposed weights for them (reset their `weight_t` to None afterwards).
+    layers given decoding weights for them (reset their `decode_weight` afterwards).
 
     At a few rows per step every product is a matrix-vector product, bound by reading the
-    weights. On a CPU, MKL's (PyTorch's default) runs on one thread, and when out > in
-    up to twice as fast against an (in, out) layout as against the (out, in) `nn.Linear`
-    weight; oneDNN's shares the work among the threads but costs ~30 us to set up. So for
-    generations long enough to repay a copy (about what 20 tokens save):
-    - the head, the largest matrix, goes through oneDNN when there are threads to share
-      it, and otherwise decodes against a transposed copy;
-    - the blocks' widening layers decode against transposed copies made once per call,
-      within DECODE_COPY_BYTES in all.
+    weights. On a CPU, MKL's (PyTorch's default) runs on one thread and reads the (out, in)
+    `nn.Linear` layout slowly, but its batched product gives each thread one matrix of the
+    batch. So generations long enough to repay a copy (about what 20 tokens save) decode
+    - the blocks' layers against their transposed weights cut into one block of output
+      columns per thread (`Linear.decode_weight`), within DECODE_COPY_BYTES in all;
+    - the head, the largest matrix, through oneDNN, which shares a matrix-vector product
+      among threads by itself (on one thread: against a transposed copy).
     """
     weight, bias = model.lm_head.weight.detach(), model.lm_head.bias
     bias = None if bias is None else bias.detach()
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or n < 32:
         return model.lm_head, []
     budget = DECODE_COPY_BYTES
-    if torch.get_num_threads() > 1 and onednn.available():
+    threads = torch.get_num_threads()
+    if threads > 1 and onednn.available():
         def head(h: Tensor) -> Tensor:
             return onednn.matmul_nt(h, weight, bias)
     else:
@@ -269,15 +269,17 @@ def decoding_weights(model: LanguageModel, n: int) -> tuple[Callable[[Tensor], T
 
         def head(h: Tensor) -> Tensor:
             return h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
-    widened = []
+    prepared = []
     for layer in model.modules():
-        if isinstance(layer, Linear) and layer.out_features > layer.in_features:
+        if isinstance(layer, Linear):
             budget -= layer.weight.numel() * layer.weight.element_size()
             if budget < 0:
                 break
-            layer.weight_t = layer.weight.detach().t().contiguous()  # (in, out)
-            widened.append(layer)
-    return head, widened
+            out, k = layer.out_features, threads if layer.out_features % threads == 0 else 1
+            w_t = layer.weight.detach().t()  # (in, out)
+            layer.decode_weight = w_t.reshape(-1, k, out // k).transpose(0, 1).contiguous()
+            prepared.append(layer)
+    return head, prepared
 
 
 def _is_int(value: object) -> bool:

@@ -69,17 +69,22 @@ class Linear(nn.Linear):
     """`nn.Linear` with the faster fp32 CPU product for the rows at hand.
 
     Many rows (training, prefill) go through oneDNN (see `stagegpt.onednn`). A few rows
-    (decoding) use `weight_t`, an (in, out) copy of the weight that generation sets for
-    its duration (see `stagegpt.generate.decoding_weights`) when that layout is faster.
+    (decoding) use `decode_weight` while generation has set it (see
+    `stagegpt.generate.decoding_weights`): the transposed weight cut into k blocks of
+    output columns, (k, in, out / k), so that a batched product gives each thread a block.
     """
 
-    weight_t: Tensor | None = None
+    decode_weight: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.weight_t is not None and x.numel() < onednn.MIN_ROWS * x.size(-1):
-            x2 = x.reshape(-1, x.size(-1))  # (rows, in)
-            y = x2 @ self.weight_t if self.bias is None else self.bias.addmm(x2, self.weight_t)
-            return y.view(*x.shape[:-1], self.out_features)
+        w = self.decode_weight
+        if w is not None and x.numel() < onednn.MIN_ROWS * x.size(-1):
+            xs = x.reshape(1, -1, x.size(-1)).expand(w.size(0), -1, -1)  # (k, rows, in)
+            if self.bias is None:
+                y = torch.bmm(xs, w)  # (k, rows, out / k)
+            else:
+                y = torch.baddbmm(self.bias.view(w.size(0), 1, -1), xs, w)
+            return y.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
         return onednn.linear(x, self.weight, self.bias)
 
 
