@@ -7,10 +7,13 @@ reached through public APIs only: `F.linear` on an input converted with
 `Tensor.to_mkldnn()`, the result converted back with `Tensor.to_dense()`. Each
 conversion is a plain copy, small next to the product it feeds.
 
-`linear(x, weight, bias)` is `F.linear` with that path in forward and backward. It falls
-back to `F.linear` whenever the path does not apply or would not pay: fewer than
-MIN_ROWS rows (decoding), anything but fp32 on a CPU, under autocast (bf16 products
-already go to oneDNN), under `torch.compile`, or with `ENABLED = False`.
+`linear(x, weight, bias)` is `F.linear` with that path in forward and backward. Small
+products are left to PyTorch's own (C++) autograd of the oneDNN product; from
+LARGE_MACS multiply-adds up, `_Linear` does the backward itself, faster: the gradients
+as two more oneDNN products. It falls back to `F.linear` whenever the path does not
+apply or would not pay: fewer than MIN_ROWS rows (decoding), anything but fp32 on a
+CPU, under autocast (bf16 products already go to oneDNN), under `torch.compile`, or
+with `ENABLED = False`.
 """
 
 from __future__ import annotations
@@ -21,9 +24,7 @@ from torch import Tensor
 
 ENABLED = True
 MIN_ROWS = 64  # below this (e.g. one token while decoding) the conversions do not pay
-# The weight gradient g.T @ x needs both operands transposed for oneDNN; below this many
-# multiply-adds MKL's product, which reads the transposes in place, is faster.
-MIN_WEIGHT_GRAD_MACS = 1 << 26
+LARGE_MACS = 1 << 26  # from here on `_Linear`'s backward beats PyTorch's
 
 
 def available() -> bool:
@@ -63,10 +64,8 @@ class _Linear(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = matmul_nt(g2, weight.t().contiguous()).view(*grad.shape[:-1], -1)
-        if ctx.needs_input_grad[1] and g2.numel() * x2.size(1) >= MIN_WEIGHT_GRAD_MACS:
+        if ctx.needs_input_grad[1]:
             grad_w = matmul_nt(g2.t(), x2.t().contiguous())  # (out, M) @ (M, in)
-        elif ctx.needs_input_grad[1]:
-            grad_w = g2.t() @ x2
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b
@@ -76,8 +75,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`F.linear(x, weight, bias)`, through oneDNN when `applies(x, weight)`."""
     if not applies(x, weight):
         return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
+    if (x.numel() * weight.size(0) >= LARGE_MACS and torch.is_grad_enabled()
+            and (x.requires_grad or weight.requires_grad
+                 or (bias is not None and bias.requires_grad))):
         return _Linear.apply(x, weight, bias)
-    y = matmul_nt(x.reshape(-1, x.size(-1)), weight.contiguous(), bias)
+    y = matmul_nt(x.reshape(-1, x.size(-1)), weight.contiguous(), bias)  # autograd: PyTorch's
     return y.view(*x.shape[:-1], weight.size(0))
