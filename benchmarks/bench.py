@@ -162,6 +162,17 @@ class Trials:
         return f"{v[0]:,.0f}-{v[-1]:,.0f}"
 
 
+def rotated(names: list[str], r: int) -> list[str]:
+    """Round r's order: each shape's runs rotated by r, so no run always follows the same one
+    (a step right after HF's, which frees ~2 GB, runs measurably slower)."""
+    shapes = list(dict.fromkeys(n.split()[0] for n in names))
+    order = []
+    for shape in shapes:
+        group = [n for n in names if n.split()[0] == shape]
+        order += group[r % len(group):] + group[:r % len(group)]
+    return order
+
+
 def time_steps(step: Callable[[], float], steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
@@ -195,7 +206,8 @@ def bench_train(rounds: int, log: Callable[[str], None]) -> dict:
     for r in range(rounds):
         for name, probe in probes.items():
             trials.add(name, max(probe() for _ in range(3)))
-        for name, (step, tokens, steps) in runs.items():
+        for name in rotated(list(runs), r):
+            step, tokens, steps = runs[name]
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             trials.add(name, tokens * steps / time_steps(step, steps))
             faults.add(name, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps)
@@ -222,7 +234,7 @@ def bench_decode(rounds: int, log: Callable[[str], None]) -> dict:
     same = torch.equal(run_ours(), run_hf())  # warm-up, and a check that both decode alike
     trials = Trials()
     for r in range(rounds):
-        for name, run in (("stagegpt", run_ours), ("HF", run_hf)):
+        for name, run in (("stagegpt", run_ours), ("HF", run_hf))[::1 if r % 2 == 0 else -1]:
             start = time.perf_counter()
             run()
             trials.add(name, DECODE_TOKENS / (time.perf_counter() - start))
