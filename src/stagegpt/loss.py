@@ -41,6 +41,7 @@ from stagegpt import onednn
 
 CHUNK_ELEMENTS = 6 << 20  # logits per softmax chunk: 24 MB in fp32 (125 rows at V = 50,257)
 GROUP_BYTES = 128 << 20  # P held for one round of gradient matmuls (bf16)
+SMALL_LOGITS = 1 << 20  # up to 4 MB of fp32 logits: not worth chunking
 TINY = 1e-30  # below this the target probability is recomputed from the logits
 LOG_TINY = math.log(TINY)
 
@@ -200,8 +201,11 @@ def chunked_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None,
     """Mean cross-entropy of `hidden (N, C) @ weight (V, C).T + bias` against `targets (N,)`.
 
     rows: rows per softmax chunk (default: CHUNK_ELEMENTS logits); group: rows per round
-    of gradient matmuls (default: see `group_rows`).
+    of gradient matmuls (default: see `group_rows`). Left to choose, logits of at most
+    SMALL_LOGITS elements (a small vocabulary) take the plain path, which is faster there.
     """
+    if rows is None and hidden.size(0) * weight.size(0) <= SMALL_LOGITS:
+        return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets)
     rows = rows or chunk_rows(weight.size(0))
     inputs = (hidden, weight) if bias is None else (hidden, weight, bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
