@@ -16,7 +16,7 @@ each trained with the same step: forward, backward, grad-norm clip 1.0, AdamW fr
 
 Achieved GFLOP/s counts 6N + 12*L*T*C FLOPs per token (`stagegpt.inspect.flops_per_token`)
 and is set against matmul ceilings measured in the same rounds: a 2048^3 fp32 `torch.mm`
-(MKL here), the same product through oneDNN (`Tensor.to_mkldnn` + `aten.mkldnn_linear`),
+(MKL here), the same product through oneDNN (`F.linear` on a `Tensor.to_mkldnn()` input),
 and a bf16 `torch.mm`. Peak RSS is measured in a fresh subprocess (`resource.getrusage`).
 The load average is printed before and after each section: other processes on the
 machine slow both sides, but not always equally. `benchmarks/decode.py` has more decoding
@@ -125,11 +125,11 @@ def matmul_probes(n: int = 2048) -> dict[str, Callable[[], float]]:
     out = torch.empty(n, n)
     flops = 2 * n**3
     probes = {"fp32 torch.mm": lambda: torch.mm(a, b, out=out)}
-    try:
-        am, bm = a.to_mkldnn(), b.t().contiguous().to_mkldnn()
-        torch.ops.aten.mkldnn_linear(am, bm, None)
-        probes["fp32 oneDNN"] = lambda: torch.ops.aten.mkldnn_linear(am, bm, None)
-    except (RuntimeError, AttributeError):
+    try:  # F.linear on a to_mkldnn() input runs oneDNN's product, as stagegpt.onednn does
+        am, bt = a.to_mkldnn(), b.t().contiguous()
+        torch.nn.functional.linear(am, bt)
+        probes["fp32 oneDNN"] = lambda: torch.nn.functional.linear(am, bt)
+    except RuntimeError:  # a build without oneDNN
         pass
     ab, bb = a.bfloat16(), b.bfloat16()
     probes["bf16 torch.mm"] = lambda: torch.mm(ab, bb)

@@ -48,6 +48,8 @@ def matmul_nt(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 class _Linear(torch.autograd.Function):
+    """`F.linear` for large products: all three products in oneDNN, each input converted once."""
+
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         x2 = x.reshape(-1, x.size(-1))  # (M, in)
