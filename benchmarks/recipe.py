@@ -6,7 +6,15 @@ block 64, batch 12, dropout 0, AdamW lr 1e-3 with 100 warmup steps and cosine de
 checkpoints and plots included in its wall time). Both final models are then scored on
 the same fixed validation batches.
 
-    python benchmarks/recipe.py --data data/shakespeare_full_char   # prepare it first:
+By default the comparison is paired: the plain model starts from the initial weights
+`stagegpt train --seed S` starts from and draws the same batches, so any gap in val loss
+comes from the implementations, not from the luck of the draw (different draws of the
+same init alone move the final val loss by ~0.005 nats). `--own-init` lets the plain
+model draw its own init (and decay its embeddings, as nanoGPT does); compare means over
+several `--seeds` then.
+
+    python benchmarks/recipe.py --data data/shakespeare_full_char --seeds 3
+    # prepare the data first:
     stagegpt prepare shakespeare --variant full --tokenizer char --out data/shakespeare_full_char
 """
 
@@ -25,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stagegpt import ModelConfig, build_model
 from stagegpt.checkpoint import load_checkpoint
 from stagegpt.data import load_split, read_meta
 
@@ -69,7 +78,7 @@ class PlainGPT(nn.Module):
 
 
 def batch(data: np.ndarray, B: int, T: int, g: torch.Generator):
-    ix = torch.randint(len(data) - T - 1, (B,), generator=g).numpy()
+    ix = torch.randint(len(data) - T, (B,), generator=g).numpy()  # window i..i+T
     rows = np.stack([data[i:i + T + 1] for i in ix]).astype(np.int64)
     return torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
 
@@ -82,17 +91,45 @@ def lr_at(step: int) -> float:
     return r["min_lr"] + 0.5 * (1 + math.cos(math.pi * p)) * (r["lr"] - r["min_lr"])
 
 
-def train_plain(data_dir: Path, vocab: int) -> tuple[nn.Module, float]:
+def initial_plain_model(vocab: int, seed: int, own_init: bool) -> PlainGPT:
+    """PlainGPT drawing its own GPT-2 init, or holding stagegpt's initial weights for `seed`."""
     r = RECIPE
-    torch.manual_seed(1337)
+    torch.manual_seed(seed)
     model = PlainGPT(vocab, r["block_size"], r["n_embd"], r["n_layer"], r["n_head"])
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
+    if own_init:
+        return model
+    config = ModelConfig(vocab_size=vocab, block_size=r["block_size"], n_embd=r["n_embd"],
+                         n_layer=r["n_layer"], n_head=r["n_head"], dropout=0.0)
+    torch.manual_seed(seed)  # as `stagegpt train --seed` does before building its model
+    ours = build_model(5, config).state_dict()
+    renamed = {"n1": "ln_1", "qkv": "attn.c_attn", "out": "attn.c_proj", "n2": "ln_2",
+               "up": "mlp.c_fc", "down": "mlp.c_proj"}
+    top = {"tok": "wte", "pos": "wpe", "norm": "ln_f"}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            parts = name.split(".")
+            if parts[0] == "layers":  # layers.i.module.leaf -> h.i.<gpt-2 name>.leaf
+                source = f"h.{parts[1]}.{renamed[parts[2]]}.{parts[3]}"
+            else:
+                source = f"{top[parts[0]]}.{parts[1]}"
+            param.copy_(ours[source])
+    return model
+
+
+def train_plain(data_dir: Path, vocab: int, seed: int, own_init: bool) -> tuple[nn.Module, float]:
+    r = RECIPE
+    model = initial_plain_model(vocab, seed, own_init)
+    if own_init:  # nanoGPT decays every matrix, embeddings included
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        other = [p for p in model.parameters() if p.dim() < 2]
+    else:  # stagegpt's groups: no decay on the (tied) embeddings
+        decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "layers" in n]
+        other = [p for n, p in model.named_parameters() if p.dim() < 2 or "layers" not in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                              {"params": other, "weight_decay": 0.0}], lr=r["lr"],
                             betas=(0.9, 0.99))
     train = load_split(data_dir, "train")
-    g = torch.Generator().manual_seed(1337)
+    g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for step in range(r["steps"]):
         for group in opt.param_groups:
@@ -106,7 +143,7 @@ def train_plain(data_dir: Path, vocab: int) -> tuple[nn.Module, float]:
     return model, time.perf_counter() - start
 
 
-def train_stagegpt(data_dir: Path, out: Path) -> float:
+def train_stagegpt(data_dir: Path, out: Path, seed: int) -> float:
     r = RECIPE
     args = ["train", "--stage", "5", "--data", str(data_dir), "--out", str(out),
             "--preset", "small", "--n-layer", str(r["n_layer"]), "--n-head", str(r["n_head"]),
@@ -114,7 +151,7 @@ def train_stagegpt(data_dir: Path, out: Path) -> float:
             "--batch-size", str(r["batch_size"]), "--dropout", "0", "--lr", str(r["lr"]),
             "--min-lr", str(r["min_lr"]), "--warmup-steps", str(r["warmup_steps"]),
             "--max-steps", str(r["steps"]), "--eval-every", "500", "--ckpt-every", "1000",
-            "--no-progress"]
+            "--seed", str(seed), "--no-progress"]
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "stagegpt", *args], check=True)
     return time.perf_counter() - start
@@ -130,23 +167,43 @@ def val_loss(loss_fn, data_dir: Path, batches: int = 200) -> float:
     return sum(losses) / len(losses)
 
 
+def run_pair(data_dir: Path, vocab: int, seed: int,
+             own_init: bool) -> dict[str, tuple[float, float]]:
+    """(val loss, wall time) of both models trained from `seed`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_time = train_stagegpt(data_dir, Path(tmp) / "run", seed)
+        model = load_checkpoint(Path(tmp) / "run").model
+        ours = val_loss(lambda x, y: model(x, y)[1], data_dir)
+    plain_model, plain_time = train_plain(data_dir, vocab, seed, own_init)
+    plain = val_loss(plain_model.eval(), data_dir)
+    return {"stagegpt stage 5": (ours, ours_time), "plain nanoGPT-style": (plain, plain_time)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train both models from this many seeds (--first-seed, the next, "
+                             "...) and compare the means; single runs vary by ~0.005 nats")
+    parser.add_argument("--first-seed", type=int, default=1337)
+    parser.add_argument("--own-init", action="store_true",
+                        help="the plain model draws its own init and decays its embeddings "
+                             "(unpaired: compare means over several --seeds)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     vocab = read_meta(args.data)["vocab_size"]
-    with tempfile.TemporaryDirectory() as tmp:
-        ours_time = train_stagegpt(args.data, Path(tmp) / "run")
-        model = load_checkpoint(Path(tmp) / "run").model
-        ours = val_loss(lambda x, y: model(x, y)[1], args.data)
-    plain_model, plain_time = train_plain(args.data, vocab)
-    plain_model.eval()
-    plain = val_loss(plain_model, args.data)
-    print(f"{'':<22}{'val loss':>10}{'wall time':>12}")
-    print(f"{'stagegpt stage 5':<22}{ours:>10.4f}{ours_time:>11.1f}s")
-    print(f"{'plain nanoGPT-style':<22}{plain:>10.4f}{plain_time:>11.1f}s")
+    results: dict[str, list[tuple[float, float]]] = {}
+    print(f"{'':<22}{'seed':>6}{'val loss':>10}{'wall time':>12}", flush=True)
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for name, (loss, wall) in run_pair(args.data, vocab, seed, args.own_init).items():
+            results.setdefault(name, []).append((loss, wall))
+            print(f"{name:<22}{seed:>6}{loss:>10.4f}{wall:>11.1f}s", flush=True)
+    means = {name: [sum(column) / len(column) for column in zip(*rows, strict=True)]
+             for name, rows in results.items()}
+    for name, (loss, wall) in means.items():
+        print(f"{name:<22}{'mean':>6}{loss:>10.4f}{wall:>11.1f}s")
+    (ours, ours_time), (plain, plain_time) = means.values()
     print(f"ratio (plain / stagegpt): val {plain / ours:.3f}, time {plain_time / ours_time:.2f}x")
 
 

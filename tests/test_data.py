@@ -2,7 +2,10 @@
 
 import json
 import math
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -331,6 +334,20 @@ def test_existing_dataset_needs_if_missing_or_force(tmp_path, capsys):
     assert bins(out) == before
     assert prepare(*args[:-1], out, "--seed", "9", "--force") == 0
     assert bins(out) != before and read_meta(out)["seed"] == 9
+
+
+def test_a_killed_writers_temporary_dir_is_removed_and_a_live_ones_kept(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead_pid = int(finished.stdout)
+    stale = tmp_path / f".m.{dead_pid}.k1ll3d.tmp"
+    live = tmp_path / f".m.{os.getpid()}.runn1n.tmp"
+    for leftover in (stale, live):
+        leftover.mkdir()
+        (leftover / "train.bin").write_bytes(b"half")
+    assert prepare("markov", "--vocab", "6", "--tokens", "2000", "--out", tmp_path / "m") == 0
+    assert not stale.exists() and live.exists()
+    assert read_meta(tmp_path / "m")["train_tokens"] == 1800
 
 
 def test_if_missing_repairs_a_damaged_dataset_and_a_foreign_dir_is_refused(tmp_path, capsys):

@@ -251,6 +251,29 @@ def test_decoding_weight_copies_are_dropped_afterwards(tiny_config):
     assert all(m.decode_weight is None for m in model.modules() if isinstance(m, Linear))
 
 
+def test_a_paused_stream_does_not_leak_its_weight_copies_into_training(tiny_config):
+    """While a stream is paused the model can train: small batches get gradients for
+    every weight, and an update is seen by the next decoding step."""
+    model = peaky_model(5, tiny_config)
+    x = prompts(tiny_config, B=1, T=3)
+    columns = stream(model, x, 40, temperature=0)
+    next(columns)
+    model.train()
+    model.zero_grad()
+    model(x, x)[1].backward()
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in linears)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.0)
+    updated = build_model(5, tiny_config).eval()
+    updated.load_state_dict(model.state_dict())
+    model.eval()
+    with torch.inference_mode():
+        assert torch.equal(model(x)[0], updated(x)[0])
+    columns.close()
+
+
 def test_restores_training_flag_and_returns_plain_tensor(tiny_config):
     model = build_model(5, ModelConfig(**{**tiny_config.to_dict(), "dropout": 0.5})).train()
     out = generate(model, prompts(tiny_config), 6, temperature=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -103,7 +104,9 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     ensure_dir(target.parent)
     recover_dir(target)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    remove_stale_tmp(target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.",
+                                suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~_UMASK)
         yield tmp
@@ -145,6 +148,27 @@ def recover_dir(target: str | Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(old, target)
+
+
+def remove_stale_tmp(target: str | Path) -> None:
+    """Remove the temporary directories that killed `atomic_dir` writers left beside
+    `target`. The writer's PID is in each name; a live writer's directory is left alone."""
+    target = Path(target)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[^.]+\.tmp")
+    for entry in target.parent.glob(f".{target.name}.*.tmp"):
+        match = pattern.fullmatch(entry.name)
+        if match and entry.is_dir() and not _process_alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists but belongs to someone else
+    return True
 
 
 def readable_dir(target: str | Path) -> Path:

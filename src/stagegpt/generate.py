@@ -233,7 +233,7 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
     finally:
         model.train(was_training)
         for layer in prepared:
-            layer.decode_weight = None
+            layer.set_decode_weight(None)
 
 
 DECODE_COPY_BYTES = 256 << 20  # at most this much in transposed weight copies per call
@@ -265,9 +265,11 @@ def decoding_weights(model: LanguageModel, n: int) -> tuple[Callable[[Tensor], T
         budget -= weight.numel() * weight.element_size()
         if budget < 0:
             return model.lm_head, []
-        weight_t = weight.t().contiguous()  # (C, V)
+        weight_t, version = weight.t().contiguous(), weight._version  # (C, V)
 
         def head(h: Tensor) -> Tensor:
+            if weight._version != version:  # changed since the copy: use the layer itself
+                return model.lm_head(h)
             return h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
     prepared = []
     for layer in model.modules():
@@ -277,7 +279,7 @@ def decoding_weights(model: LanguageModel, n: int) -> tuple[Callable[[Tensor], T
                 break
             out, k = layer.out_features, threads if layer.out_features % threads == 0 else 1
             w_t = layer.weight.detach().t()  # (in, out)
-            layer.decode_weight = w_t.reshape(-1, k, out // k).transpose(0, 1).contiguous()
+            layer.set_decode_weight(w_t.reshape(-1, k, out // k).transpose(0, 1).contiguous())
             prepared.append(layer)
     return head, prepared
 

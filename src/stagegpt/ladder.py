@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import shutil
 import time
@@ -26,7 +25,7 @@ from stagegpt.generate import generate
 from stagegpt.inspect import flops_per_token
 from stagegpt.models import STAGES
 from stagegpt.plots import plot_curves
-from stagegpt.train import Trainer
+from stagegpt.train import Trainer, read_metrics
 
 SETTINGS_FILE = "ladder.json"
 
@@ -86,11 +85,6 @@ def steps_for_seconds(stage: int, model_config: ModelConfig, train_config: Train
     return max(1, int(seconds / per_step))
 
 
-def _read_rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
 def _row_for(stage: int, trainer: Trainer, result) -> LadderRow:
     model = trainer.model
     return LadderRow(
@@ -122,9 +116,9 @@ def write_table(rows: list[LadderRow], out_dir: Path) -> str:
 def write_plot(stages, out_dir: Path, meta: dict) -> None:
     curves = {}
     for stage in stages:
-        rows = _read_rows(out_dir / f"stage{stage}")
+        rows = read_metrics(out_dir / f"stage{stage}")
         curves[f"stage {stage}"] = [(r["step"], r["val_loss"]) for r in rows
-                                    if r["val_loss"] is not None]
+                                    if r.get("val_loss") is not None]
     hlines = {}
     if "entropy_rate" in meta:
         hlines["source entropy rate"] = meta["entropy_rate"]

@@ -75,10 +75,22 @@ class Linear(nn.Linear):
     """
 
     decode_weight: Tensor | None = None
+    decode_version: int = -1  # self.weight._version when decode_weight was made
+
+    def set_decode_weight(self, w: Tensor | None) -> None:
+        self.decode_weight = w
+        self.decode_version = self.weight._version
+
+    def _decoding(self, x: Tensor) -> bool:
+        """Whether decode_weight serves `x`: few rows, no autograd (inference mode), and
+        the weight unchanged since the copy was made (an update bumps its version)."""
+        return (self.decode_weight is not None and torch.is_inference_mode_enabled()
+                and self.weight._version == self.decode_version
+                and x.numel() < onednn.MIN_ROWS * x.size(-1))
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.decode_weight
-        if w is not None and x.numel() < onednn.MIN_ROWS * x.size(-1):
+        if self._decoding(x):
             xs = x.reshape(1, -1, x.size(-1)).expand(w.size(0), -1, -1)  # (k, rows, in)
             if self.bias is None:
                 y = torch.bmm(xs, w)  # (k, rows, out / k)

@@ -149,7 +149,7 @@ class AttentionLM(PositionalLM):
         super().__init__(config)
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = MultiHeadAttention(config.n_embd, n_head=1, bias=config.bias)
-        self.apply(self._init_weights)
+        self.attn.apply(self._init_weights)  # each stage initializes only what it adds
 
     def body(self, idx: Tensor, caches: list[KVCache] | None = None, start: int = 0) -> Tensor:
         x = self.ln_1(self.embed(idx, start))
@@ -166,6 +166,7 @@ class BlockLM(PositionalLM):
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
+        del self.gelu  # the blocks' MLPs hold the nonlinearity now
         n_head = self.n_head_override or config.n_head
         dropout = config.dropout if self.n_head_override is None else 0.0
         self.drop = nn.Dropout(dropout)
@@ -173,7 +174,7 @@ class BlockLM(PositionalLM):
             TransformerBlock(config.n_embd, n_head, dropout, config.bias)
             for _ in range(config.n_layer)
         )
-        self.apply(self._init_weights)
+        self.h.apply(self._init_weights)
 
     def body(self, idx: Tensor, caches: list[KVCache] | None = None, start: int = 0) -> Tensor:
         x = self.drop(self.embed(idx, start))  # (B, T, C)

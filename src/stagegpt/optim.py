@@ -27,8 +27,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    # fused: one kernel per parameter group instead of a dozen elementwise passes per step
     return torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
-                             betas=(config.beta1, config.beta2), foreach=True)
+                             betas=(config.beta1, config.beta2), fused=True)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:

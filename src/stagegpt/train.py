@@ -82,6 +82,20 @@ def run_exists(out_dir: Path) -> bool:
     return (out_dir / "metrics.jsonl").exists() or bool(step_dirs(out_dir))
 
 
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of RUN_DIR/metrics.jsonl. A damaged line (say, torn by a kill mid-write) is
+    skipped: the checkpoint, not this log, is the truth about where training stands."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                row = json.loads(line)
+                if isinstance(row, dict) and isinstance(row.get("step"), int):
+                    rows.append(row)
+    return rows
+
+
 class Trainer:
     """Train one stage on a prepared data dir, writing checkpoints and metrics to `out_dir`."""
 
@@ -175,20 +189,9 @@ class Trainer:
                 "checkpoint before it"
             ) from None
         self.saved_step = self.step
-        self.rows = [r for r in self._read_metrics() if r["step"] <= self.step]
+        self.rows = [r for r in read_metrics(self.out_dir) if r["step"] <= self.step]
         if self._is_main():
             tqdm.write(f"resuming from {directory} at step {self.step}", file=sys.stderr)
-
-    def _read_metrics(self) -> list[dict]:
-        path = self.out_dir / "metrics.jsonl"
-        rows = []
-        if path.exists():  # a damaged line is skipped: the checkpoint, not this, is the truth
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    row = json.loads(line)
-                    if isinstance(row, dict) and isinstance(row.get("step"), int):
-                        rows.append(row)
-        return rows
 
     def _fixed_val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         rng = torch.Generator().manual_seed(self.tc.seed + 1)
