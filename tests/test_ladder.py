@@ -4,14 +4,18 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from stagegpt import ladder
+from stagegpt import build_model, ladder
 from stagegpt.checkpoint import load_checkpoint, step_dirs
 from stagegpt.cli import main
 from stagegpt.config import ModelConfig, TrainConfig
 from stagegpt.errors import StagegptError
+from stagegpt.evaluate import split_loss
 from stagegpt.train import Trainer
 
 MODEL = ModelConfig(n_embd=32, n_layer=2, n_head=2, block_size=16)
@@ -96,3 +100,19 @@ def test_ladder_cli_prints_the_table_and_checks_flags(markov2, tmp_path, capsys)
         assert main(args + bad) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "error" in err
+
+
+def test_split_loss_scores_every_full_window_of_the_split_once(tiny_config):
+    """The table's val loss: the mean cross-entropy over consecutive block_size windows,
+    computed here the textbook way, window by window, with full logits."""
+    torch.manual_seed(0)
+    model = build_model(5, tiny_config)
+    T = tiny_config.block_size
+    tokens = np.random.default_rng(0).integers(0, tiny_config.vocab_size, 5 * T + 7)
+    windows = [tokens[i:i + T + 1] for i in range(0, len(tokens) - T, T)]  # 5 full windows
+    with torch.no_grad():
+        losses = [F.cross_entropy(model(torch.tensor(w[None, :-1]))[0][0],
+                                  torch.tensor(w[1:]), reduction="sum") for w in windows]
+    expected = float(sum(losses)) / (len(windows) * T)
+    assert split_loss(model, tokens, batch_size=2) == pytest.approx(expected, rel=1e-5)
+    assert model.training  # left as it was found

@@ -20,6 +20,7 @@ import torch
 from stagegpt.config import ModelConfig, TrainConfig
 from stagegpt.data import read_meta
 from stagegpt.errors import StagegptError
+from stagegpt.evaluate import split_loss
 from stagegpt.fileio import ensure_dir, read_json, write_json, write_text
 from stagegpt.generate import generate
 from stagegpt.inspect import flops_per_token
@@ -86,12 +87,14 @@ def steps_for_seconds(stage: int, model_config: ModelConfig, train_config: Train
 
 
 def _row_for(stage: int, trainer: Trainer, result) -> LadderRow:
+    """The table row; its val loss covers the whole val split, not the curve's sample."""
     model = trainer.model
+    val_loss = split_loss(model, trainer.val_tokens)
     return LadderRow(
         stage=stage, adds=STAGES[stage].idea, params=model.num_params(),
         flops_per_token=flops_per_token(model)["train"],
-        train_loss=result.train_loss, val_loss=result.val_loss,
-        val_ppl=math.exp(result.val_loss), tokens_per_sec=result.tokens_per_sec,
+        train_loss=result.train_loss, val_loss=val_loss,
+        val_ppl=math.exp(val_loss), tokens_per_sec=result.tokens_per_sec,
         wall_time=result.elapsed,
     )
 
