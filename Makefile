@@ -17,7 +17,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/stagegpt prepare shakespeare --variant tiny --tokenizer char --out data/shakespeare_char --if-missing
 	$(BIN)/stagegpt ladder --data data/shakespeare_char --out runs/ladder --resume \
-		--max-steps 2000 --eval-every 200 --prompt "ROMEO:"
+		--max-steps 2000 --lr 2e-3 --eval-every 200 --prompt "ROMEO:"
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
