@@ -36,6 +36,7 @@ from torch import nn
 from stagegpt import ModelConfig, build_model
 from stagegpt.checkpoint import load_checkpoint
 from stagegpt.data import load_split, read_meta
+from stagegpt.optim import param_groups
 
 RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3,
               min_lr=1e-4, warmup_steps=100, steps=2000)
@@ -122,12 +123,11 @@ def train_plain(data_dir: Path, vocab: int, seed: int, own_init: bool) -> tuple[
     if own_init:  # nanoGPT decays every matrix, embeddings included
         decay = [p for p in model.parameters() if p.dim() >= 2]
         other = [p for p in model.parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": 0.1},
+                  {"params": other, "weight_decay": 0.0}]
     else:  # stagegpt's groups: no decay on the (tied) embeddings
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "layers" in n]
-        other = [p for n, p in model.named_parameters() if p.dim() < 2 or "layers" not in n]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": other, "weight_decay": 0.0}], lr=r["lr"],
-                            betas=(0.9, 0.99))
+        groups = param_groups(model, 0.1)
+    opt = torch.optim.AdamW(groups, lr=r["lr"], betas=(0.9, 0.99))
     train = load_split(data_dir, "train")
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
