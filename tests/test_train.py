@@ -126,26 +126,58 @@ def test_no_decay_on_biases_norms_and_embeddings(tiny_config):
     assert "wte.weight" not in decayed and "wpe.weight" not in decayed
 
 
+def run_bounded(command: list[str], seconds: float = 120, **kwargs):
+    """Run a command in its own session; if it hangs, kill it with every process it started
+    (torchrun's workers too) and fail, instead of hanging the test suite."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(command[:6])} ... hung for {seconds} s: {err[-2000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
 def run_cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "stagegpt", *args], capture_output=True,
-                          text=True, **kwargs)
+    return run_bounded([sys.executable, "-m", "stagegpt", *args], **kwargs)
+
+
+def torchrun(*args, **kwargs):
+    """Two DDP workers on this machine; --standalone takes a free port, so runs never meet."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return run_bounded([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", "-m", "stagegpt", *args], env=env, **kwargs)
+
+
+DDP_ARGS = ["--eval-batches", "1", "--warmup-steps", "1", "--dropout", "0", "--no-progress",
+            "--stage", "5", *MODEL]
 
 
 def test_ddp_two_processes_match_one_process(markov1, tmp_path):
     common = ["--data", str(markov1), "--max-steps", "4", "--eval-every", "4",
-              "--eval-batches", "1", "--ckpt-every", "4", "--warmup-steps", "1", "--dropout",
-              "0", "--no-progress", "--stage", "5", *MODEL]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29517", "-m", "stagegpt", "train", "--out", str(tmp_path / "ddp"),
-         "--batch-size", "4", *common], capture_output=True, text=True, env=env)
+              "--ckpt-every", "4", *DDP_ARGS]
+    ddp = torchrun("train", "--out", str(tmp_path / "ddp"), "--batch-size", "4", *common)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     single = run_cli("train", "--out", str(tmp_path / "one"), "--batch-size", "8", *common,
-                     env=env)
+                     env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr[-2000:]
     assert_same_weights(final_weights(tmp_path / "ddp"), final_weights(tmp_path / "one"),
                         atol=1e-5)
+
+
+def test_ddp_ranks_stop_together_on_a_time_budget(markov1, tmp_path):
+    """Each rank has its own clock. A rank that stopped alone would leave the other waiting in
+    the next gradient all-reduce; the ranks agree every step instead."""
+    out = tmp_path / "ddp"
+    ddp = torchrun("train", "--out", str(out), "--data", str(markov1), "--batch-size", "4",
+                   "--max-steps", "100000", "--max-seconds", "1.5", "--eval-every", "1000",
+                   "--ckpt-every", "1000", *DDP_ARGS)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    step = load_checkpoint(step_dirs(out)[-1]).trainer_state["step"]
+    assert 1 <= step < 100000
+    assert f"step {step}," in ddp.stdout
 
 
 def test_sigkill_leaves_complete_checkpoints_and_resume_continues(markov1, tmp_path):

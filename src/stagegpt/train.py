@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import json
 import math
 import os
@@ -261,6 +262,15 @@ class Trainer:
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+            self._release_ddp()
+
+    def _release_ddp(self) -> None:
+        """Free the DDP wrapper while the process group is still alive. Freed later, its
+        reducer would drop the group's last reference and join gloo's worker threads while
+        holding the GIL, which a worker finishing an all-reduce needs: a deadlock at exit."""
+        if self.world > 1 and self.runner is not self.model:
+            self.runner = self.model
+            gc.collect()  # now, even if a reference cycle holds it
 
     def _loop(self) -> TrainResult:
         self.model.train()
@@ -270,7 +280,8 @@ class Trainer:
                    desc=f"stage {self.stage}")
         train_loss, val_loss, speed, smooth = None, None, 0.0, None
         start_elapsed, t0 = self.elapsed, time.perf_counter()
-        while self.step < self.tc.max_steps and self.stop_signal is None:
+        self.time_up, stop = False, self.step >= self.tc.max_steps
+        while not (stop or self._signalled_alone()):
             t_step = time.perf_counter()
             train_loss = self._train_step()
             if not math.isfinite(train_loss):
@@ -286,11 +297,14 @@ class Trainer:
                    "val_loss": None, "lr": lr_at(self.step - 1, self.tc),
                    "tokens_per_sec": speed, "elapsed": self.elapsed}
             self.rows.append(row)
-            done = self.step == self.tc.max_steps or self._out_of_time()
+            self.time_up, signalled = self._agree_to_stop(self._out_of_time(),
+                                                          self.stop_signal is not None)
+            done = self.step == self.tc.max_steps or self.time_up
+            stop = done or signalled
             if self.step % self.tc.eval_every == 0 or done:
                 val_loss = row["val_loss"] = self.evaluate()
                 self._after_eval(val_loss)
-            if self.step % self.tc.ckpt_every == 0 or done or self.stop_signal is not None:
+            if self.step % self.tc.ckpt_every == 0 or stop:
                 self._save_step_checkpoint()
             bar.update(1)
             if self.on_step is not None:
@@ -298,12 +312,10 @@ class Trainer:
             smooth = speed if smooth is None else 0.9 * smooth + 0.1 * speed
             bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss or float('nan'):.4f}",
                             tok_s=f"{smooth:,.0f}", refresh=False)
-            if done:
-                break
         bar.close()
         if self.stop_signal is not None and self.saved_step != self.step:
             self._save_step_checkpoint()
-        interrupted = self.step < self.tc.max_steps and not self._out_of_time()
+        interrupted = self.step < self.tc.max_steps and not self.time_up
         if interrupted and self._is_main():
             tqdm.write(f"stopped at step {self.step}; checkpoint saved. "
                        f"Continue with the same command plus --resume.", file=sys.stderr)
@@ -316,6 +328,20 @@ class Trainer:
 
     def _out_of_time(self) -> bool:
         return self.tc.max_seconds is not None and self.elapsed >= self.tc.max_seconds
+
+    def _signalled_alone(self) -> bool:
+        """A signal that came after this step's stop decision. A single process acts on it
+        before the next step; DDP ranks act on it together at the next step's agreement."""
+        return self.world == 1 and self.stop_signal is not None
+
+    def _agree_to_stop(self, time_up: bool, signalled: bool) -> tuple[bool, bool]:
+        """One decision from every rank's own clock and signals: under DDP a rank that
+        stopped alone would leave the others waiting forever in the next all-reduce."""
+        if self.world == 1:
+            return time_up, signalled
+        flags = torch.tensor([time_up, signalled], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
 
     # ---- output ------------------------------------------------------------------------
 
