@@ -280,7 +280,7 @@ class Trainer:
                    desc=f"stage {self.stage}")
         train_loss, val_loss, speed, smooth = None, None, 0.0, None
         start_elapsed, t0 = self.elapsed, time.perf_counter()
-        self.time_up, stop = False, self.step >= self.tc.max_steps
+        time_up, stop = False, self.step >= self.tc.max_steps
         while not (stop or self._signalled_alone()):
             t_step = time.perf_counter()
             train_loss = self._train_step()
@@ -297,9 +297,9 @@ class Trainer:
                    "val_loss": None, "lr": lr_at(self.step - 1, self.tc),
                    "tokens_per_sec": speed, "elapsed": self.elapsed}
             self.rows.append(row)
-            self.time_up, signalled = self._agree_to_stop(self._out_of_time(),
-                                                          self.stop_signal is not None)
-            done = self.step == self.tc.max_steps or self.time_up
+            time_up, signalled = self._agree_to_stop(self._out_of_time(),
+                                                     self.stop_signal is not None)
+            done = self.step == self.tc.max_steps or time_up
             stop = done or signalled
             if self.step % self.tc.eval_every == 0 or done:
                 val_loss = row["val_loss"] = self.evaluate()
@@ -315,7 +315,7 @@ class Trainer:
         bar.close()
         if self.stop_signal is not None and self.saved_step != self.step:
             self._save_step_checkpoint()
-        interrupted = self.step < self.tc.max_steps and not self.time_up
+        interrupted = self.step < self.tc.max_steps and not time_up
         if interrupted and self._is_main():
             tqdm.write(f"stopped at step {self.step}; checkpoint saved. "
                        f"Continue with the same command plus --resume.", file=sys.stderr)
