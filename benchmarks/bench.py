@@ -190,9 +190,9 @@ def bench_train(rounds: int, log: Callable[[str], None], processes: int, threads
     """Train tokens/s for each shape and dtype, ours and HF's, alternating within each round.
 
     The seed shape runs here. The char shape's steps take ~30 ms, and how fast a fresh
-    process runs them varies from process to process (the same step, 24-28 ms, and the
-    ratio 1.40-1.51 in five processes here), so its trials run in `processes` fresh
-    processes, each interleaving as this one does, and are pooled.
+    process runs them varies from process to process (0-3,700 page faults per step, by
+    glibc's heap trimming; the ratio 1.34-1.61 in 19 processes here), so its trials run
+    in `processes` fresh processes, each interleaving as this one does, and are pooled.
     """
     results = interleaved_trials(["seed"], rounds, log, probes=True)
     results["char_ratios"] = []
@@ -210,9 +210,13 @@ def bench_train(rounds: int, log: Callable[[str], None], processes: int, threads
 
 
 def char_child_trials(rounds: int, threads: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--char-child", "--rounds", str(rounds),
-         "--threads", str(threads)], check=True, capture_output=True, text=True).stdout
+    return run_child("--char-child", "--rounds", str(rounds), "--threads", str(threads))
+
+
+def run_child(*flags: str) -> dict:
+    """Run this script in a fresh interpreter with `flags`; the JSON its last line prints."""
+    out = subprocess.run([sys.executable, __file__, *flags], check=True, capture_output=True,
+                         text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -318,11 +322,7 @@ def bench_rss(threads: int) -> dict[str, float]:
     """Linux carries ru_maxrss across fork and exec, so run this while the parent is small."""
     peaks = {}
     for which in ("stagegpt fp32", "stagegpt bf16", "HF fp32"):
-        out = subprocess.run(
-            [sys.executable, __file__, "--rss-child", which, "--threads", str(threads)],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        child = json.loads(out.strip().splitlines()[-1])
+        child = run_child("--rss-child", which, "--threads", str(threads))
         peaks[which] = child["peak_rss_mb"]
         if child["vm_hwm_mb"] is not None:
             peaks[which] = max(peaks[which], child["vm_hwm_mb"])
@@ -391,7 +391,8 @@ def report(results: dict, args: argparse.Namespace) -> str:
                                  and "mm" not in k and "oneDNN" not in k))
         ratios = results["train"]["char_ratios"]
         if ratios:
-            lines.append(f"char: {len(ratios)} fresh processes, stagegpt/HF per process "
+            plural = "es" if len(ratios) > 1 else ""
+            lines.append(f"char: {len(ratios)} fresh process{plural}, stagegpt/HF per process "
                          + ", ".join(f"{r:.2f}x" for r in ratios) + "; the table pools their "
                          "trials")
         faults = results["train"]["faults"]
