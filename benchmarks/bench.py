@@ -449,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     parser.add_argument("--char-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.char_processes < 1:
+        parser.error(f"--char-processes must be >= 1, got {args.char_processes}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     if args.rss_child:
@@ -466,8 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"load": {}}
     runs = {"rss": ("peak RSS (fresh subprocesses)", lambda: bench_rss(args.threads)),
             "train": ("training (seed fp32, seed bf16, char fp32; ours and HF alternating)",
-                      lambda: bench_train(args.rounds, log, max(1, args.char_processes),
-                                          args.threads)),
+                      lambda: bench_train(args.rounds, log, args.char_processes, args.threads)),
             "decode": ("decoding", lambda: bench_decode(args.rounds, log)),
             "prepare": ("prepare", lambda: bench_prepare(2 if args.quick else PREPARE_MB))}
     for section, (what, run) in runs.items():

@@ -1,6 +1,7 @@
 """`stagegpt bench`: its arguments, and one cheap section run for real."""
 
 from stagegpt.cli import main
+from stagegpt.commands.bench import load_bench
 
 
 def test_bench_rejects_unknown_sections(capsys):
@@ -11,3 +12,19 @@ def test_bench_rejects_unknown_sections(capsys):
 def test_bench_prepare_section_reports_throughput(capsys):
     assert main(["bench", "--only", "prepare", "--quick"]) == 0
     assert "MB/s" in capsys.readouterr().out
+
+
+def test_bench_refuses_zero_char_processes(capsys):
+    assert main(["bench", "--char-processes", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--char-processes must be >= 1, got 0") and len(err.splitlines()) == 1
+
+
+def test_char_trials_run_in_a_fresh_process():
+    """What each of `make bench`'s char processes reports: one trial per side per round,
+    from twins whose first losses agree."""
+    child = load_bench().char_child_trials(rounds=1, threads=1)
+    assert sorted(child["trials"]) == ["char fp32 HF", "char fp32 stagegpt"]
+    assert all(len(v) == 1 and v[0] > 0 for v in child["trials"].values())
+    ours, hf = child["losses"]["char fp32 stagegpt"], child["losses"]["char fp32 HF"]
+    assert abs(ours - hf) < 0.01  # the same weights; only the last position's target differs

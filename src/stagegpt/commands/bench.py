@@ -3,9 +3,10 @@
 Trains the `seed` shape (fp32 and bf16) and a small char shape, decodes 256 tokens,
 measures the peak RSS of a training step and `prepare` throughput, each side by side
 with transformers.GPT2LMHeadModel of the same shape and weights, the two alternating
-trial by trial in one process. Prints a table with the ratios, the achieved GFLOP/s and
-their fraction of the matmul ceilings measured in the same run. Runs from a source
-checkout (benchmarks/ is not installed) with transformers available.
+trial by trial in one process (the char shape in --char-processes fresh ones). Prints a
+table with the ratios, the achieved GFLOP/s and their fraction of the matmul ceilings
+measured in the same run. Runs from a source checkout (benchmarks/ is not installed)
+with transformers available.
 
 examples:
   stagegpt bench                           # everything, a few minutes on 2 cores
@@ -19,6 +20,7 @@ import argparse
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from stagegpt.errors import StagegptError
 
@@ -32,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated subset of: train, decode, rss, prepare")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    parser.add_argument("--char-processes", type=int, default=3,
+                        help="fresh processes for the char shape's trials (default 3)")
 
 
 def script_path() -> Path:
@@ -51,10 +55,12 @@ def run(args: argparse.Namespace) -> int:
         raise StagegptError(f"--rounds must be >= 1, got {args.rounds}")
     if args.threads < 1:
         raise StagegptError(f"--threads must be >= 1, got {args.threads}")
+    if args.char_processes < 1:
+        raise StagegptError(f"--char-processes must be >= 1, got {args.char_processes}")
     if importlib.util.find_spec("transformers") is None:
         raise StagegptError("stagegpt bench compares with Hugging Face GPT-2 and needs "
                             "transformers; pip install transformers")
-    argv = ["--threads", str(args.threads)]
+    argv = ["--threads", str(args.threads), "--char-processes", str(args.char_processes)]
     if args.quick:
         argv.append("--quick")
     if args.rounds is not None:
@@ -68,8 +74,13 @@ def run(args: argparse.Namespace) -> int:
         argv += ["--only", args.only]
     if args.json:
         argv += ["--json", args.json]
+    return load_bench().main(argv)
+
+
+def load_bench() -> ModuleType:
+    """benchmarks/bench.py as a module."""
     spec = importlib.util.spec_from_file_location("stagegpt_bench", script_path())
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench  # its dataclasses look their module up there
     spec.loader.exec_module(bench)
-    return bench.main(argv)
+    return bench
