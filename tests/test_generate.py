@@ -5,7 +5,15 @@ import torch
 
 import stagegpt
 from stagegpt import ModelConfig, StagegptError, build_model
-from stagegpt.generate import _nucleus, draw, generate, sample_next, stream, top_p_keep
+from stagegpt.generate import (
+    _nucleus,
+    decoding_weights,
+    draw,
+    generate,
+    sample_next,
+    stream,
+    top_p_keep,
+)
 from stagegpt.layers import Linear
 
 STAGES = [1, 2, 3, 4, 5]
@@ -237,6 +245,28 @@ def test_stream_and_on_token_yield_each_column(tiny_config):
 def test_zero_new_tokens_returns_the_prompt(tiny_config):
     idx = prompts(tiny_config)
     assert torch.equal(generate(peaky_model(5, tiny_config), idx, 0), idx)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_one_is_the_body_on_the_new_token(stage, threads, tiny_config):
+    """`decode_one` (one new token against the cache, with fewer calls) gives the body's
+    last hidden state, with and without the blocks' decoding weight copies (cut into one
+    block of columns per thread)."""
+    model = peaky_model(stage, tiny_config)
+    idx = prompts(tiny_config, T=6)
+    torch.set_num_threads(threads)
+    with torch.inference_mode():
+        expected = model.body(idx)[:, -1]  # (B, C)
+        for copies in (False, True):
+            caches = model.make_kv_cache(2)
+            prepared = decoding_weights(model, 64)[1] if copies else []
+            assert bool(prepared) == (copies and stage >= 3)
+            model.body(idx[:, :-1], caches, 0)
+            got = model.decode_one(idx[:, -1:], caches, 5)
+            for layer in prepared:
+                layer.set_decode_weight(None)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_decoding_weight_copies_are_dropped_afterwards(tiny_config):

@@ -212,16 +212,16 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
             dtype = next(model.parameters()).dtype
             caches = model.make_kv_cache(B, device, dtype) if use_cache else None
             head, prepared = decoding_weights(model, n)
-            hidden = model.body(out[:, max(0, T - block_size):T], caches, 0)  # (B, <=bs, C)
+            last = model.body(out[:, max(0, T - block_size):T], caches, 0)[:, -1]  # (B, C)
         pos = min(T, block_size)  # where the next token goes in the cache
         for t in range(T, T + n):
             with torch.inference_mode():
                 if t > T and use_cache and pos < block_size:  # one new token, cache the rest
-                    hidden = model.body(out[:, t - 1:t], caches, pos)  # (B, 1, C)
+                    last = model.decode_one(out[:, t - 1:t], caches, pos)  # (B, C)
                     pos += 1
                 elif t > T:  # no cache, or the window rolled: run the whole window
-                    hidden = model.body(out[:, max(0, t - block_size):t], caches, 0)
-                logits = head(hidden[:, -1])  # (B, V): the head on the last position
+                    last = model.body(out[:, max(0, t - block_size):t], caches, 0)[:, -1]
+                logits = head(last)  # (B, V): the head on the last position only
                 column = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
                 if len(stop):
                     column = torch.where(finished, out[:, t - 1:t], column)  # done rows repeat

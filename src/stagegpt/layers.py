@@ -29,10 +29,10 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
 
     def update(self, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor]:
-        end = start + k.size(2)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, end, hd)
+        keys, values, n = self.k, self.v, k.size(2)
+        keys.narrow(2, start, n).copy_(k)
+        values.narrow(2, start, n).copy_(v)
+        return keys.narrow(2, 0, start + n), values.narrow(2, 0, start + n)  # (B, nh, end, hd)
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
@@ -75,10 +75,14 @@ class Linear(nn.Linear):
     """
 
     decode_weight: Tensor | None = None
+    decode_bias: Tensor | None = None  # the bias as (k, 1, out / k), to go with it
     decode_version: int = -1  # self.weight._version when decode_weight was made
 
     def set_decode_weight(self, w: Tensor | None) -> None:
         self.decode_weight = w
+        self.decode_bias = None
+        if w is not None and self.bias is not None:
+            self.decode_bias = self.bias.detach().view(w.size(0), 1, -1)
         self.decode_version = self.weight._version
 
     def _decoding(self, x: Tensor) -> bool:
@@ -89,15 +93,28 @@ class Linear(nn.Linear):
                 and x.numel() < onednn.MIN_ROWS * x.size(-1))
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.decode_weight
         if self._decoding(x):
-            xs = x.reshape(1, -1, x.size(-1)).expand(w.size(0), -1, -1)  # (k, rows, in)
-            if self.bias is None:
-                y = torch.bmm(xs, w)  # (k, rows, out / k)
-            else:
-                y = torch.baddbmm(self.bias.view(w.size(0), 1, -1), xs, w)
-            return y.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
+            return self._decode_product(x)
         return onednn.linear(x, self.weight, self.bias)
+
+    def decode_one(self, x: Tensor) -> Tensor:
+        """`forward` for one decoding step's rows x (B, in), called without `nn.Module`'s
+        call machinery (hooks are not run): per token, that overhead adds up. Reads the
+        weight's version through `_parameters`, a tenth of the cost of `self.weight`."""
+        if (self.decode_weight is None
+                or self._parameters["weight"]._version != self.decode_version):
+            return self.forward(x)
+        return self._decode_product(x)
+
+    def _decode_product(self, x: Tensor) -> Tensor:
+        w = self.decode_weight  # (k, in, out / k)
+        rows = x if x.dim() == 2 else x.reshape(-1, x.size(-1))  # (rows, in)
+        xs = rows.expand(w.size(0), -1, -1)  # (k, rows, in): the same rows for each block
+        if self.decode_bias is None:
+            y = torch.bmm(xs, w)  # (k, rows, out / k)
+        else:
+            y = torch.baddbmm(self.decode_bias, xs, w)
+        return y.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
 
 
 class MultiHeadAttention(nn.Module):
@@ -126,14 +143,26 @@ class MultiHeadAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
         if cache is not None:
             k, v = cache.update(k, v, start)  # (B, nh, start + T, hd)
+        y = self._attend(q, k, v)  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+    def decode_one(self, x: Tensor, cache: KVCache, pos: int) -> Tensor:
+        """`forward` in eval mode for one new token per row, x (B, C) at position `pos`,
+        with its keys and values cached: the same products, fewer calls per token."""
+        B, C = x.shape
+        qkv = self.c_attn.decode_one(x).view(B, 3, self.n_head, 1, C // self.n_head)
+        q, k, v = qkv.unbind(1)  # 3 x (B, nh, 1, hd)
+        k, v = cache.update(k, v, pos)  # (B, nh, pos + 1, hd)
+        y = self._attend(q, k, v)  # (B, nh, 1, hd)
+        return self.c_proj.decode_one(y.view(B, C))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.reference or self.keep_weights:
             y, weights = reference_attention(q, k, v)
             self.weights = weights.detach() if self.keep_weights else None
-        else:
-            p = self.dropout if self.training else 0.0
-            y = fast_attention(q, k, v, dropout_p=p)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
-        return self.resid_dropout(self.c_proj(y))
+            return y
+        return fast_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
 
 
 class MLP(nn.Module):
@@ -148,6 +177,10 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, 4C) inside
+
+    def decode_one(self, x: Tensor) -> Tensor:
+        """`forward` in eval mode for one decoding step's rows x (B, C)."""
+        return self.c_proj.decode_one(self.gelu.forward(self.c_fc.decode_one(x)))
 
 
 class TransformerBlock(nn.Module):
@@ -170,6 +203,16 @@ class TransformerBlock(nn.Module):
     def forward(self, x: Tensor, cache: KVCache | None = None, start: int = 0) -> Tensor:
         x = x + self.attn(self.ln_1(x), cache, start)
         return x + self.mlp(self.ln_2(x))
+
+    def decode_one(self, x: Tensor, cache: KVCache, pos: int) -> Tensor:
+        """`forward` in eval mode for one new token per row, x (B, C) at position `pos`.
+
+        The same computation through `decode_one` and `forward()` calls instead of module
+        calls: decoding a token runs every layer for a few rows, where the cost of each
+        call, not the arithmetic, sets the pace of the small products.
+        """
+        x = x + self.attn.decode_one(self.ln_1.forward(x), cache, pos)
+        return x + self.mlp.decode_one(self.ln_2.forward(x))
 
 
 def attention_layers(model: nn.Module) -> list[MultiHeadAttention]:

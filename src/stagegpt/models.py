@@ -51,6 +51,12 @@ class LanguageModel(nn.Module):
             return logits, None
         return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
+    def decode_one(self, idx: Tensor, caches: list[KVCache] | None, pos: int) -> Tensor:
+        """The last hidden state (B, C) after feeding one new token per row, idx (B, 1), at
+        position `pos`, the earlier positions' keys and values being in `caches`. The same
+        as `body(idx, caches, pos)[:, -1]`; stages with blocks do it with fewer calls."""
+        return self.body(idx, caches, pos)[:, -1]
+
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Training loss without materializing the full (B*T, V) logits."""
         return self(idx, targets, return_logits=False)[1]
@@ -181,6 +187,14 @@ class BlockLM(PositionalLM):
         for i, block in enumerate(self.h):
             x = block(x, caches[i] if caches else None, start)
         return self.ln_f(x)
+
+    def decode_one(self, idx: Tensor, caches: list[KVCache] | None, pos: int) -> Tensor:
+        if self.training or caches is None:
+            return super().decode_one(idx, caches, pos)
+        x = self.wte.weight[idx[:, 0]] + self.wpe.weight[pos]  # (B, C)
+        for block, cache in zip(self.h, caches, strict=True):
+            x = block.decode_one(x, cache, pos)
+        return self.ln_f.forward(x)
 
 
 class GPT(BlockLM):
