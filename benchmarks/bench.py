@@ -1,12 +1,12 @@
 """stagegpt vs Hugging Face GPT-2 on this CPU: training, decoding, memory and data preparation.
 
-    make bench                                  # everything (~3 minutes on 2 cores)
+    make bench                                  # everything (~4 minutes on 2 cores)
     .venv/bin/python benchmarks/bench.py --quick
     .venv/bin/python benchmarks/bench.py --only train --rounds 9
 
 Every comparison runs both sides in one process, alternating trial by trial (ours, then
 Hugging Face's, then ours again, ...), so load from other processes hits both alike; each
-figure is the median over the rounds. The char shape runs in 3 fresh processes, their
+figure is the median over the rounds. The char shape runs in 5 fresh processes, their
 trials pooled: how fast a process runs its short steps varies from process to process.
 The models are random-init stage 5 `GPT` and `transformers.GPT2LMHeadModel` (sdpa
 attention) of the same shape holding the same weights, each trained with the same step:
@@ -190,9 +190,11 @@ def bench_train(rounds: int, log: Callable[[str], None], processes: int, threads
     """Train tokens/s for each shape and dtype, ours and HF's, alternating within each round.
 
     The seed shape runs here. The char shape's steps take ~30 ms, and how fast a fresh
-    process runs them varies from process to process (0-3,700 page faults per step, by
-    glibc's heap trimming; the ratio 1.34-1.61 in 19 processes here), so its trials run
-    in `processes` fresh processes, each interleaving as this one does, and are pooled.
+    process runs them varies from process to process: by the luck of glibc's heap
+    trimming, a process's step costs either almost no page faults or 2,000-4,600 of them
+    (~1.2 µs each), and the ratio ranged 1.30-1.62 over about 40 processes here. So its
+    trials run in `processes` fresh processes, each interleaving as this one does, and
+    are pooled.
     """
     results = interleaved_trials(["seed"], rounds, log, probes=True)
     results["char_ratios"] = []
@@ -444,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated sections: train, decode, rss, prepare")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--json", metavar="FILE", help="also write the medians to FILE")
-    parser.add_argument("--char-processes", type=int, default=3,
-                        help="fresh processes for the char shape's trials (default 3)")
+    parser.add_argument("--char-processes", type=int, default=5,
+                        help="fresh processes for the char shape's trials (default 5)")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     parser.add_argument("--char-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated subset of: train, decode, rss, prepare")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument("--char-processes", type=int, default=3,
-                        help="fresh processes for the char shape's trials (default 3)")
+    parser.add_argument("--char-processes", type=int, default=5,
+                        help="fresh processes for the char shape's trials (default 5)")
 
 
 def script_path() -> Path:
