@@ -154,6 +154,9 @@ def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature
     stop_ids: a row that samples one of these is done; it repeats its stop id while the
         other rows go on, and generation ends early (n < max_new_tokens) once all are done.
     use_cache: decode with a KV cache; False recomputes the whole window every step.
+        A cached step runs `model.decode_one`, which calls the blocks' methods, not the
+        modules: forward hooks on the blocks' modules fire only in the prefill and
+        with use_cache=False.
     on_token: called with each new column of ids (B, 1) as it is produced.
 
     Prompts longer than `block_size` are cropped to their last `block_size` tokens, and
