@@ -87,24 +87,19 @@ class Linear(nn.Linear):
 
     def _decoding(self, x: Tensor) -> bool:
         """Whether decode_weight serves `x`: few rows, no autograd (inference mode), and
-        the weight unchanged since the copy was made (an update bumps its version)."""
+        the weight unchanged since the copy was made (an update bumps its version).
+
+        Runs for every product of every decoded token, so the weight is read through
+        `_parameters`, a tenth of the cost of `self.weight`.
+        """
         return (self.decode_weight is not None and torch.is_inference_mode_enabled()
-                and self.weight._version == self.decode_version
+                and self._parameters["weight"]._version == self.decode_version
                 and x.numel() < onednn.MIN_ROWS * x.size(-1))
 
     def forward(self, x: Tensor) -> Tensor:
         if self._decoding(x):
             return self._decode_product(x)
         return onednn.linear(x, self.weight, self.bias)
-
-    def decode_one(self, x: Tensor) -> Tensor:
-        """`forward` for one decoding step's rows x (B, in), called without `nn.Module`'s
-        call machinery (hooks are not run): per token, that overhead adds up. Reads the
-        weight's version through `_parameters`, a tenth of the cost of `self.weight`."""
-        if (self.decode_weight is None
-                or self._parameters["weight"]._version != self.decode_version):
-            return self.forward(x)
-        return self._decode_product(x)
 
     def _decode_product(self, x: Tensor) -> Tensor:
         w = self.decode_weight  # (k, in, out / k)
@@ -151,11 +146,11 @@ class MultiHeadAttention(nn.Module):
         """`forward` in eval mode for one new token per row, x (B, C) at position `pos`,
         with its keys and values cached: the same products, fewer calls per token."""
         B, C = x.shape
-        qkv = self.c_attn.decode_one(x).view(B, 3, self.n_head, 1, C // self.n_head)
+        qkv = self.c_attn.forward(x).view(B, 3, self.n_head, 1, C // self.n_head)
         q, k, v = qkv.unbind(1)  # 3 x (B, nh, 1, hd)
         k, v = cache.update(k, v, pos)  # (B, nh, pos + 1, hd)
         y = self._attend(q, k, v)  # (B, nh, 1, hd)
-        return self.c_proj.decode_one(y.view(B, C))
+        return self.c_proj.forward(y.view(B, C))
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.reference or self.keep_weights:
@@ -180,7 +175,7 @@ class MLP(nn.Module):
 
     def decode_one(self, x: Tensor) -> Tensor:
         """`forward` in eval mode for one decoding step's rows x (B, C)."""
-        return self.c_proj.decode_one(self.gelu.forward(self.c_fc.decode_one(x)))
+        return self.c_proj.forward(self.gelu.forward(self.c_fc.forward(x)))
 
 
 class TransformerBlock(nn.Module):

@@ -191,7 +191,7 @@ class BlockLM(PositionalLM):
     def decode_one(self, idx: Tensor, caches: list[KVCache] | None, pos: int) -> Tensor:
         if self.training or caches is None:
             return super().decode_one(idx, caches, pos)
-        x = self.wte.weight[idx[:, 0]] + self.wpe.weight[pos]  # (B, C)
+        x = self.embed(idx, pos)[:, 0]  # (B, C); eval mode, so no dropout
         for block, cache in zip(self.h, caches, strict=True):
             x = block.decode_one(x, cache, pos)
         return self.ln_f.forward(x)
