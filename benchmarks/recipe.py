@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from stagegpt import ModelConfig, build_model
-from stagegpt.checkpoint import load_checkpoint
-from stagegpt.data import load_split, read_meta
-from stagegpt.optim import param_groups
+from stagegpt.data.datasets import load_split, read_meta
+from stagegpt.interop import load_checkpoint
+from stagegpt.train.optim import param_groups
 
 RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3,
               min_lr=1e-4, warmup_steps=100, steps=2000)

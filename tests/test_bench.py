@@ -1,7 +1,7 @@
 """`stagegpt bench`: its arguments, and one cheap section run for real."""
 
 from stagegpt.cli import main
-from stagegpt.commands.bench import load_bench
+from stagegpt.tools import bench
 
 
 def test_bench_rejects_unknown_sections(capsys):
@@ -23,7 +23,7 @@ def test_bench_refuses_zero_char_processes(capsys):
 def test_char_trials_run_in_a_fresh_process():
     """What each of `make bench`'s char processes reports: one trial per side per round,
     from twins whose first losses agree."""
-    child = load_bench().char_child_trials(rounds=1, threads=1)
+    child = bench.char_child_trials(rounds=1, threads=1)
     assert sorted(child["trials"]) == ["char fp32 HF", "char fp32 stagegpt"]
     assert all(len(v) == 1 and v[0] > 0 for v in child["trials"].values())
     ours, hf = child["losses"]["char fp32 stagegpt"], child["losses"]["char fp32 HF"]

@@ -4,9 +4,10 @@ against fp32 on a short run: same data, same seed, loss curves that agree."""
 import pytest
 import torch
 
-from stagegpt.config import ModelConfig, TrainConfig
-from stagegpt.data import prepare_markov
-from stagegpt.train import Trainer
+from stagegpt.data.prepare import prepare_markov
+from stagegpt.model.config import ModelConfig
+from stagegpt.train.config import TrainConfig
+from stagegpt.train.trainer import Trainer
 
 STEPS = 30
 

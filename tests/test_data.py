@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from stagegpt.cli import main
-from stagegpt.corpora import (
+from stagegpt.data.corpora import (
     FULL_VAL,
     TINY_TRAIN,
     TINY_VAL,
@@ -20,7 +20,7 @@ from stagegpt.corpora import (
     shakespeare_corpus,
     text_corpus,
 )
-from stagegpt.data import (
+from stagegpt.data.datasets import (
     TokenWindows,
     dtype_for_vocab,
     load_split,
@@ -28,8 +28,8 @@ from stagegpt.data import (
     read_meta,
     sample_batch,
 )
+from stagegpt.data.markov import MarkovSource
 from stagegpt.errors import StagegptError
-from stagegpt.markov import MarkovSource
 
 TEXT = ("First Citizen:\r\nBefore we proceed any further, hear me speak.\r\n\r\n"
         "All:\r\nSpeak, speak. Café — naïve 日本 😀\r\n") * 40

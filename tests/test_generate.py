@@ -5,16 +5,9 @@ import torch
 
 import stagegpt
 from stagegpt import ModelConfig, StagegptError, build_model
-from stagegpt.generate import (
-    _nucleus,
-    decoding_weights,
-    draw,
-    generate,
-    sample_next,
-    stream,
-    top_p_keep,
-)
-from stagegpt.layers import Linear
+from stagegpt.generation.decoding import decoding_weights, generate, stream
+from stagegpt.generation.sampling import _nucleus, draw, sample_next, top_p_keep
+from stagegpt.model.layers import Linear
 
 STAGES = [1, 2, 3, 4, 5]
 
@@ -368,8 +361,8 @@ CORPUS = "hello world\nthe quick brown fox jumps over the lazy dog\nça coûte 5
 @pytest.fixture
 def char_ckpt(tmp_path):
     """A stage 5 checkpoint with a char tokenizer, context 16."""
-    from stagegpt.checkpoint import save_checkpoint
-    from stagegpt.tokenizers import get_tokenizer
+    from stagegpt.data.tokenizers import get_tokenizer
+    from stagegpt.train.checkpoints import save_checkpoint
 
     tokenizer = get_tokenizer("char", CORPUS)
     config = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_embd=32, n_layer=2,
@@ -446,8 +439,8 @@ def test_sample_empty_prompt_starts_from_the_start_id(char_ckpt, capsys):
 
 
 def test_sample_stops_at_end_of_text_and_hides_it(tmp_path, capsys):
-    from stagegpt.checkpoint import save_checkpoint
-    from stagegpt.tokenizers import get_tokenizer
+    from stagegpt.data.tokenizers import get_tokenizer
+    from stagegpt.train.checkpoints import save_checkpoint
 
     tokenizer = get_tokenizer("bpe:300", CORPUS * 4)
     model = counter_model(tokenizer.vocab_size)  # predicts token + 1 ...
@@ -461,7 +454,7 @@ def test_sample_stops_at_end_of_text_and_hides_it(tmp_path, capsys):
 def test_text_stream_never_breaks_a_character():
     import io
 
-    from stagegpt.commands.sample import TextStream
+    from stagegpt.cli.sample import TextStream
 
     class Bytes:  # a byte-level tokenizer: "€" is three tokens, "é" two
         table = [b"a", b"\xe2", b"\x82", b"\xac", b"\xc3", b"\xa9", b"\xff"]
@@ -514,8 +507,8 @@ def test_readme_sampling_commands_run(tmp_path, monkeypatch, capsys):
     import shlex
     from pathlib import Path
 
-    from stagegpt.checkpoint import save_checkpoint
-    from stagegpt.tokenizers import get_tokenizer
+    from stagegpt.data.tokenizers import get_tokenizer
+    from stagegpt.train.checkpoints import save_checkpoint
 
     tokenizer = get_tokenizer("char", "ROMEO:\nJULIET:\nO Romeo, wherefore art thou?\n")
     config = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_embd=32, n_layer=2,

@@ -19,13 +19,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from stagegpt import ModelConfig, build_model
-from stagegpt.checkpoint import load_checkpoint, save_checkpoint
 from stagegpt.cli import main
-from stagegpt.config import TrainConfig
 from stagegpt.errors import StagegptError
-from stagegpt.generate import generate
-from stagegpt.hf import config_from_hf, hf_config, load_hf_model, weights_to_hf
-from stagegpt.optim import make_optimizer
+from stagegpt.generation.decoding import generate
+from stagegpt.interop import load_checkpoint
+from stagegpt.interop.gpt2 import config_from_hf, hf_config, load_hf_model, weights_to_hf
+from stagegpt.train.checkpoints import save_checkpoint
+from stagegpt.train.config import TrainConfig
+from stagegpt.train.optim import make_optimizer
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -383,7 +384,7 @@ def test_gpt2_vocab_without_a_tokenizer_loads_with_a_warning(gpt2_vocab_hf, monk
     def unavailable():
         raise StagegptError("GPT-2's rank file is not cached and the machine is offline")
 
-    monkeypatch.setattr("stagegpt.hf.gpt2_tokenizer", unavailable)
+    monkeypatch.setattr("stagegpt.interop.gpt2.gpt2_tokenizer", unavailable)
     with pytest.warns(UserWarning, match="without a tokenizer"):
         assert load_checkpoint(gpt2_vocab_hf).tokenizer is None
     assert main(["convert", "--from-hf", str(gpt2_vocab_hf), "--out", str(tmp_path / "x")]) == 2
@@ -392,7 +393,7 @@ def test_gpt2_vocab_without_a_tokenizer_loads_with_a_warning(gpt2_vocab_hf, monk
 
 
 def test_from_hf_writes_the_gpt2_tokenizer(gpt2_vocab_hf, tmp_path):
-    from stagegpt.hf import gpt2_tokenizer
+    from stagegpt.interop.gpt2 import gpt2_tokenizer
 
     try:
         gpt2_tokenizer()
@@ -407,7 +408,7 @@ def test_from_hf_writes_the_gpt2_tokenizer(gpt2_vocab_hf, tmp_path):
 
 def test_readme_gpt2_interop_commands_run(gpt2_vocab_hf, tmp_path, monkeypatch):
     """The README's GPT-2 section, run as written on a tiny stand-in for downloaded GPT-2."""
-    from stagegpt.hf import gpt2_tokenizer
+    from stagegpt.interop.gpt2 import gpt2_tokenizer
 
     try:
         gpt2_tokenizer()

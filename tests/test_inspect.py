@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from stagegpt import ModelConfig, build_model
-from stagegpt.attention_maps import attention_maps, plot_attention
-from stagegpt.checkpoint import save_checkpoint
 from stagegpt.cli import main
+from stagegpt.data.tokenizers import get_tokenizer
 from stagegpt.errors import StagegptError
-from stagegpt.inspect import (
+from stagegpt.tools.attention_maps import attention_maps, plot_attention
+from stagegpt.tools.inspection import (
     COMPONENTS,
     flops_per_token,
     format_inspection,
@@ -16,7 +16,7 @@ from stagegpt.inspect import (
     parameter_counts,
     trace_shapes,
 )
-from stagegpt.tokenizers import get_tokenizer
+from stagegpt.train.checkpoints import save_checkpoint
 
 TEXT = "To be, or not to be: that is the question.\n"
 
@@ -91,7 +91,7 @@ def checkpoint(tmp_path, tiny_config):
 
 
 def test_attention_png_weights_are_causal_distributions(checkpoint, tmp_path):
-    from stagegpt.checkpoint import load_checkpoint
+    from stagegpt.interop import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     out = tmp_path / "attn.png"

@@ -10,13 +10,16 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from stagegpt import build_model, ladder
-from stagegpt.checkpoint import load_checkpoint, step_dirs
+from stagegpt import build_model
 from stagegpt.cli import main
-from stagegpt.config import ModelConfig, TrainConfig
 from stagegpt.errors import StagegptError
-from stagegpt.evaluate import split_loss
-from stagegpt.train import Trainer
+from stagegpt.interop import load_checkpoint
+from stagegpt.model.config import ModelConfig
+from stagegpt.tools import ladder
+from stagegpt.tools.evaluate import split_loss
+from stagegpt.train.checkpoints import step_dirs
+from stagegpt.train.config import TrainConfig
+from stagegpt.train.trainer import Trainer
 
 MODEL = ModelConfig(n_embd=32, n_layer=2, n_head=2, block_size=16)
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stagegpt.loss import chunked_cross_entropy
+from stagegpt.fast.loss import chunked_cross_entropy
 
 
 def _problem(with_bias: bool, N: int = 50, C: int = 24, V: int = 301, scale: float = 0.3):

@@ -5,7 +5,7 @@ import torch
 
 from stagegpt import ModelConfig, build_model
 from stagegpt.errors import StagegptError
-from stagegpt.layers import (
+from stagegpt.model.layers import (
     KVCache,
     MultiHeadAttention,
     fast_attention,

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stagegpt import ModelConfig, build_model, onednn
-from stagegpt.loss import chunked_cross_entropy
+from stagegpt import ModelConfig, build_model
+from stagegpt.fast import onednn
+from stagegpt.fast.loss import chunked_cross_entropy
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
                                   reason="this PyTorch build has no oneDNN")

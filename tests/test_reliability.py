@@ -40,11 +40,12 @@ from hypothesis import strategies as st
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from stagegpt.checkpoint import load_checkpoint, load_optimizer_state, step_dirs
 from stagegpt.cli import main
-from stagegpt.commands.sample import TextStream
+from stagegpt.cli.sample import TextStream
+from stagegpt.data.tokenizers import CharTokenizer, get_tokenizer
 from stagegpt.errors import StagegptError
-from stagegpt.tokenizers import CharTokenizer, get_tokenizer
+from stagegpt.interop import load_checkpoint
+from stagegpt.train.checkpoints import load_optimizer_state, step_dirs
 
 MICRO = ["--n-layer", "1", "--n-head", "1", "--n-embd", "16", "--block-size", "8",
          "--batch-size", "2"]
@@ -89,10 +90,10 @@ def soak_argv(data: Path, out: Path, *extra: str) -> list[str]:
 
 def write_points() -> dict[str, tuple[object, str]]:
     """The calls every file the trainer writes goes through: (owner, attribute)."""
-    import stagegpt.checkpoint
+    import stagegpt.train.checkpoints
 
     return {"rename": (os, "replace"), "fsync": (os, "fsync"), "delete": (shutil, "rmtree"),
-            "safetensors": (stagegpt.checkpoint, "save_file"), "torch.save": (torch, "save")}
+            "safetensors": (stagegpt.train.checkpoints, "save_file"), "torch.save": (torch, "save")}
 
 
 def tear(target) -> None:
@@ -403,10 +404,10 @@ BAD_INPUTS = {
     "convert: --out under a regular file": (
         [*TO_HF[:-1], "{w}/notes.txt/hf"], None, "cannot create directory"),
     "convert: disk full exporting": (
-        TO_HF, patch("stagegpt.checkpoint.save_file", safetensors_disk_full),
+        TO_HF, patch("stagegpt.train.checkpoints.save_file", safetensors_disk_full),
         "No space left on device"),
     "convert: disk full importing": (
-        FROM_HF, patch("stagegpt.checkpoint.save_file", safetensors_disk_full),
+        FROM_HF, patch("stagegpt.train.checkpoints.save_file", safetensors_disk_full),
         "No space left on device"),
     "convert: permission denied creating the temporary dir": (
         TO_HF, patch("tempfile.mkdtemp", disk_error(errno.EACCES)),
@@ -544,7 +545,7 @@ def test_sample_into_a_closed_pipe_ends_quietly(pristine, monkeypatch, capsys, o
 
 
 def test_debug_shows_the_traceback_of_a_disk_error(pristine, tmp_path, monkeypatch):
-    monkeypatch.setattr("stagegpt.checkpoint.save_file", safetensors_disk_full)
+    monkeypatch.setattr("stagegpt.train.checkpoints.save_file", safetensors_disk_full)
     with pytest.raises(OSError) as err:
         main(["--debug", "convert", "--to-hf", "--ckpt", str(pristine / "run"), "--out",
               str(tmp_path / "hf")])

@@ -8,16 +8,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stagegpt import corpora
-from stagegpt.data import text_chunks
-from stagegpt.errors import StagegptError
-from stagegpt.tokenizers import (
+from stagegpt.data import gpt2_ranks, registry
+from stagegpt.data.prepare import text_chunks
+from stagegpt.data.tokenizers import (
     BPETokenizer,
     CharTokenizer,
     GPT2Tokenizer,
     get_tokenizer,
     load_tokenizer,
 )
+from stagegpt.errors import StagegptError
 
 QUICK = settings(max_examples=150, deadline=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -109,24 +109,24 @@ def test_gpt2_decode_never_raises_on_partial_characters(gpt2):
 def test_gpt2_ranks_env_must_be_the_real_table(monkeypatch, tmp_path):
     bad = tmp_path / "ranks.tiktoken"
     bad.write_text("SGVsbG8= 0\n")
-    monkeypatch.setenv(corpora.RANKS_ENV, str(bad))
+    monkeypatch.setenv(gpt2_ranks.RANKS_ENV, str(bad))
     with pytest.raises(StagegptError, match="not GPT-2's r50k_base"):
-        corpora.gpt2_ranks_path()
-    monkeypatch.setenv(corpora.RANKS_ENV, str(tmp_path / "missing"))
+        gpt2_ranks.gpt2_ranks_path()
+    monkeypatch.setenv(gpt2_ranks.RANKS_ENV, str(tmp_path / "missing"))
     with pytest.raises(StagegptError, match="does not exist"):
-        corpora.gpt2_ranks_path()
+        gpt2_ranks.gpt2_ranks_path()
 
 
 def test_gpt2_ranks_env_accepts_a_verified_copy(gpt2, monkeypatch):
-    real = corpora.gpt2_ranks_path()
-    monkeypatch.setenv(corpora.RANKS_ENV, str(real))
-    assert corpora.gpt2_ranks_path() == real
+    real = gpt2_ranks.gpt2_ranks_path()
+    monkeypatch.setenv(gpt2_ranks.RANKS_ENV, str(real))
+    assert gpt2_ranks.gpt2_ranks_path() == real
 
 
 def _no_other_sources(monkeypatch, tmp_path):
     monkeypatch.setenv("STAGEGPT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(corpora.RANKS_ENV, raising=False)
-    monkeypatch.setattr(corpora, "_from_tiktoken_cache", lambda: None)
+    monkeypatch.delenv(gpt2_ranks.RANKS_ENV, raising=False)
+    monkeypatch.setattr(gpt2_ranks, "_from_tiktoken_cache", lambda: None)
 
 
 def test_gpt2_fetch_failure_says_what_to_do(monkeypatch, tmp_path):
@@ -135,14 +135,14 @@ def test_gpt2_fetch_failure_says_what_to_do(monkeypatch, tmp_path):
     def failing_pip(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution\n")
 
-    monkeypatch.setattr(corpora.subprocess, "run", failing_pip)
-    with pytest.raises(StagegptError, match=corpora.RANKS_ENV) as err:
-        corpora.gpt2_ranks_path()
+    monkeypatch.setattr(registry.subprocess, "run", failing_pip)
+    with pytest.raises(StagegptError, match=gpt2_ranks.RANKS_ENV) as err:
+        gpt2_ranks.gpt2_ranks_path()
     assert "\n" not in str(err.value) and "No matching distribution" in str(err.value)
 
 
 def test_gpt2_table_is_read_from_the_whisper_sdist_and_cached(gpt2, monkeypatch, tmp_path):
-    table = corpora.gpt2_ranks_path().read_bytes()
+    table = gpt2_ranks.gpt2_ranks_path().read_bytes()
     _no_other_sources(monkeypatch, tmp_path)
     calls = []
 
@@ -157,11 +157,11 @@ def test_gpt2_table_is_read_from_the_whisper_sdist_and_cached(gpt2, monkeypatch,
                 tar.addfile(info, io.BytesIO(data))
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(corpora.subprocess, "run", fake_pip)
-    path = corpora.gpt2_ranks_path()
+    monkeypatch.setattr(registry.subprocess, "run", fake_pip)
+    path = gpt2_ranks.gpt2_ranks_path()
     assert path == tmp_path / "cache" / "gpt2.tiktoken" and path.read_bytes() == table
     assert {"download", "--no-deps", "openai-whisper==20250625"} <= set(calls[0])
-    corpora.gpt2_ranks_path()
+    gpt2_ranks.gpt2_ranks_path()
     assert len(calls) == 1  # cached: no second fetch
 
 

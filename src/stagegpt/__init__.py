@@ -1,26 +1,33 @@
-"""stagegpt: a GPT-style decoder built from scratch in five trainable stages."""
+"""stagegpt: a GPT-style decoder built from scratch, one trainable stage at a time.
 
-from stagegpt.config import PRESETS, ModelConfig, TrainConfig
+The public names below are imported on first use, so `import stagegpt.model` loads the
+plain model alone (torch and nothing else of stagegpt but its error type).
+"""
+
+from importlib import import_module
+
 from stagegpt.errors import StagegptError
-from stagegpt.generate import generate
-from stagegpt.models import GPT, STAGES, LanguageModel, build_model
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GPT", "PRESETS", "STAGES", "LanguageModel", "ModelConfig", "StagegptError", "TrainConfig",
-    "Trainer", "build_model", "generate", "load_checkpoint", "__version__",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "GPT": "stagegpt.model",
+    "LanguageModel": "stagegpt.model",
+    "ModelConfig": "stagegpt.model",
+    "PRESETS": "stagegpt.model",
+    "STAGES": "stagegpt.model",
+    "build_model": "stagegpt.model",
+    "TrainConfig": "stagegpt.train.config",
+    "Trainer": "stagegpt.train.trainer",
+    "generate": "stagegpt.generation",
+    "load_checkpoint": "stagegpt.interop",
+}
+
+__all__ = [*_EXPORTS, "StagegptError", "__version__"]
 
 
 def __getattr__(name: str):
-    # Imported on first use: they pull in safetensors, matplotlib and tqdm.
-    if name == "Trainer":
-        from stagegpt.train import Trainer
-
-        return Trainer
-    if name == "load_checkpoint":
-        from stagegpt.checkpoint import load_checkpoint
-
-        return load_checkpoint
-    raise AttributeError(f"module 'stagegpt' has no attribute {name!r}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'stagegpt' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

@@ -1,0 +1,102 @@
+"""The `stagegpt` command. Each verb lives in a module of `stagegpt.cli` (see VERBS).
+
+A verb module defines HELP (one line), `add_arguments(parser)` and `run(args) -> int`.
+User errors (`StagegptError`) and failed file operations (`OSError`: a full disk, a
+read-only or forbidden path) become one line on stderr and exit code 2; `--debug` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import importlib
+import os
+import sys
+
+from stagegpt.errors import StagegptError
+
+# verb -> module in stagegpt.cli (`inspect_cmd`: no module may be named like the stdlib's)
+VERBS = {"prepare": "prepare", "train": "train", "sample": "sample", "ladder": "ladder",
+         "inspect": "inspect_cmd", "attention": "attention", "convert": "convert",
+         "bench": "bench"}
+
+
+def _available_verbs() -> dict[str, object]:
+    modules = {}
+    for verb, name in VERBS.items():
+        modules[verb] = importlib.import_module(f"stagegpt.cli.{name}")
+    return modules
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (and exit code 2) instead of usage + error."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="stagegpt",
+        description="Build, train, sample and inspect a GPT-style decoder in five stages.",
+    )
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks instead of one-line errors")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True,
+                                  parser_class=OneLineParser)
+    for verb, module in _available_verbs().items():
+        sub = verbs.add_parser(verb, help=module.HELP, description=module.__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show full tracebacks instead of one-line errors")
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+OS_ADVICE = {
+    errno.ENOSPC: "free some disk space or choose an output path on another disk",
+    errno.EDQUOT: "free some space within your quota or choose another output path",
+    errno.EROFS: "the file system is read-only; choose an output path on a writable disk",
+    errno.EACCES: "check the path's permissions or choose another path",
+    errno.EPERM: "check the path's permissions or choose another path",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """An OSError as one line: what failed, on which path, and what to do."""
+    reason = err.strerror or str(err) or type(err).__name__
+    paths = list(dict.fromkeys(p for p in (err.filename, err.filename2) if p is not None))
+    where = f" ({' -> '.join(map(str, paths))})" if paths else ""
+    advice = OS_ADVICE.get(err.errno, "check the path and try again")
+    return " ".join(f"{reason}{where}; {advice}".split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except StagegptError as err:
+        if args.debug:
+            raise
+        print(f"stagegpt {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `stagegpt sample ... | head`: the reader left, nothing is wrong
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as err:
+        if args.debug:
+            raise
+        print(f"stagegpt {args.verb}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"stagegpt {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Convert stage 5 checkpoints to and from Hugging Face GPT-2 directories.
+
+  stagegpt convert --from-hf gpt2/ --out ckpt/gpt2        Hugging Face GPT-2 -> stagegpt
+  stagegpt convert --to-hf --ckpt runs/x --out hf/x       stagegpt stage 5 -> Hugging Face
+
+A Hugging Face GPT-2 dir holds config.json and model.safetensors (or pytorch_model.bin,
+read with torch.load(weights_only=True), so nothing in it can run code). --from-hf
+attaches GPT-2's tokenizer, so the model must have GPT-2's vocabulary of 50,257 tokens
+(or pass --no-tokenizer). --to-hf writes config.json and model.safetensors, which
+transformers.GPT2LMHeadModel.from_pretrained(DIR) loads offline. Only stage 5 has GPT-2's
+architecture; a stage 5 model trained with bias=False is written with zero biases (GPT-2
+always has biases; zeros change no output). --out must not exist yet or be empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from stagegpt.errors import StagegptError
+from stagegpt.model.config import GPT2_VOCAB
+
+HELP = "convert stage 5 to and from Hugging Face GPT-2 directories"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from-hf", metavar="DIR",
+                           help="import this Hugging Face GPT-2 dir (config.json + weights)")
+    direction.add_argument("--to-hf", action="store_true",
+                           help="export the stage 5 checkpoint given by --ckpt")
+    parser.add_argument("--ckpt", metavar="DIR",
+                        help="with --to-hf: the stagegpt checkpoint or run dir to export")
+    parser.add_argument("--out", metavar="DIR", required=True,
+                        help="directory to write (must not exist yet, or be empty)")
+    parser.add_argument("--no-tokenizer", action="store_true",
+                        help="with --from-hf: write the checkpoint without GPT-2's tokenizer")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to replace anything: the write swaps the whole directory in."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise StagegptError(f"--out {out} already exists and is not empty; choose a new path")
+
+
+def run(args: argparse.Namespace) -> int:
+    from stagegpt.interop import gpt2 as hf
+    from stagegpt.interop import load_checkpoint
+    from stagegpt.train.checkpoints import save_checkpoint
+
+    out = Path(args.out)
+    _check_out(out)
+    if args.to_hf:
+        if args.ckpt is None:
+            raise StagegptError("--to-hf needs --ckpt DIR, the stage 5 checkpoint to export")
+        model = load_checkpoint(args.ckpt).model
+        hf.save_hf_dir(out, model)
+        note = "" if model.config.bias else " (bias=False: wrote zero biases)"
+        print(f"wrote Hugging Face GPT-2 dir {out}: {model.num_params():,} parameters{note}")
+        return 0
+    if args.ckpt is not None:
+        raise StagegptError("--ckpt goes with --to-hf; --from-hf takes the Hugging Face dir itself")
+    model = hf.load_hf_model(args.from_hf)
+    tokenizer = None
+    if not args.no_tokenizer:
+        vocab = model.config.vocab_size
+        if vocab != GPT2_VOCAB:
+            raise StagegptError(
+                f"{args.from_hf} has vocab_size {vocab}, not GPT-2's {GPT2_VOCAB}, so GPT-2's "
+                "tokenizer does not fit it; pass --no-tokenizer to convert the weights alone"
+            )
+        try:
+            tokenizer = hf.gpt2_tokenizer()
+        except StagegptError as err:
+            raise StagegptError(
+                f"GPT-2's tokenizer is needed for --from-hf and could not be loaded ({err}); "
+                "fix that, or pass --no-tokenizer"
+            ) from None
+    save_checkpoint(out, model, tokenizer, extra={"converted_from": str(args.from_hf)})
+    what = "GPT-2 tokenizer" if tokenizer is not None else "no tokenizer"
+    print(f"wrote stagegpt checkpoint {out}: stage 5, {model.num_params():,} parameters, {what}")
+    return 0

@@ -1,0 +1,78 @@
+"""Show every tensor transformation of one forward pass, parameter counts and FLOPs.
+
+  stagegpt inspect --stage 3 --preset tiny            a fresh stage 3 model, input (1, 8)
+  stagegpt inspect --stage 5 --preset gpt2            GPT-2 124M (built on the meta device)
+  stagegpt inspect --ckpt runs/stage5 --batch 2 --seq 16
+
+The table lists, in the order they run, each module's output and every operation between
+modules (the embedding sum, residual additions, and inside attention the q/k/v split, the
+heads, the scores, the causal mask, the softmax weights and the merge): module,
+operation, output shape, dtype and the module's own parameters. Then parameters per
+component (embeddings, attention, MLP, norms, head; a tied head is counted once, under
+embeddings) and matmul FLOPs per token over the full context, forward and training (3x),
+the numbers the ladder reports. A model from --preset is built on the meta device: shapes
+only, no weights allocated and nothing computed, so even gpt2-xl takes seconds. --json
+prints the same as data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from stagegpt.errors import StagegptError
+
+HELP = "print a model's shape trace, parameter counts and FLOPs per token"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stage", type=int, choices=[1, 2, 3, 4, 5],
+                        help="which stage to build (required with --preset; with --ckpt it "
+                             "must match the checkpoint's)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", help="model shape preset (default: seed), e.g. tiny, gpt2")
+    source.add_argument("--ckpt", metavar="DIR", help="a checkpoint or run dir to inspect")
+    parser.add_argument("--batch", type=int, default=1, help="batch size B of the input (1)")
+    parser.add_argument("--seq", type=int,
+                        help="sequence length T of the input (default: 8, or block_size if "
+                             "smaller)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def build_for_inspection(stage: int | None, preset: str | None = None,
+                         ckpt: str | None = None):
+    """The model to inspect: from a checkpoint, or a preset's shape on the meta device."""
+    from stagegpt.interop import load_checkpoint
+    from stagegpt.model.config import ModelConfig
+    from stagegpt.model.stages import build_model
+
+    if ckpt is not None:
+        model = load_checkpoint(ckpt).model
+        if stage is not None and stage != model.stage:
+            raise StagegptError(f"--stage {stage} does not match the checkpoint {ckpt}, which "
+                                f"holds stage {model.stage}; drop --stage or fix it")
+        return model
+    if stage is None:
+        raise StagegptError("give --stage N (1-5) with --preset, or a checkpoint with --ckpt")
+    config = ModelConfig.from_preset(preset or "seed")
+    with torch.device("meta"):
+        return build_model(stage, config)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stagegpt.tools.inspection import format_inspection, inspect_model
+
+    model = build_for_inspection(args.stage, args.preset, args.ckpt)
+    seq = args.seq if args.seq is not None else min(8, model.config.block_size)
+    inspection = inspect_model(model, batch=args.batch, seq=seq)
+    text = json.dumps(inspection.to_dict(), indent=2) if args.json else format_inspection(
+        inspection)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `stagegpt inspect ... | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0

@@ -1,0 +1,68 @@
+"""Train all five stages on one budget and compare them: the project's main demo.
+
+Every stage gets the same data, seed, batch, context, width and budget (--max-steps, or
+--max-seconds per stage, converted to steps by timing a few steps first). Writes
+OUT/ladder.md and ladder.csv (stage, what it adds, parameters, FLOPs/token, train loss,
+val loss over the whole val split, val perplexity, tokens/s, wall time), ladder.png
+(validation curves, with the entropy rate and bigram floor for `prepare markov` data),
+samples.md (one sample per stage from the same prompt and seed), and each stage's run
+in OUT/stage{N}, so `stagegpt sample --ckpt OUT/stage5` works. Interrupt it any time;
+--resume skips the stages already finished and continues the one in progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from stagegpt.cli.train import add_model_arguments, add_train_arguments, configs_from_args
+from stagegpt.errors import StagegptError
+
+HELP = "train stages 1-5 on one budget; write a table, a plot and samples"
+
+
+def parse_stages(text: str) -> list[int]:
+    try:
+        stages = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise StagegptError(
+            f"--stages must be a comma-separated list like 1,2,5, got {text!r}"
+        ) from None
+    if not stages or any(s not in range(1, 6) for s in stages):
+        raise StagegptError(f"--stages must list stages between 1 and 5, got {text!r}")
+    return stages
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="data dir written by `stagegpt prepare`")
+    parser.add_argument("--out", required=True, help="ladder output dir")
+    parser.add_argument("--stages", default="1,2,3,4,5", help="which stages (default: all)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a ladder in --out, skipping finished stages")
+    parser.add_argument("--prompt", default="", help="prompt for samples.md (default: empty)")
+    parser.add_argument("--sample-tokens", type=int, default=200,
+                        help="tokens per sample in samples.md")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_model_arguments(parser)
+    add_train_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stagegpt.tools.ladder import run_ladder
+
+    stages = parse_stages(args.stages)
+    if args.max_steps is not None and args.max_seconds is not None:
+        raise StagegptError("give --max-steps or --max-seconds, not both")
+    model_config, train_config = configs_from_args(args)
+    budget_seconds = train_config.max_seconds
+    train_config = replace(train_config, max_seconds=None)
+    rows = run_ladder(args.data, args.out, model_config, train_config, stages,
+                      resume=args.resume, max_seconds=budget_seconds, prompt=args.prompt,
+                      sample_tokens=args.sample_tokens, progress=not args.no_progress)
+    if rows is None:
+        print("ladder interrupted; rerun the same command with --resume to continue")
+        return 130
+    table = Path(args.out) / "ladder.md"
+    print(f"{table}:\n\n{table.read_text(encoding='utf-8')}")
+    return 0

@@ -1,0 +1,132 @@
+"""Generate text from a checkpoint, streamed to stdout token by token.
+
+  stagegpt sample --ckpt runs/shakespeare --prompt "ROMEO:" --max-new-tokens 300
+  stagegpt sample --ckpt ckpt/gpt2 --prompt-file story.txt --temperature 0.8 --top-k 200
+  stagegpt sample --ckpt runs/shakespeare --temperature 0        # greedy
+
+Each sample prints the prompt, then the new text as it is produced. An empty prompt starts
+from the tokenizer's start token (<|endoftext|> for GPT-2 and BPE tokenizers, a newline for
+a char tokenizer), which is not printed. A prompt longer than the model's context window is
+cropped to its last block_size tokens, and the window rolls forward as the text grows.
+A sample ends early at the tokenizer's end-of-text token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from stagegpt.errors import StagegptError
+from stagegpt.generation.decoding import check_sampling_args, stream
+
+HELP = "generate text from a checkpoint, streamed as it is produced"
+SEPARATOR = "---"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, metavar="DIR",
+                        help="checkpoint dir, or a run dir (its newest checkpoint)")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="", metavar="TEXT",
+                        help="text to continue (default: empty, start from the start token)")
+    prompt.add_argument("--prompt-file", metavar="F", help="read the prompt from this file")
+    parser.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
+                        help="tokens to generate per sample (default: 200)")
+    parser.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                        help="divide the logits by T; 0 is greedy (default: 1.0)")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+                        help="sample among the K most likely tokens only")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P",
+                        help="sample from the smallest set of tokens whose probability reaches P")
+    parser.add_argument("--seed", type=int, default=None, metavar="S",
+                        help="seed the sampler; sample i uses S + i (default: unseeded)")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="N",
+                        help=f"samples to draw, separated by a '{SEPARATOR}' line (default: 1)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="recompute the whole context every step instead of using a KV cache")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    if args.num_samples < 1:
+        raise StagegptError(f"--num-samples must be >= 1, got {args.num_samples}")
+    prompt = _read_prompt(args)
+
+    from stagegpt.interop import load_checkpoint
+
+    ckpt = load_checkpoint(args.ckpt)
+    tokenizer = ckpt.tokenizer
+    if tokenizer is None:
+        raise StagegptError(f"checkpoint {args.ckpt} has no tokenizer, so its text cannot be "
+                            "encoded; sample from a checkpoint saved with its tokenizer")
+    ids = tokenizer.encode(prompt) or [tokenizer.start_id]  # empty: the start token
+    block_size = ckpt.model.config.block_size
+    if len(ids) > block_size:
+        print(f"stagegpt sample: note: the prompt's {len(ids)} tokens are cropped to the "
+              f"model's context window, the last {block_size}", file=sys.stderr)
+    idx = torch.tensor([ids], dtype=torch.long)
+    stop_ids = () if tokenizer.eot_id is None else (tokenizer.eot_id,)
+
+    out = sys.stdout
+    for i in range(args.num_samples):
+        if i:
+            out.write(f"{SEPARATOR}\n")
+        out.write(prompt)
+        out.flush()
+        text = TextStream(tokenizer, out, skip_ids=stop_ids)
+        seed = None if args.seed is None else args.seed + i
+        for column in stream(ckpt.model, idx, args.max_new_tokens, args.temperature,
+                             args.top_k, args.top_p, seed, stop_ids, not args.no_cache):
+            text.push(int(column[0, 0]))
+        text.close()
+        out.write("\n")
+        out.flush()
+    return 0
+
+
+class TextStream:
+    """Writes the text of new token ids as they arrive, without breaking a character.
+
+    A byte-level token can hold part of a UTF-8 character, which decodes to U+FFFD until
+    the rest arrives. So the whole new sequence is decoded each time and only the new
+    suffix is written, minus any trailing U+FFFD: those wait for the next token (or `close`).
+    """
+
+    def __init__(self, tokenizer: Any, out: TextIO, skip_ids: tuple[int, ...] = ()):
+        self.tokenizer = tokenizer
+        self.out = out
+        self.skip_ids = set(skip_ids)
+        self.ids: list[int] = []
+        self.written = 0  # characters of the decoded text already written
+
+    def push(self, token: int) -> None:
+        if token in self.skip_ids:
+            return
+        self.ids.append(token)
+        self._write(self.tokenizer.decode(self.ids).rstrip("\ufffd"))
+
+    def close(self) -> None:
+        self._write(self.tokenizer.decode(self.ids))
+
+    def _write(self, text: str) -> None:
+        if len(text) > self.written:
+            self.out.write(text[self.written:])
+            self.out.flush()
+            self.written = len(text)
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt_file is None:
+        return args.prompt
+    path = Path(args.prompt_file)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StagegptError(f"prompt file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or type(err).__name__
+        raise StagegptError(f"cannot read prompt file {path} as UTF-8 text ({reason})") from None

@@ -1,0 +1,107 @@
+"""Train one stage on a prepared data dir.
+
+Settings come from a preset, then an optional TOML file ([model] and [train] tables),
+then the flags given here. Checkpoints go to OUT/checkpoints/step_N (the newest two are
+kept) and OUT/best; metrics to OUT/metrics.jsonl and a loss curve to OUT/loss.png.
+Ctrl-C finishes the current step, saves a checkpoint and exits; rerun the same command
+with --resume to continue exactly where it stopped.
+
+Distributed: torchrun --nproc_per_node N -m stagegpt train ...  (--batch-size is per process)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from stagegpt.model.config import ModelConfig
+from stagegpt.train.config import TrainConfig, load_toml, replace_known
+
+HELP = "train one stage (1-5) on a prepared data dir, with exact --resume"
+
+MODEL_FLAGS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
+TRAIN_FLAGS = ("max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmup_steps",
+               "weight_decay", "grad_clip", "eval_every", "eval_batches", "ckpt_every", "seed",
+               "device", "dtype", "max_seconds")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--preset", default="small",
+                       help="model shape preset (default: small); see README for the list")
+    group.add_argument("--config", metavar="FILE.toml",
+                       help="TOML file with [model] and [train] tables; flags override it")
+    group.add_argument("--block-size", type=int, help="context length T")
+    group.add_argument("--n-layer", type=int, help="transformer blocks (stages 4-5)")
+    group.add_argument("--n-head", type=int, help="attention heads (stage 5)")
+    group.add_argument("--n-embd", type=int, help="model width C")
+    group.add_argument("--dropout", type=float, help="dropout probability (stage 5)")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--max-steps", type=int, help="optimizer steps (sets the lr schedule)")
+    group.add_argument("--max-seconds", type=float, help="also stop after this much training")
+    group.add_argument("--batch-size", type=int, help="windows per micro-batch (per process)")
+    group.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    group.add_argument("--lr", type=float, help="peak learning rate")
+    group.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine")
+    group.add_argument("--warmup-steps", type=int, help="linear warmup steps")
+    group.add_argument("--weight-decay", type=float, help="AdamW decay on matrices")
+    group.add_argument("--grad-clip", type=float, help="clip the gradient norm (0 = off)")
+    group.add_argument("--eval-every", type=int, help="steps between validation passes")
+    group.add_argument("--eval-batches", type=int, help="fixed validation batches per pass")
+    group.add_argument("--ckpt-every", type=int, help="steps between checkpoints")
+    group.add_argument("--seed", type=int, help="seed for init, data order and dropout")
+    group.add_argument("--device", choices=["cpu", "cuda", "mps", "auto"])
+    group.add_argument("--dtype", choices=["float32", "bfloat16"],
+                       help="bfloat16 runs matmuls under autocast")
+    group.add_argument("--compile", action="store_true", default=None,
+                       help="torch.compile the model")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stage", type=int, required=True, choices=[1, 2, 3, 4, 5])
+    parser.add_argument("--data", required=True, help="data dir written by `stagegpt prepare`")
+    parser.add_argument("--out", required=True, help="run dir for checkpoints and metrics")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its newest checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_model_arguments(parser)
+    add_train_arguments(parser)
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
+    """preset -> TOML file -> flags, later ones winning."""
+    toml = load_toml(args.config) if args.config else {}
+    model = ModelConfig.from_preset(toml.get("preset", args.preset))
+    model = replace_known(model, toml.get("model", {}))
+    model = replace_known(model, {k: getattr(args, k) for k in MODEL_FLAGS
+                                  if getattr(args, k, None) is not None})
+    train = replace_known(TrainConfig(), toml.get("train", {}))
+    flags = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "compile", None):
+        flags["compile"] = True
+    return model, replace_known(train, flags)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stagegpt.train.trainer import Trainer, init_distributed
+
+    model_config, train_config = configs_from_args(args)
+    distributed = init_distributed()
+    try:
+        trainer = Trainer(args.stage, model_config, train_config, args.data, args.out,
+                          resume=args.resume, progress=not args.no_progress)
+        result = trainer.fit()
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if result.interrupted:
+        return 130
+    if trainer.rank == 0:
+        print(f"stage {args.stage}: step {result.step}, train loss {result.train_loss:.4f}, "
+              f"val loss {result.val_loss:.4f}, {result.tokens_per_sec:,.0f} tokens/s, "
+              f"{result.elapsed:.1f} s -> {args.out}")
+    return 0

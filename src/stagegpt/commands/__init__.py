@@ -1,1 +1,0 @@
-"""One module per CLI verb: HELP, add_arguments(parser), run(args)."""

@@ -1,0 +1,77 @@
+"""The shape of a model (`ModelConfig`) and its named presets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from stagegpt.errors import StagegptError
+
+GPT2_VOCAB = 50_257
+
+
+@dataclass
+class ModelConfig:
+    """The shape of a stage model. Every stage reads the same config.
+
+    Stages 1-2 ignore `n_layer`/`n_head`, stages 3-4 use a single head, and only
+    stage 5 uses `n_head` heads and `dropout`.
+    """
+
+    vocab_size: int = GPT2_VOCAB
+    block_size: int = 256
+    n_embd: int = 256
+    n_layer: int = 12
+    n_head: int = 4
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise StagegptError(f"model {name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise StagegptError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                "pick a width that is a multiple of the head count"
+            )
+        if not (0.0 <= self.dropout < 1.0) or math.isnan(self.dropout):
+            raise StagegptError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        if name not in PRESETS:
+            raise StagegptError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise StagegptError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed's final model: GPT-2 tokenizer, 12 blocks, 4 heads.
+    "seed": dict(vocab_size=GPT2_VOCAB, block_size=256, n_embd=256, n_layer=12, n_head=4),
+    # OpenAI's GPT-2 shapes.
+    "gpt2": dict(vocab_size=GPT2_VOCAB, block_size=1024, n_embd=768, n_layer=12, n_head=12),
+    "gpt2-medium": dict(vocab_size=GPT2_VOCAB, block_size=1024, n_embd=1024, n_layer=24, n_head=16),
+    "gpt2-large": dict(vocab_size=GPT2_VOCAB, block_size=1024, n_embd=1280, n_layer=36, n_head=20),
+    "gpt2-xl": dict(vocab_size=GPT2_VOCAB, block_size=1024, n_embd=1600, n_layer=48, n_head=25),
+    # Small CPU presets; vocab_size is replaced by the data's tokenizer when training.
+    "small": dict(vocab_size=GPT2_VOCAB, block_size=64, n_embd=128, n_layer=4, n_head=4),
+    "tiny": dict(vocab_size=GPT2_VOCAB, block_size=32, n_embd=64, n_layer=2, n_head=2),
+    "micro": dict(vocab_size=GPT2_VOCAB, block_size=16, n_embd=32, n_layer=2, n_head=2),
+}

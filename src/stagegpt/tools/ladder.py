@@ -1,0 +1,195 @@
+"""The stage ladder: train every stage on one budget and show what each idea buys.
+
+Each stage trains with the same data, seed, batch, context, width and step budget in
+OUT/stage{N}; then ladder.md / ladder.csv (the table), ladder.png (validation curves,
+with the entropy rate and bigram floor for synthetic data) and samples.md are written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from stagegpt.data.datasets import read_meta
+from stagegpt.errors import StagegptError
+from stagegpt.fileio import ensure_dir, read_json, write_json, write_text
+from stagegpt.generation.decoding import generate
+from stagegpt.model.config import ModelConfig
+from stagegpt.model.stages import STAGES
+from stagegpt.tools.evaluate import split_loss
+from stagegpt.tools.inspection import flops_per_token
+from stagegpt.train.config import TrainConfig
+from stagegpt.train.plots import plot_curves
+from stagegpt.train.trainer import Trainer, read_metrics
+
+SETTINGS_FILE = "ladder.json"
+
+
+@dataclass
+class LadderRow:
+    stage: int
+    adds: str
+    params: int
+    flops_per_token: int
+    train_loss: float
+    val_loss: float
+    val_ppl: float
+    tokens_per_sec: float
+    wall_time: float
+
+
+def _settings(stages, model_config, train_config, data_dir) -> dict:
+    return {"stages": list(stages), "model": model_config.to_dict(),
+            "train": train_config.to_dict(), "data": str(Path(data_dir).resolve())}
+
+
+def _check_settings(out_dir: Path, settings: dict, resume: bool) -> None:
+    path = out_dir / SETTINGS_FILE
+    if not path.exists():
+        return
+    if not resume:
+        raise StagegptError(f"{out_dir} already holds a ladder; pass --resume to continue it "
+                            "or choose a new --out")
+    previous = read_json(path, "ladder settings")
+    if previous != settings:
+        raise StagegptError(f"cannot resume: {path} was run with other settings; rerun with "
+                            "the original flags or choose a new --out")
+
+
+def steps_for_seconds(stage: int, model_config: ModelConfig, train_config: TrainConfig,
+                      data_dir: Path, seconds: float, scratch: Path) -> int:
+    """Time a few steps of `stage` to turn a time budget into a step budget.
+
+    The step count fixes the learning-rate schedule, so a time budget is converted once,
+    before training, and the run stays exactly resumable.
+    """
+    probe = replace(train_config, max_steps=8, eval_every=10_000, ckpt_every=10_000,
+                    max_seconds=None)
+    trainer = Trainer(stage, model_config, probe, data_dir, scratch, progress=False)
+    times: list[float] = []
+    last = [time.perf_counter()]
+
+    def clock(_trainer, _row):
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    trainer.on_step = clock
+    trainer.fit()
+    per_step = sorted(times[2:])[len(times[2:]) // 2]  # median, past the warm-up steps
+    return max(1, int(seconds / per_step))
+
+
+def _row_for(stage: int, trainer: Trainer, result) -> LadderRow:
+    """The table row; its val loss covers the whole val split, not the curve's sample."""
+    model = trainer.model
+    val_loss = split_loss(model, trainer.val_tokens)
+    return LadderRow(
+        stage=stage, adds=STAGES[stage].idea, params=model.num_params(),
+        flops_per_token=flops_per_token(model)["train"],
+        train_loss=result.train_loss, val_loss=val_loss,
+        val_ppl=math.exp(val_loss), tokens_per_sec=result.tokens_per_sec,
+        wall_time=result.elapsed,
+    )
+
+
+def write_table(rows: list[LadderRow], out_dir: Path) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(asdict(rows[0])))
+    writer.writeheader()
+    writer.writerows(asdict(r) for r in rows)
+    write_text(out_dir / "ladder.csv", buffer.getvalue())
+    lines = ["| stage | adds | params | FLOPs/token (train) | train loss | val loss | "
+             "val ppl | tokens/s | wall time |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.stage} | {r.adds} | {r.params:,} | {r.flops_per_token:,} | "
+                     f"{r.train_loss:.4f} | {r.val_loss:.4f} | {r.val_ppl:.2f} | "
+                     f"{r.tokens_per_sec:,.0f} | {r.wall_time:.1f} s |")
+    table = "\n".join(lines) + "\n"
+    write_text(out_dir / "ladder.md", table)
+    return table
+
+
+def write_plot(stages, out_dir: Path, meta: dict) -> None:
+    curves = {}
+    for stage in stages:
+        rows = read_metrics(out_dir / f"stage{stage}")
+        curves[f"stage {stage}"] = [(r["step"], r["val_loss"]) for r in rows
+                                    if r.get("val_loss") is not None]
+    hlines = {}
+    if "entropy_rate" in meta:
+        hlines["source entropy rate"] = meta["entropy_rate"]
+    if "bigram_entropy" in meta:
+        hlines["bigram floor"] = meta["bigram_entropy"]
+    plot_curves(curves, out_dir / "ladder.png", hlines, title="validation loss by stage")
+
+
+def write_samples(models: dict, tokenizer, out_dir: Path, prompt: str, tokens: int,
+                  seed: int) -> None:
+    ids = tokenizer.encode(prompt) if prompt else [tokenizer.start_id]
+    parts = [f"# Samples\n\nPrompt: {prompt!r}, seed {seed}, {tokens} tokens, "
+             "temperature 0.8, top-k 40.\n"]
+    for stage, model in models.items():
+        idx = torch.tensor([ids[-model.config.block_size:]])
+        out = generate(model, idx, tokens, temperature=0.8, top_k=40, seed=seed)
+        text = tokenizer.decode(out[0].tolist())
+        parts.append(f"## Stage {stage}: {STAGES[stage].idea}\n\n```\n{text}\n```\n")
+    write_text(out_dir / "samples.md", "\n".join(parts))
+
+
+def run_ladder(data_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
+               train_config: TrainConfig, stages=(1, 2, 3, 4, 5), resume: bool = False,
+               max_seconds: float | None = None, prompt: str = "", sample_tokens: int = 200,
+               progress: bool = True) -> list[LadderRow] | None:
+    """Train `stages` in turn; return the table rows (None if interrupted)."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    meta = read_meta(data_dir)
+    model_config = replace(model_config, vocab_size=meta["vocab_size"])
+    settings = _settings(stages, model_config, train_config, data_dir)
+    settings["max_seconds"] = max_seconds
+    _check_settings(out_dir, settings, resume)
+    ensure_dir(out_dir)
+    write_json(out_dir / SETTINGS_FILE, settings)
+    rows, models, tokenizer = [], {}, None
+    for stage in stages:
+        run_dir = out_dir / f"stage{stage}"
+        config = train_config
+        if max_seconds is not None:
+            config = replace(config, max_steps=_budget(stage, model_config, config, data_dir,
+                                                       max_seconds, run_dir))
+        trainer = Trainer(stage, model_config, config, data_dir, run_dir, resume=True,
+                          progress=progress)
+        result = trainer.fit()
+        if result.interrupted:
+            return None
+        rows.append(_row_for(stage, trainer, result))
+        models[stage], tokenizer = trainer.model.eval(), trainer.tokenizer
+    write_table(rows, out_dir)
+    write_plot(stages, out_dir, meta)
+    write_samples(models, tokenizer, out_dir, prompt, sample_tokens, train_config.seed)
+    return rows
+
+
+def _budget(stage, model_config, train_config, data_dir, seconds, run_dir) -> int:
+    """Steps for a time budget, measured once per stage and remembered for --resume."""
+    path = run_dir / "budget.json"
+    if path.exists():
+        budget = read_json(path, "ladder budget")
+        steps = budget.get("max_steps") if isinstance(budget, dict) else None
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise StagegptError(f"{path} is damaged (no max_steps); delete {run_dir} to run "
+                                f"stage {stage} again from the start")
+        return steps
+    scratch = run_dir.parent / f".probe{stage}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    steps = steps_for_seconds(stage, model_config, train_config, data_dir, seconds, scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
+    write_json(path, {"max_steps": steps, "seconds": seconds})
+    return steps

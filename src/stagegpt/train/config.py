@@ -1,0 +1,91 @@
+"""What a training run needs besides the model's shape (`TrainConfig`), and TOML configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from stagegpt.errors import StagegptError
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the model shape."""
+
+    max_steps: int = 1000
+    batch_size: int = 12
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 20
+    ckpt_every: int = 500
+    seed: int = 1337
+    device: str = "cpu"
+    dtype: str = "float32"
+    compile: bool = False
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        positive = ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches",
+                    "ckpt_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise StagegptError(f"--{name.replace('_', '-')} must be >= 1, got {value!r}")
+        if self.warmup_steps < 0:
+            raise StagegptError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise StagegptError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if self.lr == 0:
+            raise StagegptError("--lr must be > 0")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise StagegptError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda", "mps", "auto"):
+            raise StagegptError(f"--device must be cpu, cuda, mps or auto, got {self.device!r}")
+        if self.max_seconds is not None and not self.max_seconds > 0:  # also refuses nan
+            raise StagegptError(f"--max-seconds must be > 0, got {self.max_seconds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a TOML config with optional [model] and [train] tables."""
+    path = Path(path)
+    if not path.is_file():
+        raise StagegptError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise StagegptError(f"config file {path} is not valid TOML: {err}") from None
+    unknown = set(data) - {"model", "train", "stage", "preset"}
+    if unknown:
+        raise StagegptError(
+            f"config file {path} has unknown tables {sorted(unknown)}; use [model] and [train]"
+        )
+    for table in ("model", "train"):
+        if not isinstance(data.get(table, {}), dict):
+            raise StagegptError(f"config file {path}: `{table}` must be a [{table}] table of "
+                                "settings, not a single value")
+    return data
+
+
+def replace_known(obj: Any, values: dict[str, Any]) -> Any:
+    """dataclasses.replace that names unknown keys instead of raising TypeError."""
+    known = {f.name for f in fields(obj)}
+    unknown = set(values) - known
+    if unknown:
+        raise StagegptError(f"unknown {type(obj).__name__} keys: {', '.join(sorted(unknown))}")
+    return dataclasses.replace(obj, **values)

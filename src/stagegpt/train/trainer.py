@@ -1,0 +1,418 @@
+"""The training loop: `Trainer(...).fit()` and `stagegpt train`.
+
+One step = `grad_accum` micro-batches of `batch_size` windows per process. Everything a
+resume needs (weights, optimizer, step, data sampler and RNG states) is saved in each
+checkpoint, and the learning rate depends only on the step and `max_steps`, so a run
+interrupted at step N and resumed is bit-identical to one that never stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gc
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from stagegpt.data.datasets import load_split, load_tokenizer_from_data, read_meta, sample_batch
+from stagegpt.errors import StagegptError
+from stagegpt.fileio import ensure_dir, read_json, recover_dir, write_text
+from stagegpt.model.config import ModelConfig
+from stagegpt.model.stages import LanguageModel, build_model
+from stagegpt.train.checkpoints import (
+    CONFIG_FILE,
+    load_optimizer_state,
+    load_weights_into,
+    read_weights,
+    save_checkpoint,
+    step_dirs,
+)
+from stagegpt.train.config import TrainConfig
+from stagegpt.train.optim import lr_at, make_optimizer
+from stagegpt.train.plots import plot_run
+
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class TrainResult:
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    tokens_per_sec: float
+    elapsed: float
+    interrupted: bool
+    out_dir: Path
+
+
+def _rng_to_str(state: torch.Tensor) -> str:
+    return base64.b64encode(state.numpy().tobytes()).decode("ascii")
+
+
+def _rng_from_str(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StagegptError("--device cuda asked for, but no CUDA GPU is visible; use cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise StagegptError("--device mps asked for, but MPS is not available; use cpu")
+    return torch.device(name)
+
+
+def run_exists(out_dir: Path) -> bool:
+    return (out_dir / "metrics.jsonl").exists() or bool(step_dirs(out_dir))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of RUN_DIR/metrics.jsonl. A damaged line (say, torn by a kill mid-write) is
+    skipped: the checkpoint, not this log, is the truth about where training stands."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                row = json.loads(line)
+                if isinstance(row, dict) and isinstance(row.get("step"), int):
+                    rows.append(row)
+    return rows
+
+
+class Trainer:
+    """Train one stage on a prepared data dir, writing checkpoints and metrics to `out_dir`."""
+
+    def __init__(self, stage: int, model_config: ModelConfig, train_config: TrainConfig,
+                 data_dir: str | Path, out_dir: str | Path, resume: bool = False,
+                 progress: bool = True, on_step: Callable[[Trainer, dict], None] | None = None):
+        self.stage, self.tc = stage, train_config
+        self.on_step = on_step
+        self.data_dir, self.out_dir = Path(data_dir), Path(out_dir)
+        self.progress = progress
+        self.meta = read_meta(self.data_dir)
+        self.mc = ModelConfig.from_dict({**model_config.to_dict(),
+                                         "vocab_size": self.meta["vocab_size"]})
+        self.train_tokens = load_split(self.data_dir, "train")
+        self.val_tokens = load_split(self.data_dir, "val")
+        self._check_data_fits()
+        self.tokenizer = load_tokenizer_from_data(self.data_dir)
+        self.world, self.rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+        self.device = resolve_device(train_config.device)
+        self.resume_from = self._find_resume(resume)
+        self.stop_signal: int | None = None
+
+    # ---- setup -------------------------------------------------------------------------
+
+    def _check_data_fits(self) -> None:
+        T = self.mc.block_size
+        for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
+            if len(tokens) <= T + 1:
+                raise StagegptError(
+                    f"--block-size {T} needs more than {T + 1} tokens, but the {split} split of "
+                    f"{self.data_dir} has {len(tokens)}; use a smaller --block-size or more text"
+                )
+
+    def _find_resume(self, resume: bool) -> Path | None:
+        if not run_exists(self.out_dir):
+            return None
+        if not resume:
+            raise StagegptError(
+                f"{self.out_dir} already holds a training run; pass --resume to continue it "
+                "or choose a new --out"
+            )
+        found = step_dirs(self.out_dir)
+        if not found:
+            return None
+        meta = read_json(found[-1] / CONFIG_FILE, "checkpoint config")
+        if not isinstance(meta, dict):
+            raise StagegptError(f"{found[-1] / CONFIG_FILE} is not a checkpoint config; delete "
+                                f"{found[-1]} to resume from the checkpoint before it")
+        if meta.get("stage") != self.stage or meta.get("model") != self.mc.to_dict():
+            raise StagegptError(
+                f"cannot resume: {found[-1]} holds stage {meta.get('stage')} with "
+                f"{meta.get('model')}, but this command asks for stage {self.stage} with "
+                f"{self.mc.to_dict()}; use the original settings or a new --out"
+            )
+        return found[-1]
+
+    def _build(self) -> None:
+        torch.manual_seed(self.tc.seed)
+        self.model: LanguageModel = build_model(self.stage, self.mc).to(self.device)
+        self.optimizer = make_optimizer(self.model, self.tc)
+        self.data_rng = torch.Generator().manual_seed(self.tc.seed)
+        self.step, self.tokens, self.elapsed = 0, 0, 0.0
+        self.saved_step = -1
+        self.best_val, self.rows = math.inf, []
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        # Dropout draws from the global RNG; each rank gets its own stream.
+        if self.resume_from is None:
+            torch.manual_seed(self.tc.seed + self.rank)
+        self.runner = self.model
+        if self.tc.compile:
+            self.runner = torch.compile(self.model)
+        if self.world > 1:
+            self.runner = torch.nn.parallel.DistributedDataParallel(self.runner)
+        self.val_batches = self._fixed_val_batches()
+
+    def _restore(self, directory: Path) -> None:
+        weights = read_weights(directory / "model.safetensors")
+        load_weights_into(self.model, weights, directory)
+        self.optimizer.load_state_dict(load_optimizer_state(directory))
+        state = read_json(directory / "trainer_state.json", "trainer state")
+        try:
+            self.step, self.tokens = int(state["step"]), state["tokens"]
+            self.elapsed, self.best_val = state["elapsed"], state["best_val"]
+            self.data_rng.set_state(_rng_from_str(state["data_rng"]))
+            torch.set_rng_state(_rng_from_str(state["torch_rng"]))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise StagegptError(
+                f"{directory}/trainer_state.json is damaged ({type(err).__name__}: "
+                f"{' '.join(str(err).split())[:80]}); delete {directory} to resume from the "
+                "checkpoint before it"
+            ) from None
+        self.saved_step = self.step
+        self.rows = [r for r in read_metrics(self.out_dir) if r["step"] <= self.step]
+        if self._is_main():
+            tqdm.write(f"resuming from {directory} at step {self.step}", file=sys.stderr)
+
+    def _fixed_val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        rng = torch.Generator().manual_seed(self.tc.seed + 1)
+        return [sample_batch(self.val_tokens, self.tc.batch_size, self.mc.block_size, rng)
+                for _ in range(self.tc.eval_batches)]
+
+    def _is_main(self) -> bool:
+        return self.rank == 0
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.tc.dtype == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's slice of one global batch, so every world size sees the same data."""
+        B = self.tc.batch_size
+        x, y = sample_batch(self.train_tokens, B * self.world, self.mc.block_size, self.data_rng)
+        if int(y.max()) >= self.mc.vocab_size:
+            raise StagegptError(
+                f"{self.data_dir}/train.bin holds token id {int(y.max())}, outside the "
+                f"vocabulary of {self.mc.vocab_size}; prepare the data dir again"
+            )
+        rows = slice(self.rank * B, (self.rank + 1) * B)
+        return x[rows].to(self.device), y[rows].to(self.device)
+
+    def _train_step(self) -> float:
+        lr = lr_at(self.step, self.tc)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for micro in range(self.tc.grad_accum):
+            x, y = self._micro_batch()
+            last = micro == self.tc.grad_accum - 1
+            sync = contextlib.nullcontext() if last or self.world == 1 else self.runner.no_sync()
+            with sync, self._autocast():
+                _, loss = self.runner(x, y, return_logits=False)
+                (loss / self.tc.grad_accum).backward()
+            total += loss.item() / self.tc.grad_accum
+        if self.tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        losses = []
+        for x, y in self.val_batches:
+            with self._autocast():
+                _, loss = self.model(x.to(self.device), y.to(self.device), return_logits=False)
+            losses.append(loss.item())
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def fit(self) -> TrainResult:
+        """Train to `max_steps` (or until a signal or `max_seconds`); return the final figures."""
+        self._build()
+        ensure_dir(self.out_dir)
+        self._clean_stale_temp_dirs()
+        handlers = self._install_signal_handlers()
+        try:
+            return self._loop()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            self._release_ddp()
+
+    def _release_ddp(self) -> None:
+        """Free the DDP wrapper while the process group is still alive. Freed later, its
+        reducer would drop the group's last reference and join gloo's worker threads while
+        holding the GIL, which a worker finishing an all-reduce needs: a deadlock at exit."""
+        if self.world > 1 and self.runner is not self.model:
+            self.runner = self.model
+            gc.collect()  # now, even if a reference cycle holds it
+
+    def _loop(self) -> TrainResult:
+        self.model.train()
+        tokens_per_step = self.tc.batch_size * self.mc.block_size * self.tc.grad_accum * self.world
+        bar = tqdm(total=self.tc.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (self.progress and self._is_main()),
+                   desc=f"stage {self.stage}")
+        train_loss, val_loss, speed, smooth = None, None, 0.0, None
+        start_elapsed, t0 = self.elapsed, time.perf_counter()
+        time_up, stop = False, self.step >= self.tc.max_steps
+        while not (stop or self._signalled_alone()):
+            t_step = time.perf_counter()
+            train_loss = self._train_step()
+            if not math.isfinite(train_loss):
+                raise StagegptError(
+                    f"loss became {train_loss} at step {self.step + 1}; stopped. The last good "
+                    f"checkpoint is kept in {self.out_dir}; lower --lr or set --grad-clip"
+                )
+            self.step += 1
+            self.tokens += tokens_per_step
+            speed = tokens_per_step / max(time.perf_counter() - t_step, 1e-9)
+            self.elapsed = start_elapsed + time.perf_counter() - t0
+            row = {"step": self.step, "tokens": self.tokens, "train_loss": train_loss,
+                   "val_loss": None, "lr": lr_at(self.step - 1, self.tc),
+                   "tokens_per_sec": speed, "elapsed": self.elapsed}
+            self.rows.append(row)
+            time_up, signalled = self._agree_to_stop(self._out_of_time(),
+                                                     self.stop_signal is not None)
+            done = self.step == self.tc.max_steps or time_up
+            stop = done or signalled
+            if self.step % self.tc.eval_every == 0 or done:
+                val_loss = row["val_loss"] = self.evaluate()
+                self._after_eval(val_loss)
+            if self.step % self.tc.ckpt_every == 0 or stop:
+                self._save_step_checkpoint()
+            bar.update(1)
+            if self.on_step is not None:
+                self.on_step(self, row)
+            smooth = speed if smooth is None else 0.9 * smooth + 0.1 * speed
+            bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss or float('nan'):.4f}",
+                            tok_s=f"{smooth:,.0f}", refresh=False)
+        bar.close()
+        if self.stop_signal is not None and self.saved_step != self.step:
+            self._save_step_checkpoint()
+        interrupted = self.step < self.tc.max_steps and not time_up
+        if interrupted and self._is_main():
+            tqdm.write(f"stopped at step {self.step}; checkpoint saved. "
+                       f"Continue with the same command plus --resume.", file=sys.stderr)
+        if self.rows and val_loss is None:  # a finished run resumed: report its last figures
+            train_loss = self.rows[-1]["train_loss"]
+            val_loss = next((r["val_loss"] for r in reversed(self.rows) if r["val_loss"]), None)
+        mean_speed = self.tokens / self.elapsed if self.elapsed else 0.0
+        return TrainResult(self.step, train_loss, val_loss, mean_speed, self.elapsed,
+                           interrupted, self.out_dir)
+
+    def _out_of_time(self) -> bool:
+        return self.tc.max_seconds is not None and self.elapsed >= self.tc.max_seconds
+
+    def _signalled_alone(self) -> bool:
+        """A signal that came after this step's stop decision. A single process acts on it
+        before the next step; DDP ranks act on it together at the next step's agreement."""
+        return self.world == 1 and self.stop_signal is not None
+
+    def _agree_to_stop(self, time_up: bool, signalled: bool) -> tuple[bool, bool]:
+        """One decision from every rank's own clock and signals: under DDP a rank that
+        stopped alone would leave the others waiting forever in the next all-reduce."""
+        if self.world == 1:
+            return time_up, signalled
+        flags = torch.tensor([time_up, signalled], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
+
+    # ---- output ------------------------------------------------------------------------
+
+    def _after_eval(self, val_loss: float) -> None:
+        if not self._is_main():
+            return
+        self._write_metrics()
+        plot_run(self.rows, self.out_dir / "loss.png", title=f"stage {self.stage}")
+        if val_loss < self.best_val:
+            self.best_val = val_loss
+            save_checkpoint(self.out_dir / "best", self.model, self.tokenizer,
+                            trainer_state=self._trainer_state(), extra=self._extra())
+
+    def _write_metrics(self) -> None:
+        write_text(self.out_dir / "metrics.jsonl",
+                   "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
+                "best_val": self.best_val, "max_steps": self.tc.max_steps,
+                "data_rng": _rng_to_str(self.data_rng.get_state()),
+                "torch_rng": _rng_to_str(torch.get_rng_state()),
+                "world_size": self.world}
+
+    def _extra(self) -> dict[str, Any]:
+        return {"train": self.tc.to_dict(), "data": str(self.data_dir)}
+
+    def _save_step_checkpoint(self) -> None:
+        self.saved_step = self.step
+        if not self._is_main():
+            return
+        self._write_metrics()
+        target = self.out_dir / "checkpoints" / f"step_{self.step:08d}"
+        save_checkpoint(target, self.model, self.tokenizer, trainer_state=self._trainer_state(),
+                        optimizer_state=self.optimizer.state_dict(), extra=self._extra())
+        for old in step_dirs(self.out_dir)[:-KEEP_CHECKPOINTS]:
+            # Hide it first, so a crash mid-delete never leaves a half checkpoint in view.
+            doomed = old.with_name(f".{old.name}.tmp")
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    def _clean_stale_temp_dirs(self) -> None:
+        """Remove temp dirs a killed run left behind (complete checkpoints are untouched)."""
+        if not self._is_main():
+            return
+        recover_dir(self.out_dir / "best")
+        for root in (self.out_dir, self.out_dir / "checkpoints"):
+            if root.is_dir():
+                for stale in root.glob(".*.tmp"):
+                    if stale.is_dir():
+                        shutil.rmtree(stale, ignore_errors=True)
+                    else:  # a half-written metrics.jsonl or loss.png
+                        stale.unlink(missing_ok=True)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        def request_stop(signum, frame):
+            self.stop_signal = signum
+
+        previous = {}
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, request_stop)
+        return previous
+
+
+def init_distributed() -> bool:
+    """Join the process group when launched by torchrun; True if this is a DDP run."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return True
