@@ -2,7 +2,7 @@
 
 import sys
 
-from stagegpt.tools.bench import main
+from stagegpt.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

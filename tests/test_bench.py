@@ -24,7 +24,8 @@ def test_char_trials_run_in_a_fresh_process():
     """What each of `make bench`'s char processes reports: one trial per side per round,
     from twins whose first losses agree."""
     child = bench.char_child_trials(rounds=1, threads=1)
-    assert sorted(child["trials"]) == ["char fp32 HF", "char fp32 stagegpt"]
+    assert sorted(child["trials"]) == ["char fp32 HF", "char fp32 plain", "char fp32 stagegpt"]
     assert all(len(v) == 1 and v[0] > 0 for v in child["trials"].values())
     ours, hf = child["losses"]["char fp32 stagegpt"], child["losses"]["char fp32 HF"]
     assert abs(ours - hf) < 0.01  # the same weights; only the last position's target differs
+    assert abs(ours - child["losses"]["char fp32 plain"]) < 1e-5  # fast equals plain

@@ -63,7 +63,7 @@ def test_trace_shows_attention_internals(tiny_config):
     model = build_model(5, tiny_config)
     B, T, C, nh = 2, 6, tiny_config.n_embd, tiny_config.n_head
     rows = [r for r in trace_shapes(model, torch.zeros(B, T, dtype=torch.long))
-            if r.module == "h.0.attn"]
+            if r.module.startswith("h.0.attn") and not r.module.endswith(("c_attn", "c_proj"))]
     by_note = {r.note.split(":")[0]: r.shape for r in rows}
     assert by_note["q"] == (B, T, nh, C // nh) or by_note["q"] == (B, nh, T, C // nh)
     assert by_note["scores = q @ k^T"] == (B, nh, T, T)
@@ -71,7 +71,7 @@ def test_trace_shows_attention_internals(tiny_config):
     assert by_note["attention weights"] == (B, nh, T, T)
     assert by_note["merge heads"] == (B, T, C)
     assert rows[-1].operation == "MultiHeadAttention"
-    assert not any(layer.reference for layer in model.modules() if hasattr(layer, "reference"))
+    assert not any(layer.explicit for layer in model.modules() if hasattr(layer, "explicit"))
 
 
 def test_trace_of_gpt2_on_meta_is_shapes_only():
@@ -105,7 +105,8 @@ def test_attention_png_weights_are_causal_distributions(checkpoint, tmp_path):
         w = maps.panel(li, hi)
         torch.testing.assert_close(w.sum(-1), torch.ones(T))
         assert torch.all(w.triu(diagonal=1) == 0)
-    assert all(not layer.keep_weights for layer in ckpt.model.h for layer in [layer.attn])
+    assert all(not block.attn.explicit and not block.attn.softmax._forward_hooks
+               for block in ckpt.model.h)
 
 
 def test_attention_weights_match_the_module_output(tiny_config):

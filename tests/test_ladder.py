@@ -17,8 +17,8 @@ from stagegpt.interop import load_checkpoint
 from stagegpt.model.config import ModelConfig
 from stagegpt.tools import ladder
 from stagegpt.tools.evaluate import split_loss
-from stagegpt.train.checkpoints import step_dirs
 from stagegpt.train.config import TrainConfig
+from stagegpt.train.rundir import step_dirs
 from stagegpt.train.trainer import Trainer
 
 MODEL = ModelConfig(n_embd=32, n_layer=2, n_head=2, block_size=16)

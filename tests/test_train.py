@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from stagegpt.cli import main
 from stagegpt.interop import load_checkpoint
 from stagegpt.model.config import ModelConfig
-from stagegpt.train.checkpoints import step_dirs
 from stagegpt.train.config import TrainConfig
 from stagegpt.train.optim import lr_at, param_groups
+from stagegpt.train.rundir import step_dirs
 from stagegpt.train.trainer import Trainer
 
 MODEL = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16"]

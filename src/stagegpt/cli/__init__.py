@@ -1,9 +1,10 @@
 """The `stagegpt` command. Each verb lives in a module of `stagegpt.cli` (see VERBS).
 
-A verb module defines HELP (one line), `add_arguments(parser)` and `run(args) -> int`.
-User errors (`StagegptError`) and failed file operations (`OSError`: a full disk, a
-read-only or forbidden path) become one line on stderr and exit code 2; `--debug` shows
-the traceback instead.
+A verb module defines HELP (one line), `add_arguments(parser)` and `run(args) -> int`, and
+may define FLAGS, a map from the library's parameter names to its flags where they are not
+simply `--name-with-dashes`. User errors (`StagegptError`, named by flag) and failed file
+operations (`OSError`: a full disk, a read-only or forbidden path) become one line on
+stderr and exit code 2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show full tracebacks instead of one-line errors")
         module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(run=module.run, flags=getattr(module, "FLAGS", {}))
     return parser
 
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     except StagegptError as err:
         if args.debug:
             raise
-        print(f"stagegpt {args.verb}: error: {err}", file=sys.stderr)
+        print(f"stagegpt {args.verb}: error: {err.for_flags(args.flags)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `stagegpt sample ... | head`: the reader left, nothing is wrong
         with contextlib.suppress(OSError, ValueError):

@@ -20,6 +20,7 @@ from stagegpt.cli.train import add_model_arguments, add_train_arguments, configs
 from stagegpt.errors import StagegptError
 
 HELP = "train stages 1-5 on one budget; write a table, a plot and samples"
+FLAGS = {"max_new_tokens": "--sample-tokens"}
 
 
 def parse_stages(text: str) -> list[int]:
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     train_config = replace(train_config, max_seconds=None)
     rows = run_ladder(args.data, args.out, model_config, train_config, stages,
                       resume=args.resume, max_seconds=budget_seconds, prompt=args.prompt,
-                      sample_tokens=args.sample_tokens, progress=not args.no_progress)
+                      sample_tokens=args.sample_tokens, progress=not args.no_progress,
+                      fast=not args.no_fast)
     if rows is None:
         print("ladder interrupted; rerun the same command with --resume to continue")
         return 130

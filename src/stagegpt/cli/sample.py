@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, TextIO
 
 import torch
 
 from stagegpt.errors import StagegptError
-from stagegpt.generation.decoding import check_sampling_args, stream
+from stagegpt.generation import check_sampling_args, stream
 
 HELP = "generate text from a checkpoint, streamed as it is produced"
 SEPARATOR = "---"
@@ -48,10 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"samples to draw, separated by a '{SEPARATOR}' line (default: 1)")
     parser.add_argument("--no-cache", action="store_true",
                         help="recompute the whole context every step instead of using a KV cache")
+    parser.add_argument("--no-fast", action="store_true",
+                        help="decode through the plain model only (stagegpt.fast off; the same "
+                             "tokens, slower)")
 
 
 def run(args: argparse.Namespace) -> int:
-    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                        args.seed)
     if args.num_samples < 1:
         raise StagegptError(f"--num-samples must be >= 1, got {args.num_samples}")
     prompt = _read_prompt(args)
@@ -77,46 +80,18 @@ def run(args: argparse.Namespace) -> int:
             out.write(f"{SEPARATOR}\n")
         out.write(prompt)
         out.flush()
-        text = TextStream(tokenizer, out, skip_ids=stop_ids)
+        text = tokenizer.stream_decoder()  # holds back a character split across tokens
         seed = None if args.seed is None else args.seed + i
         for column in stream(ckpt.model, idx, args.max_new_tokens, args.temperature,
-                             args.top_k, args.top_p, seed, stop_ids, not args.no_cache):
-            text.push(int(column[0, 0]))
-        text.close()
-        out.write("\n")
+                             args.top_k, args.top_p, seed, stop_ids, not args.no_cache,
+                             fast=not args.no_fast):
+            token = int(column[0, 0])
+            if token not in stop_ids:
+                out.write(text.push([token]))
+                out.flush()
+        out.write(text.flush() + "\n")
         out.flush()
     return 0
-
-
-class TextStream:
-    """Writes the text of new token ids as they arrive, without breaking a character.
-
-    A byte-level token can hold part of a UTF-8 character, which decodes to U+FFFD until
-    the rest arrives. So the whole new sequence is decoded each time and only the new
-    suffix is written, minus any trailing U+FFFD: those wait for the next token (or `close`).
-    """
-
-    def __init__(self, tokenizer: Any, out: TextIO, skip_ids: tuple[int, ...] = ()):
-        self.tokenizer = tokenizer
-        self.out = out
-        self.skip_ids = set(skip_ids)
-        self.ids: list[int] = []
-        self.written = 0  # characters of the decoded text already written
-
-    def push(self, token: int) -> None:
-        if token in self.skip_ids:
-            return
-        self.ids.append(token)
-        self._write(self.tokenizer.decode(self.ids).rstrip("\ufffd"))
-
-    def close(self) -> None:
-        self._write(self.tokenizer.decode(self.ids))
-
-    def _write(self, text: str) -> None:
-        if len(text) > self.written:
-            self.out.write(text[self.written:])
-            self.out.flush()
-            self.written = len(text)
 
 
 def _read_prompt(args: argparse.Namespace) -> str:

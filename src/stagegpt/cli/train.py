@@ -57,6 +57,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help="bfloat16 runs matmuls under autocast")
     group.add_argument("--compile", action="store_true", default=None,
                        help="torch.compile the model")
+    group.add_argument("--no-fast", action="store_true",
+                       help="train the plain model only (stagegpt.fast off: the same numbers, "
+                            "slower)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,13 +88,15 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
 
 
 def run(args: argparse.Namespace) -> int:
-    from stagegpt.train.trainer import Trainer, init_distributed
+    from stagegpt.train.distributed import init_distributed
+    from stagegpt.train.trainer import Trainer
 
     model_config, train_config = configs_from_args(args)
     distributed = init_distributed()
     try:
         trainer = Trainer(args.stage, model_config, train_config, args.data, args.out,
-                          resume=args.resume, progress=not args.no_progress)
+                          resume=args.resume, progress=not args.no_progress,
+                          fast=not args.no_fast)
         result = trainer.fit()
     finally:
         if distributed:

@@ -17,8 +17,9 @@ so backward is only a scale by the incoming gradient. What makes it fast on a CP
 - bf16 gradient matmuls run over groups of up to GROUP_BYTES of P, not chunk by chunk:
   bf16 products need many rows per call to run at full speed (fp32 ones do not, so an
   fp32 group is one chunk and the buffer stays small);
-- the group buffer and the transposed weight are allocated once and kept
-  (`_workspace`): fresh tensors of 50-130 MB every step cost a page fault per 4 KB;
+- the group buffer and the transposed weight are allocated once and kept in a
+  `Workspace` that the caller owns (a `FastModel` keeps one for its lifetime): fresh
+  tensors of 50-130 MB every step cost a page fault per 4 KB;
 - in fp32 on a CPU, the logits and grad_h products run in oneDNN (`stagegpt.onednn`),
   chunk by chunk while P is in cache; chunks stay under 32 MB so that their buffers
   are recycled by the allocator instead of page-faulted in afresh;
@@ -45,9 +46,6 @@ SMALL_LOGITS = 1 << 20  # up to 4 MB of fp32 logits: not worth chunking
 TINY = 1e-30  # below this the target probability is recomputed from the logits
 LOG_TINY = math.log(TINY)
 
-_workspace: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
-
-
 def chunk_rows(vocab_size: int) -> int:
     return max(1, CHUNK_ELEMENTS // vocab_size)
 
@@ -60,21 +58,26 @@ def group_rows(vocab_size: int, rows: int, dtype: torch.dtype) -> int:
     return max(rows, fit // rows * rows)
 
 
-def workspace(name: str, rows: int, cols: int, dtype: torch.dtype,
-              device: torch.device) -> Tensor:
-    """A (rows, cols) scratch tensor, grown when needed and reused across calls on a CPU."""
-    key = (name, device, dtype)
-    buf = _workspace.get(key)
-    if buf is None or buf.numel() < rows * cols:
-        buf = torch.empty(rows * cols, dtype=dtype, device=device)
-        if device.type == "cpu":  # accelerators have caching allocators of their own
-            _workspace[key] = buf
-    return buf[:rows * cols].view(rows, cols)
+class Workspace:
+    """Named scratch tensors, grown when needed and reused from call to call on a CPU
+    (accelerators have caching allocators of their own). Freed with the object."""
 
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 
-def release_workspace() -> None:
-    """Free the kept chunk buffers (they are rebuilt on the next call)."""
-    _workspace.clear()
+    def get(self, name: str, rows: int, cols: int, dtype: torch.dtype,
+            device: torch.device) -> Tensor:
+        """A (rows, cols) tensor of undefined contents."""
+        key = (name, device, dtype)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < rows * cols:
+            buf = torch.empty(rows * cols, dtype=dtype, device=device)
+            if device.type == "cpu":
+                self.buffers[key] = buf
+        return buf[:rows * cols].view(rows, cols)
+
+    def clear(self) -> None:
+        self.buffers.clear()
 
 
 def _compute_dtype(hidden: Tensor) -> torch.dtype:
@@ -101,7 +104,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
-                rows: int, group: int | None) -> Tensor:
+                rows: int, group: int | None, workspace: Workspace) -> Tensor:
         n, V = hidden.size(0), weight.size(0)
         dtype = _compute_dtype(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -109,10 +112,11 @@ class LinearCrossEntropy(torch.autograd.Function):
             b = None if bias is None else bias.to(dtype)
             group = min(n, group or group_rows(V, rows, dtype))
             group = max(rows, group // rows * rows) if group < n else n
-            P = workspace("P", group, V, dtype, hidden.device)
+            P = workspace.get("P", group, V, dtype, hidden.device)
             fast = onednn.applies(h, w)  # fp32 on a CPU: the two big products in oneDNN
             if fast:
-                w_t = workspace("weight_t", h.size(1), V, dtype, hidden.device).copy_(w.t())
+                w_t = workspace.get("weight_t", h.size(1), V, dtype, hidden.device)
+                w_t.copy_(w.t())
             grad_h = torch.empty(n, h.size(1), dtype=torch.float32, device=hidden.device)
             grad_w = torch.empty(V, h.size(1), dtype=torch.float32, device=hidden.device)
             grad_b = None if b is None else torch.zeros(V, dtype=torch.float32,
@@ -170,18 +174,18 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_w = grad_w.mul_(scale).to(w_dtype)
         if grad_b is not None:
             grad_b = grad_b.mul_(scale).to(b_dtype)
-        return grad_h, grad_w, grad_b, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None
 
 
 def linear_cross_entropy_loss(hidden: Tensor, weight: Tensor, bias: Tensor | None,
-                              targets: Tensor, rows: int) -> Tensor:
+                              targets: Tensor, rows: int, workspace: Workspace) -> Tensor:
     """The loss alone (no gradients), chunk by chunk: for evaluation under no_grad."""
     n, V = hidden.size(0), weight.size(0)
     dtype = _compute_dtype(hidden)
     with torch.autocast(hidden.device.type, enabled=False):
         h, w = hidden.detach().to(dtype), weight.detach().to(dtype)
         b = None if bias is None else bias.detach().to(dtype)
-        buf = workspace("P", min(rows, n), V, torch.float32, hidden.device)
+        buf = workspace.get("P", min(rows, n), V, torch.float32, hidden.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for s in range(0, n, rows):
             e = min(s + rows, n)
@@ -198,17 +202,20 @@ def linear_cross_entropy_loss(hidden: Tensor, weight: Tensor, bias: Tensor | Non
 @torch.compiler.disable  # hand-scheduled already; runs eagerly inside a compiled model
 def chunked_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None,
                           targets: Tensor, rows: int | None = None,
-                          group: int | None = None) -> Tensor:
+                          group: int | None = None,
+                          workspace: Workspace | None = None) -> Tensor:
     """Mean cross-entropy of `hidden (N, C) @ weight (V, C).T + bias` against `targets (N,)`.
 
     rows: rows per softmax chunk (default: CHUNK_ELEMENTS logits); group: rows per round
     of gradient matmuls (default: see `group_rows`). Left to choose, logits of at most
     SMALL_LOGITS elements (a small vocabulary) take the plain path, which is faster there.
+    workspace: where the chunk buffers are kept between calls (default: a fresh one).
     """
+    workspace = workspace if workspace is not None else Workspace()
     if rows is None and hidden.size(0) * weight.size(0) <= SMALL_LOGITS:
         return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets)
     rows = rows or chunk_rows(weight.size(0))
     inputs = (hidden, weight) if bias is None else (hidden, weight, bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        return LinearCrossEntropy.apply(hidden, weight, bias, targets, rows, group)
-    return linear_cross_entropy_loss(hidden, weight, bias, targets, rows)
+        return LinearCrossEntropy.apply(hidden, weight, bias, targets, rows, group, workspace)
+    return linear_cross_entropy_loss(hidden, weight, bias, targets, rows, workspace)

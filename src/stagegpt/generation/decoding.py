@@ -16,43 +16,64 @@ When the sequence outgrows `block_size` the window rolls forward: the context is
 so rolling shifts every position and invalidates every cached key and value; the cache is
 rebuilt by a prefill of the new window. Past `block_size` the cache therefore saves
 nothing, but both paths see exactly the same window, so their greedy outputs are identical.
+
+The steps themselves come from a decoder: `PlainDecoder` runs the model as written (hooks
+fire on every step); `stagegpt.fast.FastDecoder`, the default (`fast=True`), computes the
+same logits faster on a CPU.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from stagegpt.errors import StagegptError
-from stagegpt.fast import onednn
+from stagegpt.fast import FastDecoder
 from stagegpt.generation.sampling import check_sampling_args, sample_next
-from stagegpt.model.layers import Linear
+from stagegpt.model.layers import KVCache, eval_mode
+from stagegpt.model.stages import LanguageModel
 
-if TYPE_CHECKING:
-    from stagegpt.model.stages import LanguageModel
+
+class PlainDecoder:
+    """The three operations decoding needs, through the plain model's own forward path."""
+
+    def __init__(self, model: LanguageModel):
+        self.model = model
+
+    def prefill(self, window: Tensor, caches: list[KVCache] | None) -> Tensor:
+        """The last hidden state (B, C) of `window` (B, T) at positions 0..T-1."""
+        return self.model.body(window, caches, 0)[:, -1]
+
+    def step(self, ids: Tensor, caches: list[KVCache] | None, pos: int) -> Tensor:
+        """The hidden state (B, C) of one new token per row, ids (B, 1), at `pos`."""
+        return self.model.body(ids, caches, pos)[:, -1]
+
+    def head(self, hidden: Tensor) -> Tensor:
+        """Logits (B, V): the head on the positions sampled from, not on the whole window."""
+        return self.model.lm_head(hidden)
 
 
 def stream(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-           stop_ids: Iterable[int] = (), use_cache: bool = True) -> Iterator[Tensor]:
+           stop_ids: Iterable[int] = (), use_cache: bool = True,
+           fast: bool = True) -> Iterator[Tensor]:
     """Yield each new column of token ids (B, 1) as soon as it is sampled.
 
     Arguments are those of `generate`. They are checked now, before the first token. The
     model is in eval mode until the iterator is exhausted or closed; its training flag is
     then restored. The yielded columns are views of one preallocated (B, T + n) buffer.
     """
-    out, T = _start(model, idx, max_new_tokens, temperature, top_k, top_p)
+    out, T = _start(model, idx, max_new_tokens, temperature, top_k, top_p, seed)
     return _decode(model, out, T, max_new_tokens, temperature, top_k, top_p, seed, stop_ids,
-                   use_cache)
+                   use_cache, fast)
 
 
 def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop_ids: Iterable[int] = (), use_cache: bool = True,
+             stop_ids: Iterable[int] = (), use_cache: bool = True, fast: bool = True,
              on_token: Callable[[Tensor], object] | None = None) -> Tensor:
     """Continue the prompts `idx` (B, T) by up to `max_new_tokens`; return (B, T + n).
 
@@ -63,18 +84,18 @@ def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature
     stop_ids: a row that samples one of these is done; it repeats its stop id while the
         other rows go on, and generation ends early (n < max_new_tokens) once all are done.
     use_cache: decode with a KV cache; False recomputes the whole window every step.
-        A cached step runs `model.decode_one`, which calls the blocks' methods, not the
-        modules: forward hooks on the blocks' modules fire only in the prefill and
-        with use_cache=False.
+    fast: decode through `stagegpt.fast.FastDecoder` (the same logits, faster on a CPU);
+        False runs the plain model's modules on every step. Either way module hooks fire
+        on every step: a model with hooks decodes plainly.
     on_token: called with each new column of ids (B, 1) as it is produced.
 
     Prompts longer than `block_size` are cropped to their last `block_size` tokens, and
     so is the context once generation runs past it (see the module docstring).
     """
-    out, T = _start(model, idx, max_new_tokens, temperature, top_k, top_p)
+    out, T = _start(model, idx, max_new_tokens, temperature, top_k, top_p, seed)
     n = 0
     with closing(_decode(model, out, T, max_new_tokens, temperature, top_k, top_p, seed,
-                         stop_ids, use_cache)) as columns:
+                         stop_ids, use_cache, fast)) as columns:
         for column in columns:
             n += 1
             if on_token is not None:
@@ -83,19 +104,22 @@ def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature
 
 
 def _start(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float,
-           top_k: int | None, top_p: float | None) -> tuple[Tensor, int]:
+           top_k: int | None, top_p: float | None, seed: int | None) -> tuple[Tensor, int]:
     """Check the arguments; return the output buffer (B, T + n) holding the prompt, and T."""
-    check_sampling_args(max_new_tokens, temperature, top_k, top_p)
-    if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.is_floating_point():
-        raise StagegptError("idx must be a (batch, time) tensor of token ids; use idx[None] "
-                            "for a single prompt")
+    check_sampling_args(max_new_tokens, temperature, top_k, top_p, seed)
+    if not isinstance(model, LanguageModel):
+        raise StagegptError(f"model must be a stagegpt LanguageModel, got {type(model).__name__}")
+    if (not isinstance(idx, Tensor) or idx.dim() != 2 or idx.is_floating_point()
+            or idx.dtype == torch.bool or idx.is_complex()):
+        raise StagegptError("idx must be a (batch, time) integer tensor of token ids; use "
+                            "idx[None] for a single prompt")
     B, T = idx.shape
     if B == 0 or T == 0:
-        raise StagegptError(f"got an empty prompt batch of shape {tuple(idx.shape)}; give every "
-                            "prompt at least one token (e.g. the tokenizer's start id)")
+        raise StagegptError(f"idx is an empty prompt batch of shape {tuple(idx.shape)}; give "
+                            "every prompt at least one token (e.g. the tokenizer's start id)")
     vocab_size = model.config.vocab_size
     if idx.min() < 0 or idx.max() >= vocab_size:
-        raise StagegptError(f"token ids must be in [0, {vocab_size}) for this model; "
+        raise StagegptError(f"idx holds token ids outside [0, {vocab_size}) for this model; "
                             "encode the prompt with the model's own tokenizer")
     device = next(model.parameters()).device
     out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=device)
@@ -105,7 +129,7 @@ def _start(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: 
 
 def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: float,
             top_k: int | None, top_p: float | None, seed: int | None,
-            stop_ids: Iterable[int] | None, use_cache: bool) -> Iterator[Tensor]:
+            stop_ids: Iterable[int] | None, use_cache: bool, fast: bool) -> Iterator[Tensor]:
     """The decoding loop: writes new ids into `out[:, T:]` and yields each column."""
     if n == 0:
         return
@@ -113,27 +137,24 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
     block_size = model.config.block_size
     generator = None
     if seed is not None and temperature > 0:
-        generator = torch.Generator(device=device).manual_seed(int(seed))
+        generator = torch.Generator(device=device).manual_seed(seed)
     stop = torch.tensor(sorted({int(s) for s in stop_ids or ()}), dtype=torch.long, device=device)
     finished = torch.zeros(B, 1, dtype=torch.bool, device=device)
-    was_training = model.training
-    prepared: list = []
-    model.eval()
-    try:
+    with eval_mode(model):
+        decoder = FastDecoder(model, n) if fast else PlainDecoder(model)
         with torch.inference_mode():
             dtype = next(model.parameters()).dtype
             caches = model.make_kv_cache(B, device, dtype) if use_cache else None
-            head, prepared = decoding_weights(model, n)
-            last = model.body(out[:, max(0, T - block_size):T], caches, 0)[:, -1]  # (B, C)
+            last = decoder.prefill(out[:, max(0, T - block_size):T], caches)  # (B, C)
         pos = min(T, block_size)  # where the next token goes in the cache
         for t in range(T, T + n):
             with torch.inference_mode():
                 if t > T and use_cache and pos < block_size:  # one new token, cache the rest
-                    last = model.decode_one(out[:, t - 1:t], caches, pos)  # (B, C)
+                    last = decoder.step(out[:, t - 1:t], caches, pos)  # (B, C)
                     pos += 1
                 elif t > T:  # no cache, or the window rolled: run the whole window
-                    last = model.body(out[:, max(0, t - block_size):t], caches, 0)[:, -1]
-                logits = head(last)  # (B, V): the head on the last position only
+                    last = decoder.prefill(out[:, max(0, t - block_size):t], caches)
+                logits = decoder.head(last)  # (B, V): the head on the last position only
                 column = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
                 if len(stop):
                     column = torch.where(finished, out[:, t - 1:t], column)  # done rows repeat
@@ -142,55 +163,3 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
             yield out[:, t:t + 1]
             if len(stop) and finished.all():
                 return
-    finally:
-        model.train(was_training)
-        for layer in prepared:
-            layer.set_decode_weight(None)
-
-
-DECODE_COPY_BYTES = 256 << 20  # at most this much in transposed weight copies per call
-
-
-def decoding_weights(model: LanguageModel, n: int) -> tuple[Callable[[Tensor], Tensor], list]:
-    """The head for `n` decoding steps (hidden (B, C) -> logits (B, V)), and the `Linear`
-    layers given decoding weights for them (reset their `decode_weight` afterwards).
-
-    At a few rows per step every product is a matrix-vector product, bound by reading the
-    weights. On a CPU, MKL's (PyTorch's default) runs on one thread and reads the (out, in)
-    `nn.Linear` layout slowly, but its batched product gives each thread one matrix of the
-    batch. So generations long enough to repay a copy (about what 20 tokens save) decode
-    - the blocks' layers against their transposed weights cut into one block of output
-      columns per thread (`Linear.decode_weight`), within DECODE_COPY_BYTES in all;
-    - the head, the largest matrix, through oneDNN, which shares a matrix-vector product
-      among threads by itself (on one thread: against a transposed copy).
-    """
-    weight, bias = model.lm_head.weight.detach(), model.lm_head.bias
-    bias = None if bias is None else bias.detach()
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or n < 32:
-        return model.lm_head, []
-    budget = DECODE_COPY_BYTES
-    threads = torch.get_num_threads()
-    if threads > 1 and onednn.available():
-        def head(h: Tensor) -> Tensor:
-            return onednn.matmul_nt(h, weight, bias)
-    else:
-        budget -= weight.numel() * weight.element_size()
-        if budget < 0:
-            return model.lm_head, []
-        weight_t, version = weight.t().contiguous(), weight._version  # (C, V)
-
-        def head(h: Tensor) -> Tensor:
-            if weight._version != version:  # changed since the copy: use the layer itself
-                return model.lm_head(h)
-            return h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
-    prepared = []
-    for layer in model.modules():
-        if isinstance(layer, Linear):
-            budget -= layer.weight.numel() * layer.weight.element_size()
-            if budget < 0:
-                break
-            out, k = layer.out_features, threads if layer.out_features % threads == 0 else 1
-            w_t = layer.weight.detach().t()  # (in, out)
-            layer.set_decode_weight(w_t.reshape(-1, k, out // k).transpose(0, 1).contiguous())
-            prepared.append(layer)
-    return head, prepared

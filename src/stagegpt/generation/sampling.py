@@ -9,20 +9,24 @@ from torch import Tensor
 
 from stagegpt.errors import StagegptError
 
+MAX_NEW_TOKENS = 1 << 24  # ids of one row alone would take 128 MB; far past any use
+
 
 def check_sampling_args(max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                        top_p: float | None = None) -> None:
-    """Raise StagegptError, with the CLI flag's name, on a value sampling cannot use."""
-    if not _is_int(max_new_tokens) or max_new_tokens < 0:
-        raise StagegptError(f"--max-new-tokens must be an integer >= 0, got {max_new_tokens!r}")
+                        top_p: float | None = None, seed: int | None = None) -> None:
+    """Raise StagegptError, naming the parameter, on a value sampling cannot use."""
+    if not _is_int(max_new_tokens) or not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise StagegptError(f"max_new_tokens must be an integer from 0 to {MAX_NEW_TOKENS:,}, "
+                            f"got {max_new_tokens!r}", "max_new_tokens")
     if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
-        raise StagegptError(
-            f"--temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}"
-        )
+        raise StagegptError(f"temperature must be a finite number >= 0 (0 means greedy), got "
+                            f"{temperature!r}", "temperature")
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
-        raise StagegptError(f"--top-k must be an integer >= 1, got {top_k!r}")
+        raise StagegptError(f"top_k must be an integer >= 1, got {top_k!r}", "top_k")
     if top_p is not None and (not _is_real(top_p) or not 0.0 < top_p <= 1.0):
-        raise StagegptError(f"--top-p must be in (0, 1], got {top_p!r}")
+        raise StagegptError(f"top_p must be in (0, 1], got {top_p!r}", "top_p")
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**64):
+        raise StagegptError(f"seed must be an integer in [0, 2**64), got {seed!r}", "seed")
 
 
 def top_p_keep(sorted_probs: Tensor, top_p: float) -> Tensor:
@@ -48,8 +52,8 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
     logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
+    if temperature != 1.0:  # shifted so the best is 0: a tiny temperature cannot overflow
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     nucleus = top_p is not None and top_p < 1.0
     if top_k is not None and top_k < logits.size(-1):
         logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), descending

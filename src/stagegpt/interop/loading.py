@@ -10,12 +10,8 @@ import torch
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import read_json
 from stagegpt.interop.gpt2 import load_hf_dir
-from stagegpt.train.checkpoints import (
-    CONFIG_FILE,
-    Checkpoint,
-    read_checkpoint,
-    resolve_checkpoint_dir,
-)
+from stagegpt.train.checkpoints import CONFIG_FILE, Checkpoint, read_checkpoint
+from stagegpt.train.rundir import resolve_checkpoint_dir
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -37,12 +36,13 @@ class ModelConfig:
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 "pick a width that is a multiple of the head count"
             )
-        if not (0.0 <= self.dropout < 1.0) or math.isnan(self.dropout):
-            raise StagegptError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not (
+                0.0 <= dropout < 1.0):  # also refuses nan
+            raise StagegptError(f"model dropout must be a number in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        if not isinstance(self.bias, bool):
+            raise StagegptError(f"model bias must be true or false, got {self.bias!r}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
@@ -55,6 +55,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        if not isinstance(data, dict):
+            raise StagegptError(f"a model config must be a table of settings, got {data!r:.60}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -1,8 +1,7 @@
-"""The five stage models. Each adds one idea to the one before it.
+"""The stage models. Each adds one idea to the one before it.
 
 Every stage maps token ids (B, T) to logits (B, T, V) through `body` (ids -> hidden
-states) and `lm_head` (hidden states -> logits); the loss, the KV cache and `generate`
-live once in `LanguageModel`.
+states) and `lm_head` (hidden states -> logits); the loss lives once, in `LanguageModel`.
 """
 
 from __future__ import annotations
@@ -14,13 +13,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stagegpt.errors import StagegptError
-from stagegpt.fast.loss import chunked_cross_entropy
 from stagegpt.model.config import ModelConfig
-from stagegpt.model.layers import KVCache, MultiHeadAttention, TransformerBlock
+from stagegpt.model.layers import MLP, KVCache, MultiHeadAttention, TransformerBlock
+
+Caches = list[KVCache] | None  # one per attention layer while decoding
 
 
 class LanguageModel(nn.Module):
-    """Base class: shared init, loss, KV cache and generation. Subclasses write `body`."""
+    """Base class: the loss, the KV cache, init and weight tying. Subclasses write `body`."""
 
     stage: int = 0
     idea: str = ""
@@ -29,85 +29,82 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config = config
 
-    def body(self, idx: Tensor, caches: list[KVCache] | None = None, start: int = 0) -> Tensor:
-        """Token ids (B, T) -> final hidden states (B, T, C)."""
+    def body(self, idx: Tensor, caches: Caches = None, start: int = 0) -> Tensor:
+        """Token ids (B, T) at positions start..start+T-1 -> final hidden states (B, T, C)."""
         raise NotImplementedError
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None,
-                return_logits: bool = True) -> tuple[Tensor | None, Tensor | None]:
-        """Return (logits (B, T, V), mean cross-entropy or None).
-
-        With `return_logits=False` and targets, the loss is computed chunk by chunk
-        without ever holding the full (B*T, V) logits, and None is returned for them.
-        """
-        self._check_length(idx.size(1))
-        hidden = self.body(idx)  # (B, T, C)
-        if targets is not None and not return_logits:
-            loss = chunked_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight,
-                                         self.lm_head.bias, targets.flatten())
-            return None, loss
-        logits = self.lm_head(hidden)  # (B, T, V)
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Return logits (B, T, V) and, given targets (B, T), the mean cross-entropy."""
+        self.check_length(idx)
+        logits = self.lm_head(self.body(idx))  # (B, T, V)
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
-    def decode_one(self, idx: Tensor, caches: list[KVCache] | None, pos: int) -> Tensor:
-        """The last hidden state (B, C) after feeding one new token per row, idx (B, 1), at
-        position `pos`, the earlier positions' keys and values being in `caches`. The same
-        as `body(idx, caches, pos)[:, -1]`; stages with blocks do it with fewer calls."""
-        return self.body(idx, caches, pos)[:, -1]
-
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
-        """Training loss without materializing the full (B*T, V) logits."""
-        return self(idx, targets, return_logits=False)[1]
+        return self(idx, targets)[1]
+
+    def check_length(self, idx: Tensor) -> None:
+        if idx.size(1) > self.config.block_size:
+            raise StagegptError(
+                f"sequence of {idx.size(1)} tokens is longer than block_size "
+                f"{self.config.block_size}; crop the input to the model's context window"
+            )
+
+    @torch.no_grad()
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int | None = None) -> Tensor:
+        """Continue `idx` (B, T) token by token, the window rolling forward past block_size.
+
+        The loop at its plainest: the whole window runs through the model for every token
+        (no KV cache). `stagegpt.generate` is the full sampler: a KV cache, top-p, stop
+        ids, streaming, and the same greedy tokens as this loop.
+        """
+        generator = None if seed is None else torch.Generator(idx.device).manual_seed(seed)
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.config.block_size:])  # (B, T, V)
+            logits = logits[:, -1].float()  # (B, V): only the last position predicts
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1): greedy
+            else:
+                ids = None
+                if top_k is not None:  # exactly k candidates, even when logits tie
+                    logits, ids = torch.topk(logits, min(top_k, logits.size(-1)))  # (B, k)
+                probs = torch.softmax(logits / temperature, dim=-1)
+                next_id = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+                next_id = next_id if ids is None else ids.gather(-1, next_id)
+            idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
+        return idx
 
     def make_kv_cache(self, batch: int, device: torch.device | str = "cpu",
-                      dtype: torch.dtype = torch.float32) -> list[KVCache] | None:
-        """One preallocated cache per attention layer, or None for stages 1-2."""
+                      dtype: torch.dtype = torch.float32) -> Caches:
+        """One preallocated cache per attention layer, or None for stages without attention."""
         layers = [m for m in self.modules() if isinstance(m, MultiHeadAttention)]
-        if not layers:
-            return None
         c = self.config
         return [KVCache(batch, m.n_head, c.block_size, c.n_embd // m.n_head, device, dtype)
-                for m in layers]
-
-    def generate(self, idx: Tensor, max_new_tokens: int, **kwargs) -> Tensor:
-        """Continue `idx` (B, T) by up to `max_new_tokens`; see `stagegpt.generate.generate`."""
-        from stagegpt.generation.decoding import generate
-
-        return generate(self, idx, max_new_tokens, **kwargs)
+                for m in layers] or None
 
     def num_params(self) -> int:
         """Parameter count with the tied head counted once."""
         return sum(p.numel() for p in self.parameters())
 
-    def _check_length(self, T: int) -> None:
-        if T > self.config.block_size:
-            raise StagegptError(
-                f"sequence of {T} tokens is longer than block_size {self.config.block_size}; "
-                "crop the input to the model's context window"
-            )
-
-    def _positions(self, T: int, start: int, device: torch.device) -> Tensor:
-        return torch.arange(start, start + T, device=device)  # (T,)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    def _tie_head(self) -> None:
-        """The head's weight *is* the token embedding: one tensor, learned from both ends."""
-        self.lm_head = nn.Linear(self.config.n_embd, self.config.vocab_size, bias=False)
-        self.tie_weights()
+    def embed(self, idx: Tensor, start: int = 0) -> Tensor:
+        """Token plus learned position embeddings (B, T, C), for stages 2-5."""
+        pos = torch.arange(start, start + idx.size(1), device=idx.device)  # (T,)
+        return self.wte(idx) + self.wpe(pos)  # (B, T, C)
 
     def tie_weights(self) -> None:
-        """Make a tied head share the embedding's tensor (again, after `to_empty`)."""
-        if self.stage != 1:
-            self.lm_head.weight = self.wte.weight
+        """The head's weight *is* the token embedding: one tensor, learned from both ends."""
+        self.lm_head.weight = self.wte.weight
+
+    def init_weights(self, *parts: nn.Module) -> None:
+        """GPT-2's init of `parts` (default: the whole model): weights N(0, 0.02), biases 0."""
+        for part in parts or (self,):
+            for module in part.modules():
+                if isinstance(module, nn.Linear | nn.Embedding):
+                    nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
 
 class MinimalLM(LanguageModel):
@@ -121,10 +118,13 @@ class MinimalLM(LanguageModel):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.gelu = nn.GELU(approximate="tanh")
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
-        self.apply(self._init_weights)
+        self.init_weights()
 
-    def body(self, idx: Tensor, caches: list[KVCache] | None = None, start: int = 0) -> Tensor:
+    def body(self, idx: Tensor, caches: Caches = None, start: int = 0) -> Tensor:
         return self.gelu(self.wte(idx))  # (B, T, C)
+
+    def tie_weights(self) -> None:
+        """Stage 1's head has a weight of its own."""
 
 
 class PositionalLM(LanguageModel):
@@ -139,14 +139,11 @@ class PositionalLM(LanguageModel):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.gelu = nn.GELU(approximate="tanh")
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self._tie_head()
-        self.apply(self._init_weights)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.tie_weights()
+        self.init_weights()
 
-    def embed(self, idx: Tensor, start: int = 0) -> Tensor:
-        pos = self._positions(idx.size(1), start, idx.device)
-        return self.wte(idx) + self.wpe(pos)  # (B, T, C)
-
-    def body(self, idx: Tensor, caches: list[KVCache] | None = None, start: int = 0) -> Tensor:
+    def body(self, idx: Tensor, caches: Caches = None, start: int = 0) -> Tensor:
         return self.ln_f(self.gelu(self.embed(idx, start)))  # (B, T, C)
 
 
@@ -160,50 +157,47 @@ class AttentionLM(PositionalLM):
         super().__init__(config)
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = MultiHeadAttention(config.n_embd, n_head=1, bias=config.bias)
-        self.attn.apply(self._init_weights)  # each stage initializes only what it adds
+        self.init_weights(self.ln_1, self.attn)  # stage 2's part is initialized already
 
-    def body(self, idx: Tensor, caches: list[KVCache] | None = None, start: int = 0) -> Tensor:
-        x = self.ln_1(self.embed(idx, start))
+    def body(self, idx: Tensor, caches: Caches = None, start: int = 0) -> Tensor:
+        x = self.ln_1(self.embed(idx, start))  # (B, T, C)
         x = self.attn(x, caches[0] if caches else None, start)  # (B, T, C)
         return self.ln_f(self.gelu(x))
 
 
-class BlockLM(PositionalLM):
-    """Stage 4: a stack of residual, pre-norm transformer blocks (single-head attention)."""
+class BlockLM(LanguageModel):
+    """Stage 4: stage 3's embeddings, norm and tied head around a stack of residual,
+    pre-norm transformer blocks (single-head attention); the MLPs hold the nonlinearity."""
 
     stage = 4
     idea = "residual pre-norm transformer blocks, stacked"
-    n_head_override: int | None = 1
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
-        del self.gelu  # the blocks' MLPs hold the nonlinearity now
-        n_head = self.n_head_override or config.n_head
-        dropout = config.dropout if self.n_head_override is None else 0.0
-        self.drop = nn.Dropout(dropout)
-        self.h = nn.ModuleList(
-            TransformerBlock(config.n_embd, n_head, dropout, config.bias)
-            for _ in range(config.n_layer)
-        )
-        self.h.apply(self._init_weights)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.h = nn.ModuleList(self.block() for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.tie_weights()
+        self.init_weights()
 
-    def body(self, idx: Tensor, caches: list[KVCache] | None = None, start: int = 0) -> Tensor:
-        x = self.drop(self.embed(idx, start))  # (B, T, C)
+    def block(self) -> TransformerBlock:
+        c = self.config
+        return TransformerBlock(nn.LayerNorm(c.n_embd, bias=c.bias),
+                                MultiHeadAttention(c.n_embd, n_head=1, bias=c.bias),
+                                nn.LayerNorm(c.n_embd, bias=c.bias),
+                                MLP(c.n_embd, bias=c.bias))
+
+    def body(self, idx: Tensor, caches: Caches = None, start: int = 0) -> Tensor:
+        x = self.embed(idx, start)  # (B, T, C)
         for i, block in enumerate(self.h):
             x = block(x, caches[i] if caches else None, start)
         return self.ln_f(x)
 
-    def decode_one(self, idx: Tensor, caches: list[KVCache] | None, pos: int) -> Tensor:
-        if self.training or caches is None:
-            return super().decode_one(idx, caches, pos)
-        x = self.embed(idx, pos)[:, 0]  # (B, C); eval mode, so no dropout
-        for block, cache in zip(self.h, caches, strict=True):
-            x = block.decode_one(x, cache, pos)
-        return self.ln_f.forward(x)
-
 
 class GPT(BlockLM):
-    """Stage 5: multi-head attention, dropout and GPT-2's init. This is GPT-2.
+    """Stage 5: stage 4 with multi-head attention, dropout and GPT-2's init. This is GPT-2.
 
     Each residual projection is scaled by 1/sqrt(2 * n_layer) at init, so the residual
     stream's variance stays put as 2 * n_layer branches add into it.
@@ -211,11 +205,24 @@ class GPT(BlockLM):
 
     stage = 5
     idea = "multi-head attention, dropout, GPT-2 init (the full GPT-2)"
-    n_head_override = None
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
-        std = 0.02 / math.sqrt(2 * config.n_layer)
+        self.drop = nn.Dropout(config.dropout)
+
+    def block(self) -> TransformerBlock:
+        c = self.config
+        return TransformerBlock(nn.LayerNorm(c.n_embd, bias=c.bias),
+                                MultiHeadAttention(c.n_embd, c.n_head, c.dropout, c.bias),
+                                nn.LayerNorm(c.n_embd, bias=c.bias),
+                                MLP(c.n_embd, c.dropout, c.bias))
+
+    def embed(self, idx: Tensor, start: int = 0) -> Tensor:
+        return self.drop(super().embed(idx, start))  # (B, T, C)
+
+    def init_weights(self, *parts: nn.Module) -> None:
+        super().init_weights(*parts)
+        std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=std)
@@ -228,6 +235,9 @@ STAGES: dict[int, type[LanguageModel]] = {
 
 def build_model(stage: int, config: ModelConfig) -> LanguageModel:
     """Build stage 1-5 with `config`."""
-    if stage not in STAGES:
-        raise StagegptError(f"stage must be one of 1, 2, 3, 4, 5, got {stage!r}")
+    if not isinstance(config, ModelConfig):
+        raise StagegptError(f"config must be a ModelConfig, got {type(config).__name__}; "
+                            "build one with ModelConfig(...) or ModelConfig.from_preset(name)")
+    if stage not in STAGES or isinstance(stage, bool):
+        raise StagegptError(f"stage must be one of {', '.join(map(str, STAGES))}, got {stage!r}")
     return STAGES[stage](config)

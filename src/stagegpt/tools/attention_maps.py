@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from stagegpt.errors import StagegptError
-from stagegpt.model.layers import attention_layers
+from stagegpt.model.layers import attention_layers, eval_mode, explicit_attention
 from stagegpt.model.stages import LanguageModel
 
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "\\r"}
@@ -51,8 +51,8 @@ def token_labels(tokenizer: Any, ids: list[int]) -> list[str]:
 def attention_maps(model: LanguageModel, ids: Tensor) -> Tensor:
     """Attention weights of every layer for token ids (1, T) -> (n_layer, n_head, T, T).
 
-    Runs one eval-mode forward with each attention layer keeping its softmax weights
-    (`keep_weights`), then puts every flag back the way it was.
+    One eval-mode forward pass with the attention written out (`explicit_attention`); a
+    forward hook on each layer's `softmax` module records the weights it produces.
     """
     layers = attention_layers(model)
     if not layers:
@@ -60,21 +60,17 @@ def attention_maps(model: LanguageModel, ids: Tensor) -> Tensor:
                             "of stage 3, 4 or 5")
     if ids.dim() != 2 or ids.size(0) != 1:
         raise StagegptError(f"expected token ids of shape (1, T), got {tuple(ids.shape)}")
-    saved = [layer.keep_weights for layer in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        for layer in layers:
-            layer.keep_weights = True
-        model(ids.to(next(model.parameters()).device))
-        weights = torch.stack([layer.weights[0].float().cpu() for layer in layers])
-    finally:
-        for layer, keep in zip(layers, saved, strict=True):
-            layer.keep_weights = keep
-            if not keep:
-                layer.weights = None
-        model.train(was_training)
-    return weights  # (L, nh, T, T)
+    seen: list[Tensor] = []
+    with eval_mode(model), explicit_attention(model) as layers:
+        hooks = [layer.softmax.register_forward_hook(
+            lambda _module, _inputs, weights: seen.append(weights[0].float().cpu()))
+            for layer in layers]
+        try:
+            model(ids.to(next(model.parameters()).device))
+        finally:
+            for hook in hooks:
+                hook.remove()
+    return torch.stack(seen)  # (L, nh, T, T)
 
 
 def _pick(count: int, index: int | None, what: str) -> list[int]:

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -40,7 +38,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,14 +45,14 @@ import torch
 from stagegpt import ModelConfig, TrainConfig, build_model, generate
 from stagegpt.data.corpora import text_corpus
 from stagegpt.data.prepare import prepare_corpus
-from stagegpt.errors import StagegptError
+from stagegpt.fast import accelerate
+from stagegpt.tools.bench_report import DECODE_TOKENS, Trials, report, to_json
 from stagegpt.tools.inspection import flops_per_token
 from stagegpt.train.optim import make_optimizer
 
 SEED = ModelConfig.from_preset("seed")  # 12 layers, 4 heads, n_embd 256, T 256, vocab 50,257
 CHAR = ModelConfig(vocab_size=65, block_size=64, n_embd=128, n_layer=4, n_head=4)
 SHAPES = {"seed": (SEED, 8), "char": (CHAR, 12)}  # config, batch size
-DECODE_TOKENS = 256
 PREPARE_MB = 8
 
 
@@ -104,7 +101,20 @@ def train_step_fn(model, forward: Callable, x, y, dtype: str = "float32") -> Cal
 
 
 def ours_forward(model):
-    return lambda x, y: model(x, y, return_logits=False)[1]
+    """The Trainer's training forward: through `stagegpt.fast` (no full logits)."""
+    fast = accelerate(model)
+    return lambda x, y: fast(x, y, return_logits=False)[1]
+
+
+def plain_forward(model):
+    """The plain model as written (`--no-fast`)."""
+    return lambda x, y: model(x, y)[1]
+
+
+def copy_of(model):
+    twin = build_model(model.stage, model.config)
+    twin.load_state_dict(model.state_dict())
+    return twin
 
 
 def hf_forward(model):
@@ -150,25 +160,6 @@ def matmul_probes(n: int = 2048) -> dict[str, Callable[[], float]]:
 
 
 # ---- interleaved trials -------------------------------------------------------------------
-
-
-@dataclass
-class Trials:
-    values: dict[str, list[float]] = field(default_factory=dict)
-
-    def add(self, name: str, value: float) -> None:
-        self.values.setdefault(name, []).append(value)
-
-    def merge(self, values: dict[str, list[float]]) -> None:
-        for name, more in values.items():
-            self.values.setdefault(name, []).extend(more)
-
-    def median(self, name: str) -> float:
-        return statistics.median(self.values[name])
-
-    def spread(self, name: str) -> str:
-        v = sorted(self.values[name])
-        return f"{v[0]:,.0f}-{v[-1]:,.0f}"
 
 
 def rotated(names: list[str], r: int) -> list[str]:
@@ -219,8 +210,8 @@ def char_child_trials(rounds: int, threads: int) -> dict:
 
 
 def run_child(*flags: str) -> dict:
-    """Run this module in a fresh interpreter with `flags`; the JSON its last line prints."""
-    out = subprocess.run([sys.executable, "-m", __name__, *flags], check=True,
+    """`stagegpt bench FLAGS` in a fresh interpreter; the JSON its last line prints."""
+    out = subprocess.run([sys.executable, "-m", "stagegpt", "bench", *flags], check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -244,13 +235,12 @@ def interleaved_trials(shapes: list[str], rounds: int, log: Callable[[str], None
         flops[shape] = flops_per_token(ours)["train"]
         tokens = batch * config.block_size
         steps = 1 if shape == "seed" else 40  # keep each trial at least ~1 s
-        runs[f"{shape} fp32 stagegpt"] = (train_step_fn(ours, ours_forward(ours), x, y),
-                                          tokens, steps)
-        if shape == "seed":
-            twin = build_model(5, config)
-            twin.load_state_dict(ours.state_dict())
-            runs["seed bf16 stagegpt"] = (
-                train_step_fn(twin, ours_forward(twin), x, y, "bfloat16"), tokens, steps)
+        for dtype in ("fp32", "bf16") if shape == "seed" else ("fp32",):
+            dt = "bfloat16" if dtype == "bf16" else "float32"
+            for side, forward in (("stagegpt", ours_forward), ("plain", plain_forward)):
+                model = copy_of(ours)
+                runs[f"{shape} {dtype} {side}"] = (
+                    train_step_fn(model, forward(model), x, y, dt), tokens, steps)
         runs[f"{shape} fp32 HF"] = (train_step_fn(hf, hf_forward(hf), x, y), tokens, steps)
     ceilings = matmul_probes() if probes else {}
     for name, (step, _, _) in runs.items():  # warm-up; the first losses check the twins agree
@@ -280,20 +270,26 @@ def bench_decode(rounds: int, log: Callable[[str], None]) -> dict:
     def run_ours() -> torch.Tensor:
         return generate(ours, prompt, DECODE_TOKENS, temperature=0)
 
+    def run_plain() -> torch.Tensor:
+        return generate(ours, prompt, DECODE_TOKENS, temperature=0, fast=False)
+
     def run_hf() -> torch.Tensor:
         with torch.inference_mode():
             return hf.generate(prompt, max_new_tokens=DECODE_TOKENS, min_new_tokens=DECODE_TOKENS,
                                do_sample=False, use_cache=True, pad_token_id=0)
 
-    same = torch.equal(run_ours(), run_hf())  # warm-up, and a check that both decode alike
+    # warm-up, and a check that all three decode alike
+    same = torch.equal(run_ours(), run_hf()) and torch.equal(run_ours(), run_plain())
+    runs = {"stagegpt": run_ours, "plain": run_plain, "HF": run_hf}
     trials = Trials()
     for r in range(rounds):
-        for name, run in (("stagegpt", run_ours), ("HF", run_hf))[::1 if r % 2 == 0 else -1]:
+        for name in rotated([f"decode {n}" for n in runs], r):
+            name = name.split()[1]
             start = time.perf_counter()
-            run()
+            runs[name]()
             trials.add(name, DECODE_TOKENS / (time.perf_counter() - start))
-        log(f"  decode round {r + 1}/{rounds}: stagegpt {trials.values['stagegpt'][-1]:.1f}, "
-            f"HF {trials.values['HF'][-1]:.1f} tok/s")
+        log(f"  decode round {r + 1}/{rounds}: " + ", ".join(
+            f"{n} {trials.values[n][-1]:.1f}" for n in runs) + " tok/s")
     return {"trials": trials, "same_tokens": same}
 
 
@@ -359,117 +355,9 @@ def bench_prepare(megabytes: int) -> dict:
     return {"mb": size / 1e6, "seconds": elapsed, "mb_per_s": size / 1e6 / elapsed}
 
 
-# ---- report ------------------------------------------------------------------------------------
-
-
-def report(results: dict, args: argparse.Namespace) -> str:
-    lines = [f"stagegpt benchmark: {machine()}, torch {torch.__version__}, "
-             f"{args.threads} threads, median of {args.rounds} interleaved rounds", ""]
-    if "train" in results:
-        t, flops = results["train"]["trials"], results["train"]["flops"]
-        ceilings = {k: t.median(k) for k in ("fp32 torch.mm", "fp32 oneDNN", "bf16 torch.mm")
-                    if k in t.values}
-        lines.append("matmul ceilings (2048^3, GFLOP/s): " + ", ".join(
-            f"{k} {v:,.0f} ({t.spread(k)})" for k, v in ceilings.items()))
-        lines += ["", "| train (tokens/s) | stagegpt | HF fp32 | ratio | stagegpt GFLOP/s "
-                  "| of fp32 mm | of fp32 oneDNN | of bf16 mm |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for shape, dtype in (("seed", "fp32"), ("seed", "bf16"), ("char", "fp32")):
-            ours, hf = t.median(f"{shape} {dtype} stagegpt"), t.median(f"{shape} fp32 HF")
-            gflops = ours * flops[shape] / 1e9
-            fracs = [f"{gflops / ceilings[k]:.0%}" if k in ceilings else "n/a"
-                     for k in ("fp32 torch.mm", "fp32 oneDNN", "bf16 torch.mm")]
-            lines.append(f"| {shape} {dtype} | {ours:,.0f} | {hf:,.0f} "
-                         f"| **{ours / hf:.2f}x** | {gflops:,.0f} | " + " | ".join(fracs) + " |")
-        hf_gflops = t.median("seed fp32 HF") * flops["seed"] / 1e9
-        lines.append(f"\nHF seed fp32: {hf_gflops:,.0f} GFLOP/s; spreads (min-max tokens/s): "
-                     + ", ".join(f"{k} {t.spread(k)}" for k in t.values if "GFLOP" not in k
-                                 and "mm" not in k and "oneDNN" not in k))
-        ratios = results["train"]["char_ratios"]
-        if ratios:
-            plural = "es" if len(ratios) > 1 else ""
-            lines.append(f"char: {len(ratios)} fresh process{plural}, stagegpt/HF per process "
-                         + ", ".join(f"{r:.2f}x" for r in ratios) + "; the table pools their "
-                         "trials")
-        faults = results["train"]["faults"]
-        lines.append("page faults per step (median): " + ", ".join(
-            f"{k} {faults.median(k):,.0f}" for k in faults.values))
-        first = results["train"]["losses"]
-        lines.append("first-step losses (twins agree): " + ", ".join(
-            f"{k} {v:.4f}" for k, v in first.items()))
-    if "decode" in results:
-        t = results["decode"]["trials"]
-        ours, hf = t.median("stagegpt"), t.median("HF")
-        lines += ["", f"| decode (seed, batch 1, greedy, {DECODE_TOKENS} new tokens) "
-                  "| stagegpt | HF generate | ratio |", "|---|---|---|---|",
-                  f"| tokens/s | {ours:,.1f} | {hf:,.1f} | **{ours / hf:.2f}x** |",
-                  f"\nsame greedy tokens as HF: {results['decode']['same_tokens']}; spreads: "
-                  f"stagegpt {t.spread('stagegpt')}, HF {t.spread('HF')}"]
-    if "rss" in results:
-        lines += ["", "| peak RSS, seed-shape training step (MB) | " +
-                  " | ".join(results["rss"]) + " |",
-                  "|---|" + "---|" * len(results["rss"]),
-                  "| fresh process, 2 steps | " +
-                  " | ".join(f"{v:,.0f}" for v in results["rss"].values()) + " |"]
-    if "prepare" in results:
-        p = results["prepare"]
-        lines.append("\nprepare: the data module is not there" if p is None else
-                     f"\nstagegpt prepare text --tokenizer char: {p['mb']:.1f} MB of text in "
-                     f"{p['seconds']:.2f} s = {p['mb_per_s']:.1f} MB/s")
-    lines.append("\nload average (1 min) before -> after each section: " + ", ".join(
-        f"{k} {a:.2f} -> {b:.2f}" for k, (a, b) in results["load"].items()))
-    return "\n".join(lines)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores, no GPU" if not torch.cuda.is_available() else cpu
-
-
-SECTIONS = ("train", "decode", "rss", "prepare")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The bench's flags, for `stagegpt bench` and for running this module directly."""
-    parser.add_argument("--quick", action="store_true", help="fewer rounds (3), for a rough look")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds per comparison "
-                        "(default 7, or 3 with --quick)")
-    parser.add_argument("--only", default=",".join(SECTIONS), metavar="SECTIONS",
-                        help="comma-separated subset of: " + ", ".join(SECTIONS))
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--json", metavar="FILE", help="also write the medians to FILE")
-    parser.add_argument("--char-processes", type=int, default=5,
-                        help="fresh processes for the char shape's trials (default 5)")
-    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
-    parser.add_argument("--char-child", action="store_true", help=argparse.SUPPRESS)
-
-
-def check_args(args: argparse.Namespace) -> set[str]:
-    """Refuse impossible settings before anything runs; return the sections to run."""
-    if args.rounds is not None and args.rounds < 1:
-        raise StagegptError(f"--rounds must be >= 1, got {args.rounds}")
-    if args.threads < 1:
-        raise StagegptError(f"--threads must be >= 1, got {args.threads}")
-    if args.char_processes < 1:
-        raise StagegptError(f"--char-processes must be >= 1, got {args.char_processes}")
-    sections = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = sections - set(SECTIONS)
-    if unknown:
-        raise StagegptError(f"--only takes {', '.join(SECTIONS[:-1])} and {SECTIONS[-1]}; "
-                            f"got {', '.join(sorted(unknown))}")
-    if importlib.util.find_spec("transformers") is None:
-        raise StagegptError("stagegpt bench compares with Hugging Face GPT-2 and needs "
-                            "transformers; pip install transformers")
-    return sections
-
-
 def run(args: argparse.Namespace) -> int:
-    sections = check_args(args)
+    """`stagegpt bench` with its checked flags (see `stagegpt.cli.bench`)."""
+    sections = {s.strip() for s in args.only.split(",") if s.strip()}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     if args.rss_child:
@@ -499,29 +387,3 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(results), indent=2) + "\n")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The bench as a program of its own (`python -m stagegpt.tools.bench`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except StagegptError as err:
-        print(f"bench: error: {err}", file=sys.stderr)
-        return 2
-
-
-def to_json(results: dict) -> dict:
-    out = {}
-    for section, value in results.items():
-        if isinstance(value, dict) and "trials" in value:
-            out[section] = {k: ({"median": {n: v.median(n) for n in v.values}, "runs": v.values}
-                                if isinstance(v, Trials) else v) for k, v in value.items()}
-        else:
-            out[section] = value
-    return out
-
-
-if __name__ == "__main__":
-    sys.exit(main())

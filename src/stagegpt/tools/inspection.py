@@ -25,7 +25,13 @@ from torch.overrides import TorchFunctionMode
 
 from stagegpt.errors import StagegptError
 from stagegpt.model.config import ModelConfig
-from stagegpt.model.layers import MultiHeadAttention, TransformerBlock, attention_layers
+from stagegpt.model.layers import (
+    MultiHeadAttention,
+    TransformerBlock,
+    attention_layers,
+    eval_mode,
+    explicit_attention,
+)
 from stagegpt.model.stages import LanguageModel
 
 COMPONENTS = ("embeddings", "attention", "mlp", "norms", "head")
@@ -93,12 +99,12 @@ ATTENTION_NOTES = {
     "matmul": ["scores = q @ k^T", "weighted sum of values: weights @ v"],
     "div": ["scale scores by 1/sqrt(hd)"],
     "masked_fill": ["causal mask: -inf above the diagonal"],
-    "softmax": ["attention weights: each row sums to 1"],
     "reshape": ["merge heads: (B, T, C)"],
 }
 BLOCK_NOTES = {"add": ["residual: x + attn(ln_1(x))", "residual: x + mlp(ln_2(x))"]}
 MODEL_NOTES = {"add": ["token + position embeddings"]}
 MODULE_NOTES = {"wte": "token embeddings", "wpe": "position embeddings",
+                "softmax": "attention weights: each row sums to 1",
                 "c_attn": "q, k, v for all heads in one matmul", "c_fc": "widen to 4C",
                 "ln_f": "final LayerNorm", "lm_head": "logits"}
 OP_NAMES = {"__getitem__": "index", "true_divide": "div"}
@@ -241,31 +247,22 @@ def trace_shapes(model: LanguageModel, idx: Tensor) -> list[TraceRow]:
     Modules are recorded when they finish; composite ones (a block, an attention layer)
     after the steps inside them. `params` counts each module's own parameters, not its
     children's, and the tied head's weight once, so the column sums to the model's total.
-    Attention runs its explicit path here (`reference_attention`) so the scores and the
+    Attention runs its explicit path here (`explicit_attention`) so the scores and the
     softmax weights exist to be shown. A model on the meta device traces without computing
     anything (shapes only), which is how large presets are traced cheaply.
     """
     tracer = _Tracer(model)
-    layers = attention_layers(model)
-    was_reference = [layer.reference for layer in layers]
     handles = []
     for name, module in model.named_modules():
         handles.append(module.register_forward_pre_hook(tracer.pre_hook(name)))
         handles.append(module.register_forward_hook(tracer.post_hook(name)))
-    was_training = model.training
-    model.eval()
     try:
-        for layer in layers:
-            layer.reference = True
         tracer.mark(idx)
-        with torch.no_grad(), tracer:
+        with eval_mode(model), explicit_attention(model), torch.no_grad(), tracer:
             logits, _ = model(idx)
     finally:
         for h in handles:
             h.remove()
-        for layer, reference in zip(layers, was_reference, strict=True):
-            layer.reference = reference
-        model.train(was_training)
     tracer.rows.append(TraceRow("(model)", "logits", tuple(logits.shape), _dtype(logits), 0,
                                 "(B, T, V): a score for every next token"))
     return tracer.rows

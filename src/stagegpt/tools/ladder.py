@@ -17,17 +17,18 @@ from pathlib import Path
 
 import torch
 
-from stagegpt.data.datasets import read_meta
+from stagegpt.data.datasets import load_tokenizer_from_data, read_meta
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import ensure_dir, read_json, write_json, write_text
-from stagegpt.generation.decoding import generate
+from stagegpt.generation import check_sampling_args, generate
 from stagegpt.model.config import ModelConfig
 from stagegpt.model.stages import STAGES
 from stagegpt.tools.evaluate import split_loss
 from stagegpt.tools.inspection import flops_per_token
 from stagegpt.train.config import TrainConfig
 from stagegpt.train.plots import plot_curves
-from stagegpt.train.trainer import Trainer, read_metrics
+from stagegpt.train.rundir import read_metrics
+from stagegpt.train.trainer import Trainer
 
 SETTINGS_FILE = "ladder.json"
 
@@ -64,7 +65,7 @@ def _check_settings(out_dir: Path, settings: dict, resume: bool) -> None:
 
 
 def steps_for_seconds(stage: int, model_config: ModelConfig, train_config: TrainConfig,
-                      data_dir: Path, seconds: float, scratch: Path) -> int:
+                      data_dir: Path, seconds: float, scratch: Path, fast: bool = True) -> int:
     """Time a few steps of `stage` to turn a time budget into a step budget.
 
     The step count fixes the learning-rate schedule, so a time budget is converted once,
@@ -72,7 +73,7 @@ def steps_for_seconds(stage: int, model_config: ModelConfig, train_config: Train
     """
     probe = replace(train_config, max_steps=8, eval_every=10_000, ckpt_every=10_000,
                     max_seconds=None)
-    trainer = Trainer(stage, model_config, probe, data_dir, scratch, progress=False)
+    trainer = Trainer(stage, model_config, probe, data_dir, scratch, progress=False, fast=fast)
     times: list[float] = []
     last = [time.perf_counter()]
 
@@ -90,7 +91,7 @@ def steps_for_seconds(stage: int, model_config: ModelConfig, train_config: Train
 def _row_for(stage: int, trainer: Trainer, result) -> LadderRow:
     """The table row; its val loss covers the whole val split, not the curve's sample."""
     model = trainer.model
-    val_loss = split_loss(model, trainer.val_tokens)
+    val_loss = split_loss(model, trainer.val_tokens, fast=trainer.fast)
     return LadderRow(
         stage=stage, adds=STAGES[stage].idea, params=model.num_params(),
         flops_per_token=flops_per_token(model)["train"],
@@ -131,14 +132,24 @@ def write_plot(stages, out_dir: Path, meta: dict) -> None:
     plot_curves(curves, out_dir / "ladder.png", hlines, title="validation loss by stage")
 
 
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids (the start token for an empty one); refused now if it cannot encode."""
+    if not isinstance(prompt, str):
+        raise StagegptError(f"prompt must be a string, got {type(prompt).__name__}", "prompt")
+    try:
+        return tokenizer.encode(prompt) if prompt else [tokenizer.start_id]
+    except StagegptError as err:
+        raise StagegptError(f"prompt cannot be encoded: {err}", "prompt") from None
+
+
 def write_samples(models: dict, tokenizer, out_dir: Path, prompt: str, tokens: int,
-                  seed: int) -> None:
-    ids = tokenizer.encode(prompt) if prompt else [tokenizer.start_id]
+                  seed: int, fast: bool = True) -> None:
+    ids = prompt_ids(tokenizer, prompt)
     parts = [f"# Samples\n\nPrompt: {prompt!r}, seed {seed}, {tokens} tokens, "
              "temperature 0.8, top-k 40.\n"]
     for stage, model in models.items():
         idx = torch.tensor([ids[-model.config.block_size:]])
-        out = generate(model, idx, tokens, temperature=0.8, top_k=40, seed=seed)
+        out = generate(model, idx, tokens, temperature=0.8, top_k=40, seed=seed, fast=fast)
         text = tokenizer.decode(out[0].tolist())
         parts.append(f"## Stage {stage}: {STAGES[stage].idea}\n\n```\n{text}\n```\n")
     write_text(out_dir / "samples.md", "\n".join(parts))
@@ -147,10 +158,16 @@ def write_samples(models: dict, tokenizer, out_dir: Path, prompt: str, tokens: i
 def run_ladder(data_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
                train_config: TrainConfig, stages=(1, 2, 3, 4, 5), resume: bool = False,
                max_seconds: float | None = None, prompt: str = "", sample_tokens: int = 200,
-               progress: bool = True) -> list[LadderRow] | None:
-    """Train `stages` in turn; return the table rows (None if interrupted)."""
+               progress: bool = True, fast: bool = True) -> list[LadderRow] | None:
+    """Train `stages` in turn; return the table rows (None if interrupted).
+
+    Everything is checked before the first step: the samples' prompt and length too.
+    fast: train, score and sample through `stagegpt.fast` (the same numbers, sooner).
+    """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     meta = read_meta(data_dir)
+    check_sampling_args(sample_tokens, 0.8, 40)
+    prompt_ids(load_tokenizer_from_data(data_dir), prompt)
     model_config = replace(model_config, vocab_size=meta["vocab_size"])
     settings = _settings(stages, model_config, train_config, data_dir)
     settings["max_seconds"] = max_seconds
@@ -163,9 +180,9 @@ def run_ladder(data_dir: str | Path, out_dir: str | Path, model_config: ModelCon
         config = train_config
         if max_seconds is not None:
             config = replace(config, max_steps=_budget(stage, model_config, config, data_dir,
-                                                       max_seconds, run_dir))
+                                                       max_seconds, run_dir, fast))
         trainer = Trainer(stage, model_config, config, data_dir, run_dir, resume=True,
-                          progress=progress)
+                          progress=progress, fast=fast)
         result = trainer.fit()
         if result.interrupted:
             return None
@@ -173,11 +190,11 @@ def run_ladder(data_dir: str | Path, out_dir: str | Path, model_config: ModelCon
         models[stage], tokenizer = trainer.model.eval(), trainer.tokenizer
     write_table(rows, out_dir)
     write_plot(stages, out_dir, meta)
-    write_samples(models, tokenizer, out_dir, prompt, sample_tokens, train_config.seed)
+    write_samples(models, tokenizer, out_dir, prompt, sample_tokens, train_config.seed, fast)
     return rows
 
 
-def _budget(stage, model_config, train_config, data_dir, seconds, run_dir) -> int:
+def _budget(stage, model_config, train_config, data_dir, seconds, run_dir, fast) -> int:
     """Steps for a time budget, measured once per stage and remembered for --resume."""
     path = run_dir / "budget.json"
     if path.exists():
@@ -189,7 +206,8 @@ def _budget(stage, model_config, train_config, data_dir, seconds, run_dir) -> in
         return steps
     scratch = run_dir.parent / f".probe{stage}"
     shutil.rmtree(scratch, ignore_errors=True)
-    steps = steps_for_seconds(stage, model_config, train_config, data_dir, seconds, scratch)
+    steps = steps_for_seconds(stage, model_config, train_config, data_dir, seconds, scratch,
+                              fast)
     shutil.rmtree(scratch, ignore_errors=True)
     write_json(path, {"max_steps": steps, "seconds": seconds})
     return steps

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from stagegpt.data.tokenizers import load_tokenizer
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import atomic_dir, read_json, readable_dir, write_json
+from stagegpt.fileio import atomic_dir, read_json, write_json
 from stagegpt.model.config import ModelConfig
 from stagegpt.model.stages import LanguageModel, build_model
 
@@ -29,7 +29,6 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
-STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 @dataclass
@@ -102,31 +101,6 @@ def save_checkpoint(directory: str | Path, model: LanguageModel, tokenizer: Any,
         if optimizer_state is not None:
             write_torch(optimizer_state, tmp / OPTIMIZER_FILE)
     return Path(directory)
-
-
-def step_dirs(run_dir: Path) -> list[Path]:
-    """Complete step checkpoints under `run_dir/checkpoints`, oldest first."""
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := STEP_DIR.match(p.name)) and (p / CONFIG_FILE).is_file()]
-    return [p for _, p in sorted(found)]
-
-
-def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """A checkpoint dir itself, or a run dir (its newest step checkpoint)."""
-    path = readable_dir(path)
-    if (path / CONFIG_FILE).is_file():
-        return path
-    if not path.exists():
-        raise StagegptError(f"checkpoint {path} does not exist; pass a checkpoint or run dir")
-    found = step_dirs(path)
-    if found:
-        return found[-1]
-    raise StagegptError(
-        f"{path} holds no checkpoint (no {CONFIG_FILE}); pass a dir written by `stagegpt train`"
-    )
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -13,8 +13,6 @@ import contextlib
 import gc
 import json
 import math
-import os
-import shutil
 import signal
 import sys
 import time
@@ -24,25 +22,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from stagegpt.data.datasets import load_split, load_tokenizer_from_data, read_meta, sample_batch
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import ensure_dir, read_json, recover_dir, write_text
-from stagegpt.model.config import ModelConfig
-from stagegpt.model.stages import LanguageModel, build_model
+from stagegpt.fast import FastModel, accelerate
+from stagegpt.fileio import ensure_dir, read_json, write_text
+from stagegpt.model import LanguageModel, ModelConfig, build_model
+from stagegpt.model.layers import eval_mode
 from stagegpt.train.checkpoints import (
     CONFIG_FILE,
     load_optimizer_state,
     load_weights_into,
     read_weights,
     save_checkpoint,
-    step_dirs,
 )
 from stagegpt.train.config import TrainConfig
+from stagegpt.train.distributed import agree_to_stop, world_and_rank
 from stagegpt.train.optim import lr_at, make_optimizer
 from stagegpt.train.plots import plot_run
+from stagegpt.train.rundir import (
+    clean_stale_temp_dirs,
+    prune_step_checkpoints,
+    read_metrics,
+    run_exists,
+    step_dir,
+    step_dirs,
+)
 
 KEEP_CHECKPOINTS = 2
 
@@ -80,31 +86,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_exists(out_dir: Path) -> bool:
-    return (out_dir / "metrics.jsonl").exists() or bool(step_dirs(out_dir))
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of RUN_DIR/metrics.jsonl. A damaged line (say, torn by a kill mid-write) is
-    skipped: the checkpoint, not this log, is the truth about where training stands."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                row = json.loads(line)
-                if isinstance(row, dict) and isinstance(row.get("step"), int):
-                    rows.append(row)
-    return rows
-
-
 class Trainer:
     """Train one stage on a prepared data dir, writing checkpoints and metrics to `out_dir`."""
 
     def __init__(self, stage: int, model_config: ModelConfig, train_config: TrainConfig,
                  data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-                 progress: bool = True, on_step: Callable[[Trainer, dict], None] | None = None):
-        self.stage, self.tc = stage, train_config
+                 progress: bool = True, on_step: Callable[[Trainer, dict], None] | None = None,
+                 fast: bool = True):
+        """fast: train through `stagegpt.fast.accelerate(model)` (the same numbers, faster on
+        a CPU); False trains the plain model as written."""
+        self.stage, self.tc, self.fast = stage, train_config, fast
         self.on_step = on_step
         self.data_dir, self.out_dir = Path(data_dir), Path(out_dir)
         self.progress = progress
@@ -115,7 +106,7 @@ class Trainer:
         self.val_tokens = load_split(self.data_dir, "val")
         self._check_data_fits()
         self.tokenizer = load_tokenizer_from_data(self.data_dir)
-        self.world, self.rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+        self.world, self.rank = world_and_rank()
         self.device = resolve_device(train_config.device)
         self.resume_from = self._find_resume(resume)
         self.stop_signal: int | None = None
@@ -167,9 +158,12 @@ class Trainer:
         # Dropout draws from the global RNG; each rank gets its own stream.
         if self.resume_from is None:
             torch.manual_seed(self.tc.seed + self.rank)
-        self.runner = self.model
+        self.scorer: LanguageModel | FastModel = self.model  # what computes losses
+        if self.fast:
+            self.scorer = accelerate(self.model)
+        self.runner = self.scorer
         if self.tc.compile:
-            self.runner = torch.compile(self.model)
+            self.runner = torch.compile(self.scorer)
         if self.world > 1:
             self.runner = torch.nn.parallel.DistributedDataParallel(self.runner)
         self.val_batches = self._fixed_val_batches()
@@ -232,7 +226,7 @@ class Trainer:
             last = micro == self.tc.grad_accum - 1
             sync = contextlib.nullcontext() if last or self.world == 1 else self.runner.no_sync()
             with sync, self._autocast():
-                _, loss = self.runner(x, y, return_logits=False)
+                loss = self._loss(self.runner, x, y)
                 (loss / self.tc.grad_accum).backward()
             total += loss.item() / self.tc.grad_accum
         if self.tc.grad_clip > 0:
@@ -241,22 +235,27 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total
 
+    def _loss(self, runner: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return runner(x, y, return_logits=False)[1]  # no (B*T, V) logits held
+        return runner(x, y)[1]
+
     @torch.no_grad()
     def evaluate(self) -> float:
-        self.model.eval()
         losses = []
-        for x, y in self.val_batches:
-            with self._autocast():
-                _, loss = self.model(x.to(self.device), y.to(self.device), return_logits=False)
-            losses.append(loss.item())
-        self.model.train()
+        with eval_mode(self.model):
+            for x, y in self.val_batches:
+                with self._autocast():
+                    loss = self._loss(self.scorer, x.to(self.device), y.to(self.device))
+                losses.append(loss.item())
         return sum(losses) / len(losses)
 
     def fit(self) -> TrainResult:
         """Train to `max_steps` (or until a signal or `max_seconds`); return the final figures."""
         self._build()
         ensure_dir(self.out_dir)
-        self._clean_stale_temp_dirs()
+        if self._is_main():
+            clean_stale_temp_dirs(self.out_dir)
         handlers = self._install_signal_handlers()
         try:
             return self._loop()
@@ -264,13 +263,15 @@ class Trainer:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             self._release_ddp()
+            if isinstance(self.scorer, FastModel):
+                self.scorer.close()  # the model's own layers back, as it was built
 
     def _release_ddp(self) -> None:
         """Free the DDP wrapper while the process group is still alive. Freed later, its
         reducer would drop the group's last reference and join gloo's worker threads while
         holding the GIL, which a worker finishing an all-reduce needs: a deadlock at exit."""
-        if self.world > 1 and self.runner is not self.model:
-            self.runner = self.model
+        if self.world > 1 and self.runner is not self.scorer:
+            self.runner = self.scorer
             gc.collect()  # now, even if a reference cycle holds it
 
     def _loop(self) -> TrainResult:
@@ -298,8 +299,8 @@ class Trainer:
                    "val_loss": None, "lr": lr_at(self.step - 1, self.tc),
                    "tokens_per_sec": speed, "elapsed": self.elapsed}
             self.rows.append(row)
-            time_up, signalled = self._agree_to_stop(self._out_of_time(),
-                                                     self.stop_signal is not None)
+            time_up, signalled = agree_to_stop(self.world, self.device, self._out_of_time(),
+                                                   self.stop_signal is not None)
             done = self.step == self.tc.max_steps or time_up
             stop = done or signalled
             if self.step % self.tc.eval_every == 0 or done:
@@ -335,15 +336,6 @@ class Trainer:
         before the next step; DDP ranks act on it together at the next step's agreement."""
         return self.world == 1 and self.stop_signal is not None
 
-    def _agree_to_stop(self, time_up: bool, signalled: bool) -> tuple[bool, bool]:
-        """One decision from every rank's own clock and signals: under DDP a rank that
-        stopped alone would leave the others waiting forever in the next all-reduce."""
-        if self.world == 1:
-            return time_up, signalled
-        flags = torch.tensor([time_up, signalled], dtype=torch.int32, device=self.device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return bool(flags[0]), bool(flags[1])
-
     # ---- output ------------------------------------------------------------------------
 
     def _after_eval(self, val_loss: float) -> None:
@@ -375,27 +367,10 @@ class Trainer:
         if not self._is_main():
             return
         self._write_metrics()
-        target = self.out_dir / "checkpoints" / f"step_{self.step:08d}"
+        target = step_dir(self.out_dir, self.step)
         save_checkpoint(target, self.model, self.tokenizer, trainer_state=self._trainer_state(),
                         optimizer_state=self.optimizer.state_dict(), extra=self._extra())
-        for old in step_dirs(self.out_dir)[:-KEEP_CHECKPOINTS]:
-            # Hide it first, so a crash mid-delete never leaves a half checkpoint in view.
-            doomed = old.with_name(f".{old.name}.tmp")
-            os.replace(old, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
-
-    def _clean_stale_temp_dirs(self) -> None:
-        """Remove temp dirs a killed run left behind (complete checkpoints are untouched)."""
-        if not self._is_main():
-            return
-        recover_dir(self.out_dir / "best")
-        for root in (self.out_dir, self.out_dir / "checkpoints"):
-            if root.is_dir():
-                for stale in root.glob(".*.tmp"):
-                    if stale.is_dir():
-                        shutil.rmtree(stale, ignore_errors=True)
-                    else:  # a half-written metrics.jsonl or loss.png
-                        stale.unlink(missing_ok=True)
+        prune_step_checkpoints(self.out_dir, KEEP_CHECKPOINTS)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def request_stop(signum, frame):
@@ -406,13 +381,3 @@ class Trainer:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, request_stop)
         return previous
-
-
-def init_distributed() -> bool:
-    """Join the process group when launched by torchrun; True if this is a DDP run."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
-        return False
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    return True

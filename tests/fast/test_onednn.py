@@ -1,11 +1,11 @@
-"""The oneDNN fp32 path (`stagegpt.onednn`) computes what F.linear computes."""
+"""The oneDNN fp32 path (`stagegpt.fast.onednn`) computes what F.linear computes."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from stagegpt import ModelConfig, build_model
-from stagegpt.fast import onednn
+from stagegpt.fast import accelerate, onednn
 from stagegpt.fast.loss import chunked_cross_entropy
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
@@ -53,7 +53,8 @@ def test_model_and_fused_loss_agree_with_the_default_blas_path(monkeypatch):
     for enabled in (True, False):
         monkeypatch.setattr(onednn, "ENABLED", enabled)
         model.zero_grad(set_to_none=True)
-        _, loss = model(idx, torch.roll(idx, -1, 1), return_logits=False)
+        with accelerate(model) as fast:
+            loss = fast.loss(idx, torch.roll(idx, -1, 1))
         loss.backward()
         runs.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
     (loss_a, grads_a), (loss_b, grads_b) = runs

@@ -1,0 +1,76 @@
+"""`accelerate(model)`: the same model, computing faster on a CPU.
+
+A `FastModel` wraps a plain `LanguageModel` and changes how it computes, never what:
+
+- its `nn.Linear` layers are swapped for `OneDNNLinear`s holding the same parameters
+  (`stagegpt.fast.linear`), put back by `close()`;
+- the training loss (`fast(x, y, return_logits=False)` or `fast.loss(x, y)`) runs the head
+  and the cross-entropy chunk by chunk without ever holding the (B*T, V) logits
+  (`stagegpt.fast.loss`), in a workspace the `FastModel` owns.
+
+Its parameters, `state_dict` and outputs are the plain model's (`tests/fast`). Use it as
+a context manager, or call `close()` when done:
+
+    with accelerate(model) as fast:
+        loss = fast.loss(x, y)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from stagegpt.fast.linear import LinearSwap
+from stagegpt.fast.loss import Workspace, chunked_cross_entropy
+from stagegpt.model.stages import LanguageModel
+
+
+class FastModel(nn.Module):
+    """`model` with oneDNN products and the chunked head + loss, until `close()`."""
+
+    def __init__(self, model: LanguageModel):
+        super().__init__()
+        self.model = model
+        self.workspace = Workspace()
+        self.swap: LinearSwap | None = LinearSwap(model)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None,
+                return_logits: bool = True) -> tuple[Tensor | None, Tensor | None]:
+        """The plain model's (logits, loss). With targets and `return_logits=False` the loss
+        alone, computed without the full logits; (None, loss) is returned."""
+        if targets is None or return_logits:
+            return self.model(idx, targets)
+        self.model.check_length(idx)
+        hidden = self.model.body(idx)  # (B, T, C)
+        head = self.model.lm_head
+        loss = chunked_cross_entropy(hidden.flatten(0, 1), head.weight, head.bias,
+                                     targets.flatten(), workspace=self.workspace)
+        return None, loss
+
+    def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
+        return self(idx, targets, return_logits=False)[1]
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.model.state_dict(*args, **kwargs)  # the plain model's keys
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model.load_state_dict(*args, **kwargs)
+
+    def close(self) -> None:
+        """Put the plain layers back and free the workspace (the model keeps its values)."""
+        if self.swap is not None:
+            self.swap.restore()
+            self.swap = None
+        self.workspace.clear()
+
+    def __enter__(self) -> FastModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def accelerate(model: LanguageModel) -> FastModel:
+    """`model`, computing faster (see the module docstring); `close()` it when done."""
+    return FastModel(model)
