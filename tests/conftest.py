@@ -14,3 +14,21 @@ from stagegpt import ModelConfig  # noqa: E402
 def tiny_config() -> ModelConfig:
     """A model small enough for any test: 2 blocks, 2 heads, width 32, context 16."""
     return ModelConfig(vocab_size=97, block_size=16, n_embd=32, n_layer=2, n_head=2)
+
+
+@pytest.fixture(scope="session")
+def markov_data(tmp_path_factory):
+    """make(order, vocab, tokens, seed, concentration=0.1) -> a prepared Markov data dir,
+    each distinct one written once per session."""
+    from stagegpt.data.prepare import prepare_markov
+
+    made = {}
+
+    def make(order: int, vocab: int, tokens: int, seed: int, concentration: float = 0.1):
+        key = (order, vocab, tokens, seed, concentration)
+        if key not in made:
+            made[key] = tmp_path_factory.mktemp("markov") / "data"
+            prepare_markov(made[key], order, vocab, tokens, seed, concentration=concentration)
+        return made[key]
+
+    return make

@@ -4,7 +4,6 @@ against fp32 on a short run: same data, same seed, loss curves that agree."""
 import pytest
 import torch
 
-from stagegpt.data.prepare import prepare_markov
 from stagegpt.model.config import ModelConfig
 from stagegpt.train.config import TrainConfig
 from stagegpt.train.trainer import Trainer
@@ -13,10 +12,8 @@ STEPS = 30
 
 
 @pytest.fixture(scope="module")
-def markov(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bf16") / "markov"
-    prepare_markov(out, order=1, vocab=16, tokens=20_000, seed=5)
-    return out
+def markov(markov_data):
+    return markov_data(order=1, vocab=16, tokens=20_000, seed=5)
 
 
 def run(data, out, dtype):

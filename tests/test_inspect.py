@@ -128,7 +128,7 @@ def test_attention_cli_one_head(checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize("text, layer, message", [
     ("to be", "9", "--layer must be between 0 and 1"),
-    ("t" * 65, None, "shorten --text"),
+    ("t" * 65, None, "--text is 65 tokens"),
     ("", None, "--text is empty"),
 ])
 def test_attention_cli_refuses_bad_input(checkpoint, tmp_path, capsys, text, layer, message):

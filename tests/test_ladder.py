@@ -25,11 +25,8 @@ MODEL = ModelConfig(n_embd=32, n_layer=2, n_head=2, block_size=16)
 
 
 @pytest.fixture(scope="module")
-def markov2(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "markov2"
-    assert main(["prepare", "markov", "--order", "2", "--vocab", "6", "--concentration", "0.3",
-                 "--tokens", "200000", "--seed", "0", "--out", str(out), "--no-progress"]) == 0
-    return out
+def markov2(markov_data) -> Path:
+    return markov_data(order=2, vocab=6, tokens=200_000, seed=0, concentration=0.3)
 
 
 def test_attention_beats_the_bigram_floor_that_stages_1_2_cannot(markov2, tmp_path):

@@ -62,11 +62,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "markov"
-    assert main(["prepare", "markov", "--order", "1", "--vocab", "16", "--tokens", "4000",
-                 "--seed", "3", "--out", str(out)]) == 0
-    return out
+def data(markov_data) -> Path:
+    return markov_data(order=1, vocab=16, tokens=4000, seed=3)
 
 
 def read_tree(root: Path) -> dict[str, bytes | None]:
@@ -369,7 +366,7 @@ BAD_INPUTS = {
         RESUME, lambda w, mp: truncate(newest(w) / "trainer_state.json"), "not valid JSON"),
     "train: --out under a regular file": (
         [*TRAIN[:6], "{w}/notes.txt/run", *TRAIN[7:]], None, "cannot create directory"),
-    "train: negative --lr": ([*NEW_RUN, "--lr", "-1"], None, "--lr must be >= 0"),
+    "train: negative --lr": ([*NEW_RUN, "--lr", "-1"], None, "--lr must be a finite number >= 0"),
     "train: --config that is binary": (
         [*NEW_RUN, "--config", "{w}/binary.bin"], None, "not valid TOML"),
     "train: disk full on resume": (

@@ -22,11 +22,8 @@ MODEL = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "1
 
 
 @pytest.fixture(scope="module")
-def markov1(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "markov1"
-    assert main(["prepare", "markov", "--order", "1", "--vocab", "16", "--tokens", "200000",
-                 "--seed", "3", "--out", str(out)]) == 0
-    return out
+def markov1(markov_data) -> Path:
+    return markov_data(order=1, vocab=16, tokens=200_000, seed=3)
 
 
 def train_args(data, out, steps, *extra):

@@ -154,8 +154,14 @@ def remove_stale_tmp(target: str | Path) -> None:
     """Remove the temporary directories that killed `atomic_dir` writers left beside
     `target`. The writer's PID is in each name; a live writer's directory is left alone."""
     target = Path(target)
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[^.]+\.tmp")
-    for entry in target.parent.glob(f".{target.name}.*.tmp"):
+    remove_dead_writers_tmp(target.parent, re.escape(target.name))
+
+
+def remove_dead_writers_tmp(directory: str | Path, name: str = r"[^.]+") -> None:
+    """Remove the `atomic_dir` temp dirs in `directory` (for targets whose names match the
+    regex `name`) whose writer, the PID in the dir's name, is no longer alive."""
+    pattern = re.compile(rf"\.{name}\.(\d+)\.[^.]+\.tmp")
+    for entry in Path(directory).glob(".*.tmp"):
         match = pattern.fullmatch(entry.name)
         if match and entry.is_dir() and not _process_alive(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True)

@@ -22,10 +22,6 @@ import json
 import os
 import sys
 
-import torch
-
-from stagegpt.errors import StagegptError
-
 HELP = "print a model's shape trace, parameter counts and FLOPs per token"
 
 
@@ -43,30 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def build_for_inspection(stage: int | None, preset: str | None = None,
-                         ckpt: str | None = None):
-    """The model to inspect: from a checkpoint, or a preset's shape on the meta device."""
-    from stagegpt.interop import load_checkpoint
-    from stagegpt.model.config import ModelConfig
-    from stagegpt.model.stages import build_model
-
-    if ckpt is not None:
-        model = load_checkpoint(ckpt).model
-        if stage is not None and stage != model.stage:
-            raise StagegptError(f"--stage {stage} does not match the checkpoint {ckpt}, which "
-                                f"holds stage {model.stage}; drop --stage or fix it")
-        return model
-    if stage is None:
-        raise StagegptError("give --stage N (1-5) with --preset, or a checkpoint with --ckpt")
-    config = ModelConfig.from_preset(preset or "seed")
-    with torch.device("meta"):
-        return build_model(stage, config)
-
-
 def run(args: argparse.Namespace) -> int:
-    from stagegpt.tools.inspection import format_inspection, inspect_model
+    from stagegpt.tools.inspection import format_inspection, inspect_model, model_to_inspect
 
-    model = build_for_inspection(args.stage, args.preset, args.ckpt)
+    model = model_to_inspect(args.stage, args.preset, args.ckpt)
     seq = args.seq if args.seq is not None else min(8, model.config.block_size)
     inspection = inspect_model(model, batch=args.batch, seq=seq)
     text = json.dumps(inspection.to_dict(), indent=2) if args.json else format_inspection(

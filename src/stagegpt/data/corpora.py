@@ -170,7 +170,8 @@ def split_at_line(text: str, val_fraction: float) -> tuple[str, str]:
     """Cut `text` at the first line start after (1 - val_fraction) of its characters (or
     the last one before, if the last line is reached; mid-line only in one-line text)."""
     if not 0.0 < val_fraction < 1.0:
-        raise StagegptError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+        raise StagegptError(f"val_fraction must be between 0 and 1, got {val_fraction}",
+                            "val_fraction")
     cut = int(len(text) * (1.0 - val_fraction))
     after, before = text.find("\n", cut), text.rfind("\n", 0, cut)
     if after != -1 and after + 1 < len(text):

@@ -93,7 +93,7 @@ def load_tokenizer_from_data(data_dir: str | Path) -> Tokenizer:
 
 def _too_short(n: int, block_size: int) -> StagegptError:
     return StagegptError(f"a split of {n} tokens is too short for block size {block_size} "
-                         f"(one window needs {block_size + 1}); lower --block-size or "
+                         f"(one window needs {block_size + 1}); lower the block size or "
                          "prepare more text")
 
 

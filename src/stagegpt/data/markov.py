@@ -57,9 +57,10 @@ class MarkovSource:
         if vocab ** (order + 1) > MAX_MARKOV_TABLE:
             raise StagegptError(f"vocab**(order+1) = {vocab}**{order + 1} transition "
                                 f"probabilities is too many (max {MAX_MARKOV_TABLE:,}); "
-                                "lower --vocab or --order")
+                                "lower vocab or order", "vocab")
         if not (concentration > 0 and 0 <= floor < 1):
-            raise StagegptError("--concentration must be > 0 and the floor in [0, 1)")
+            raise StagegptError("concentration must be > 0 and the floor in [0, 1)",
+                                "concentration")
         rng = np.random.default_rng(seed)
         peaked = rng.dirichlet(np.full(vocab, concentration), size=vocab**order)
         return cls(order, vocab, (1.0 - floor) * peaked + floor / vocab)
@@ -113,7 +114,7 @@ class MarkovSource:
     def sample(self, n_tokens: int, seed: int, pi: np.ndarray | None = None) -> np.ndarray:
         """`n_tokens` ids from the stationary process (the first context drawn from pi)."""
         if n_tokens < self.order + 1:
-            raise StagegptError(f"--tokens must be more than the order ({self.order})")
+            raise StagegptError(f"tokens must be more than the order ({self.order})", "tokens")
         pi = self.stationary() if pi is None else pi
         rng = np.random.default_rng([seed, 1])  # a stream apart from the one for `probs`
         context = int(rng.choice(self.n_contexts, p=pi))

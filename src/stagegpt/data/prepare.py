@@ -136,7 +136,8 @@ def prepare_markov(out: str | Path, order: int, vocab: int, tokens: int, seed: i
     """Sample `tokens` ids from a random order-`order` Markov source into `out`; the last
     `val_fraction` of the stream is val. meta.json gets the source's exact entropies."""
     if not 0.0 < val_fraction < 1.0:
-        raise StagegptError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+        raise StagegptError(f"val_fraction must be between 0 and 1, got {val_fraction}",
+                            "val_fraction")
     n_val = int(round(tokens * val_fraction))
     _check_split_sizes({"train": tokens - n_val, "val": n_val}, min_val_tokens,
                        "raise --tokens or --val-fraction")

@@ -35,10 +35,10 @@ from stagegpt.data.gpt2_ranks import R50K_SHA256, gpt2_ranks_path
 from stagegpt.data.registry import cache_dir
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import read_json, write_json, write_text
+from stagegpt.model.config import GPT2_VOCAB
 
 EOT = "<|endoftext|>"
-GPT2_VOCAB = 50_257
-GPT2_EOT_ID = 50_256
+GPT2_EOT_ID = GPT2_VOCAB - 1  # <|endoftext|>, GPT-2's last token
 
 
 class Tokenizer:

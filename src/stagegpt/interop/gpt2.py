@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from stagegpt.data.tokenizers import GPT2_EOT_ID, get_tokenizer
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import atomic_dir, read_json, write_json
 from stagegpt.model.config import GPT2_VOCAB, ModelConfig
@@ -54,7 +55,6 @@ CONV1D = re.compile(r"^h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)
 MASK_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")  # the same function; stagegpt's nn.GELU("tanh")
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which every stagegpt LayerNorm uses
-EOS_TOKEN = 50256  # <|endoftext|> in GPT-2's tokenizer
 
 # Config switches that change GPT-2's computation, with the value stage 5 computes.
 FIXED = {
@@ -138,8 +138,8 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
         "reorder_and_upcast_attn": False,
         "add_cross_attention": False,
         "use_cache": True,
-        "bos_token_id": EOS_TOKEN if gpt2_vocab else None,
-        "eos_token_id": EOS_TOKEN if gpt2_vocab else None,
+        "bos_token_id": GPT2_EOT_ID if gpt2_vocab else None,
+        "eos_token_id": GPT2_EOT_ID if gpt2_vocab else None,
         "tie_word_embeddings": True,
     }
 
@@ -275,11 +275,6 @@ def load_hf_model(directory: str | Path) -> GPT:
 
 def gpt2_tokenizer() -> Any:
     """OpenAI GPT-2's tokenizer (StagegptError if it cannot be had, e.g. offline)."""
-    try:
-        from stagegpt.data.tokenizers import get_tokenizer
-    except ImportError:
-        raise StagegptError("this stagegpt has no tokenizers module; cannot attach GPT-2's "
-                            "tokenizer") from None
     return get_tokenizer("gpt2")
 
 

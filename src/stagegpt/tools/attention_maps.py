@@ -77,8 +77,8 @@ def _pick(count: int, index: int | None, what: str) -> list[int]:
     if index is None:
         return list(range(count))
     if not 0 <= index < count:
-        raise StagegptError(f"--{what} must be between 0 and {count - 1} for this model, "
-                            f"got {index}")
+        raise StagegptError(f"{what} must be between 0 and {count - 1} for this model, "
+                            f"got {index}", what)
     return [index]
 
 
@@ -87,14 +87,14 @@ def encode_text(model: LanguageModel, tokenizer: Any, text: str) -> list[int]:
         raise StagegptError("this checkpoint has no tokenizer, so the text cannot be encoded; "
                             "use a checkpoint written by `stagegpt train`")
     if not text:
-        raise StagegptError("--text is empty; give the text whose attention to plot")
+        raise StagegptError("text is empty; give the text whose attention to plot", "text")
     ids = tokenizer.encode(text)
     block_size = model.config.block_size
     if len(ids) > block_size:
-        raise StagegptError(f"the text is {len(ids)} tokens but the model's context is "
-                            f"{block_size}; shorten --text")
+        raise StagegptError(f"text is {len(ids)} tokens but the model's context is "
+                            f"{block_size}; shorten it", "text")
     if not ids:
-        raise StagegptError("the text encodes to no tokens; give a longer --text")
+        raise StagegptError("text encodes to no tokens; give a longer one", "text")
     return ids
 
 

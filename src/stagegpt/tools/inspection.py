@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +25,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from stagegpt.errors import StagegptError
-from stagegpt.model.config import ModelConfig
+from stagegpt.interop import load_checkpoint
+from stagegpt.model import ModelConfig, build_model
 from stagegpt.model.layers import (
     MultiHeadAttention,
     TransformerBlock,
@@ -310,6 +312,24 @@ class Inspection:
         return data
 
 
+def model_to_inspect(stage: int | None, preset: str | None = None,
+                     ckpt: str | Path | None = None) -> LanguageModel:
+    """The model to inspect: from a checkpoint, or a preset's shape on the meta device
+    (shapes only: nothing allocated, nothing computed, so even gpt2-xl takes seconds)."""
+    if ckpt is not None:
+        model = load_checkpoint(ckpt).model
+        if stage is not None and stage != model.stage:
+            raise StagegptError(f"stage {stage} does not match the checkpoint {ckpt}, which "
+                                f"holds stage {model.stage}; leave stage out or fix it", "stage")
+        return model
+    if stage is None:
+        raise StagegptError("stage is needed to build a model from a preset (or give a "
+                            "checkpoint)", "stage")
+    config = ModelConfig.from_preset(preset or "seed")
+    with torch.device("meta"):
+        return build_model(stage, config)
+
+
 def inspect_model(model: LanguageModel, batch: int = 1, seq: int = 8,
                   flops_context: int | None = None) -> Inspection:
     """Trace one forward pass of a (batch, seq) input and count parameters and FLOPs.
@@ -319,10 +339,10 @@ def inspect_model(model: LanguageModel, batch: int = 1, seq: int = 8,
     """
     config = model.config
     if batch < 1:
-        raise StagegptError(f"--batch must be >= 1, got {batch}")
+        raise StagegptError(f"batch must be >= 1, got {batch}", "batch")
     if not 1 <= seq <= config.block_size:
-        raise StagegptError(f"--seq must be between 1 and block_size {config.block_size}, "
-                            f"got {seq}")
+        raise StagegptError(f"seq must be between 1 and block_size {config.block_size}, "
+                            f"got {seq}", "seq")
     device = next(model.parameters()).device
     idx = torch.arange(batch * seq, device=device).view(batch, seq) % config.vocab_size
     context = flops_context or config.block_size

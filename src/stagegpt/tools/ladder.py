@@ -27,7 +27,7 @@ from stagegpt.tools.evaluate import split_loss
 from stagegpt.tools.inspection import flops_per_token
 from stagegpt.train.config import TrainConfig
 from stagegpt.train.plots import plot_curves
-from stagegpt.train.rundir import read_metrics
+from stagegpt.train.rundir import RunLock, read_metrics
 from stagegpt.train.trainer import Trainer
 
 SETTINGS_FILE = "ladder.json"
@@ -169,6 +169,13 @@ def run_ladder(data_dir: str | Path, out_dir: str | Path, model_config: ModelCon
     check_sampling_args(sample_tokens, 0.8, 40)
     prompt_ids(load_tokenizer_from_data(data_dir), prompt)
     model_config = replace(model_config, vocab_size=meta["vocab_size"])
+    with RunLock(out_dir, "ladder"):
+        return _run(data_dir, out_dir, meta, model_config, train_config, stages, resume,
+                    max_seconds, prompt, sample_tokens, progress, fast)
+
+
+def _run(data_dir, out_dir, meta, model_config, train_config, stages, resume, max_seconds,
+         prompt, sample_tokens, progress, fast) -> list[LadderRow] | None:
     settings = _settings(stages, model_config, train_config, data_dir)
     settings["max_seconds"] = max_seconds
     _check_settings(out_dir, settings, resume)

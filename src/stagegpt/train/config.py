@@ -11,6 +11,18 @@ from typing import Any
 
 from stagegpt.errors import StagegptError
 
+MAX_COUNT = 1 << 40  # steps, batches: anything past this is a typo, not a plan
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise StagegptError(f"{name} must be an integer from {low} to {high:,}, got {value!r}",
+                            name)
+
 
 @dataclass
 class TrainConfig:
@@ -36,26 +48,31 @@ class TrainConfig:
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        positive = ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches",
-                    "ckpt_every")
-        for name in positive:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches",
+                     "ckpt_every"):
+            _check_int(name, getattr(self, name), 1, MAX_COUNT)
+        _check_int("warmup_steps", self.warmup_steps, 0, MAX_COUNT)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise StagegptError(f"--{name.replace('_', '-')} must be >= 1, got {value!r}")
-        if self.warmup_steps < 0:
-            raise StagegptError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise StagegptError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+            if not _is_real(value) or not math.isfinite(value) or value < 0:
+                raise StagegptError(f"{name} must be a finite number >= 0, got {value!r}", name)
         if self.lr == 0:
-            raise StagegptError("--lr must be > 0")
+            raise StagegptError("lr must be > 0", "lr")
+        for name in ("beta1", "beta2"):
+            if not getattr(self, name) < 1:
+                raise StagegptError(f"{name} must be below 1, got {getattr(self, name)!r}", name)
         if self.dtype not in ("float32", "bfloat16"):
-            raise StagegptError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
+            raise StagegptError(f"dtype must be float32 or bfloat16, got {self.dtype!r}", "dtype")
         if self.device not in ("cpu", "cuda", "mps", "auto"):
-            raise StagegptError(f"--device must be cpu, cuda, mps or auto, got {self.device!r}")
-        if self.max_seconds is not None and not self.max_seconds > 0:  # also refuses nan
-            raise StagegptError(f"--max-seconds must be > 0, got {self.max_seconds}")
+            raise StagegptError(f"device must be cpu, cuda, mps or auto, got {self.device!r}",
+                                "device")
+        if not isinstance(self.compile, bool):
+            raise StagegptError(f"compile must be true or false, got {self.compile!r}", "compile")
+        if self.max_seconds is not None and not (_is_real(self.max_seconds)
+                                                 and self.max_seconds > 0):  # refuses nan
+            raise StagegptError(f"max_seconds must be a number > 0, got {self.max_seconds!r}",
+                                "max_seconds")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

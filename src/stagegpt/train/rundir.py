@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -16,11 +17,61 @@ import shutil
 from pathlib import Path
 
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import readable_dir, recover_dir
+from stagegpt.fileio import ensure_dir, readable_dir, recover_dir, remove_dead_writers_tmp
 from stagegpt.train.checkpoints import CONFIG_FILE
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
+PRUNED = re.compile(r"\.step_\d+\.tmp")  # where a prune moves a checkpoint to delete it
+
+
+class RunLock:
+    """One process at a time in a run dir: an exclusive `flock` on RUN/.lock, held from
+    `acquire()` to `release()`.
+
+    The kernel drops the lock when its process dies, SIGKILL included, so a dead holder
+    never blocks a later run; the file holds the holder's PID only to name it.
+    """
+
+    def __init__(self, run_dir: str | Path, what: str = "training run"):
+        self.run_dir, self.what = Path(run_dir), what
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        if self.fd is not None:
+            return self
+        ensure_dir(self.run_dir)
+        fd = os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StagegptError(
+                f"{self.run_dir} is in use by process {holder} (another {self.what}); wait "
+                "for it to finish or stop it, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+    def check_free(self) -> None:
+        """Refuse now if another process holds the run dir (the lock is not kept)."""
+        if self.fd is None and (self.run_dir / LOCK_FILE).exists():
+            self.acquire()
+            self.release()
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -80,12 +131,17 @@ def prune_step_checkpoints(run_dir: Path, keep: int) -> None:
 
 
 def clean_stale_temp_dirs(run_dir: Path) -> None:
-    """Remove temp dirs a killed run left behind (complete checkpoints are untouched)."""
+    """Remove what killed writers left behind (complete checkpoints are untouched). Runs
+    under the run's lock, so no other live process is writing here; a temp checkpoint dir
+    still goes only if its writer (the PID in its name) is this process or a dead one."""
     recover_dir(run_dir / "best")
-    for root in (run_dir, run_dir / "checkpoints"):
-        if root.is_dir():
-            for stale in root.glob(".*.tmp"):
-                if stale.is_dir():
-                    shutil.rmtree(stale, ignore_errors=True)
-                else:  # a half-written metrics.jsonl or loss.png
-                    stale.unlink(missing_ok=True)
+    remove_dead_writers_tmp(run_dir)
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir():
+        remove_dead_writers_tmp(checkpoints)
+        for doomed in checkpoints.glob(".step_*.tmp"):
+            if PRUNED.fullmatch(doomed.name):  # a prune interrupted mid-delete
+                shutil.rmtree(doomed, ignore_errors=True)
+    for stale in run_dir.glob(".*.tmp"):  # a half-written metrics.jsonl or loss.png
+        if stale.is_file():
+            stale.unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from stagegpt.data.datasets import load_split, load_tokenizer_from_data, read_meta, sample_batch
 from stagegpt.errors import StagegptError
 from stagegpt.fast import FastModel, accelerate
-from stagegpt.fileio import ensure_dir, read_json, write_text
+from stagegpt.fileio import read_json, write_text
 from stagegpt.model import LanguageModel, ModelConfig, build_model
 from stagegpt.model.layers import eval_mode
 from stagegpt.train.checkpoints import (
@@ -42,6 +42,7 @@ from stagegpt.train.distributed import agree_to_stop, world_and_rank
 from stagegpt.train.optim import lr_at, make_optimizer
 from stagegpt.train.plots import plot_run
 from stagegpt.train.rundir import (
+    RunLock,
     clean_stale_temp_dirs,
     prune_step_checkpoints,
     read_metrics,
@@ -80,9 +81,10 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise StagegptError("--device cuda asked for, but no CUDA GPU is visible; use cpu")
+        raise StagegptError("device cuda asked for, but no CUDA GPU is visible; use cpu",
+                            "device")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise StagegptError("--device mps asked for, but MPS is not available; use cpu")
+        raise StagegptError("device mps asked for, but MPS is not available; use cpu", "device")
     return torch.device(name)
 
 
@@ -108,6 +110,10 @@ class Trainer:
         self.tokenizer = load_tokenizer_from_data(self.data_dir)
         self.world, self.rank = world_and_rank()
         self.device = resolve_device(train_config.device)
+        self.lock = RunLock(self.out_dir)  # held by the main process while it trains
+        if self._is_main():
+            self.lock.check_free()
+        self.resume = resume
         self.resume_from = self._find_resume(resume)
         self.stop_signal: int | None = None
 
@@ -118,9 +124,9 @@ class Trainer:
         for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
             if len(tokens) <= T + 1:
                 raise StagegptError(
-                    f"--block-size {T} needs more than {T + 1} tokens, but the {split} split of "
-                    f"{self.data_dir} has {len(tokens)}; use a smaller --block-size or more text"
-                )
+                    f"block_size {T} needs more than {T + 1} tokens, but the {split} split of "
+                    f"{self.data_dir} has {len(tokens)}; use a smaller block_size or more text",
+                    "block_size")
 
     def _find_resume(self, resume: bool) -> Path | None:
         if not run_exists(self.out_dir):
@@ -251,11 +257,22 @@ class Trainer:
         return sum(losses) / len(losses)
 
     def fit(self) -> TrainResult:
-        """Train to `max_steps` (or until a signal or `max_seconds`); return the final figures."""
-        self._build()
-        ensure_dir(self.out_dir)
+        """Train to `max_steps` (or until a signal or `max_seconds`); return the final figures.
+
+        The run dir is this process's meanwhile: another trainer on it is refused.
+        """
         if self._is_main():
-            clean_stale_temp_dirs(self.out_dir)
+            self.lock.acquire()
+            self.resume_from = self._find_resume(self.resume)  # as it is now we hold it
+        try:
+            self._build()
+            if self._is_main():
+                clean_stale_temp_dirs(self.out_dir)
+            return self._fit()
+        finally:
+            self.lock.release()
+
+    def _fit(self) -> TrainResult:
         handlers = self._install_signal_handlers()
         try:
             return self._loop()
