@@ -254,13 +254,12 @@ def test_sigkill_soak_resume_is_bit_exact(data, soak_dir, monkeypatch, one_threa
 
 @pytest.fixture(scope="module")
 def pristine(data, tmp_path_factory, one_thread) -> Path:
-    """A world to break: a data dir, a two-step stage 5 run, its Hugging Face export,
-    a text file and a bad TOML config."""
+    """A world to break: a data dir, a stage 5 run of 3 steps stopped after 2 (its newest
+    checkpoint is step 2), its Hugging Face export, a text file and a bad TOML config."""
     root = tmp_path_factory.mktemp("pristine")
     shutil.copytree(data, root / "data")
-    assert main(["train", "--stage", "5", "--data", str(root / "data"), "--out",
-                 str(root / "run"), "--max-steps", "2", "--ckpt-every", "1", "--eval-every",
-                 "1", "--eval-batches", "1", "--no-progress", *MICRO]) == 0
+    assert main([a.format(w=root) for a in TRAIN]) == 0
+    shutil.rmtree(step_dirs(root / "run")[-1])
     assert main(["convert", "--to-hf", "--ckpt", str(root / "run"), "--out",
                  str(root / "hf")]) == 0
     (root / "notes.txt").write_text("the cat sat on the mat\n" * 20)

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,14 +185,43 @@ def readable_dir(target: str | Path) -> Path:
     return old if not target.exists() and old.is_dir() else target
 
 
-def read_json(path: str | Path, what: str = "file") -> Any:
-    """Read JSON, turning a missing or malformed file into a clear user error."""
+MAX_JSON_BYTES = 64 << 20  # config, meta and state files are kilobytes
+
+
+def read_small_file(path: str | Path, what: str = "file",
+                    max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """A regular file of at most `max_bytes`, or a clear user error (never a read of a
+    device, a FIFO or a file too big to hold)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        info = path.stat()
     except FileNotFoundError:
         raise StagegptError(f"{what} {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except OSError as err:
+        raise StagegptError(f"cannot read {what} {path}: {err.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise StagegptError(f"{what} {path} is not a regular file; refusing to read it")
+    if info.st_size > max_bytes:
+        raise StagegptError(f"{what} {path} is {info.st_size:,} bytes, more than the "
+                            f"{max_bytes:,} such a file can be; it is not one")
+    return path.read_bytes()
+
+
+def read_text(path: str | Path, what: str = "file", max_bytes: int = MAX_JSON_BYTES) -> str:
+    """`read_small_file` as UTF-8 text."""
+    try:
+        return read_small_file(path, what, max_bytes).decode("utf-8")
+    except UnicodeDecodeError:
+        raise StagegptError(f"{what} {path} is not UTF-8 text; it may be damaged") from None
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Read JSON, turning a missing, oversized or malformed file into a clear user error."""
+    data = read_small_file(path, what)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
         raise StagegptError(
-            f"{what} {path} is not valid JSON ({err}); it may be truncated"
+            f"{what} {path} is not valid JSON ({reason}); it may be truncated"
         ) from None

@@ -34,10 +34,11 @@ import numpy as np
 from stagegpt.data.gpt2_ranks import R50K_SHA256, gpt2_ranks_path
 from stagegpt.data.registry import cache_dir
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import read_json, write_json, write_text
+from stagegpt.fileio import read_json, read_text, write_json, write_text
 from stagegpt.model.config import GPT2_VOCAB
 
 EOT = "<|endoftext|>"
+MAX_TOKENIZER_BYTES = 64 << 20  # a BPE tokenizer.json of 65k tokens is ~2 MB
 GPT2_EOT_ID = GPT2_VOCAB - 1  # <|endoftext|>, GPT-2's last token
 
 
@@ -361,12 +362,15 @@ def load_tokenizer(spec: dict[str, Any], directory: str | Path | None = None) ->
         if directory is None:
             raise StagegptError(f"loading {spec.get('name', 'a bpe tokenizer')} needs the "
                                 "directory holding its tokenizer.json")
-        path = Path(directory) / spec.get("file", "tokenizer.json")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            raise StagegptError(f"{path} is missing or unreadable; the tokenizer of this "
-                                "data dir or checkpoint is lost, prepare the data again") from None
+        name = spec.get("file", "tokenizer.json")
+        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+            raise StagegptError(f"the tokenizer spec{where} names file {name!r:.60}, which is not "
+                                "a plain file name inside its directory; refusing to read it")
+        path = Path(directory) / name
+        if not path.exists():
+            raise StagegptError(f"{path} is missing; the tokenizer of this data dir or "
+                                "checkpoint is lost, prepare the data again")
+        text = read_text(path, "tokenizer file", MAX_TOKENIZER_BYTES)
         if spec.get("sha256") and hashlib.sha256(text.encode()).hexdigest() != spec["sha256"]:
             raise StagegptError(f"{path} does not match the tokenizer spec (sha256 differs); "
                                 "it was changed after it was saved")

@@ -9,6 +9,8 @@ Hugging Face directories alike.
 
 from __future__ import annotations
 
+import base64
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -22,8 +24,10 @@ from safetensors.torch import save_file
 from stagegpt.data.tokenizers import load_tokenizer
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import atomic_dir, read_json, write_json
+from stagegpt.limits import check_fits
 from stagegpt.model.config import ModelConfig
 from stagegpt.model.stages import LanguageModel, build_model
+from stagegpt.train.config import MAX_COUNT
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -152,18 +156,127 @@ def read_checkpoint(directory: Path, meta: dict[str, Any],
             )
     state = None
     if (directory / STATE_FILE).is_file():
-        state = read_json(directory / STATE_FILE, "trainer state")
+        state = read_trainer_state(directory)
     return Checkpoint(directory, meta["stage"], config, model.to(device).eval(), tokenizer, state)
+
+
+def model_bytes(stage: int, config: ModelConfig) -> int:
+    """The bytes of `stage`'s fp32 weights with `config` (built on the meta device: free)."""
+    with torch.device("meta"):
+        model = build_model(stage, config)
+    return 4 * sum(t.numel() for t in model.state_dict().values())
 
 
 def empty_model(stage: int, config: ModelConfig) -> LanguageModel:
     """A model of `stage` and `config` with uninitialized weights, to load values into: built
-    on the meta device (no memory, no random init), then given real storage."""
+    on the meta device (no memory, no random init), then given real storage if it fits."""
+    check_fits(model_bytes(stage, config), f"a stage {stage} model of {config.to_dict()}",
+               "is its config.json right?")
     with torch.device("meta"):
         model = build_model(stage, config)
     model = model.to_empty(device="cpu")
     model.tie_weights()  # to_empty gives the head its own storage; share wte's again
     return model
+
+
+def rng_to_str(state: torch.Tensor) -> str:
+    return base64.b64encode(state.numpy().tobytes()).decode("ascii")
+
+
+def rng_from_str(text: str, like: torch.Tensor) -> torch.Tensor:
+    """An RNG state from its base64 text, refused unless it is the size `like` is."""
+    data = base64.b64decode(text, validate=True)
+    if len(data) != like.numel():
+        raise ValueError(f"{len(data)} bytes where an RNG state has {like.numel()}")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+STATE_TYPES = {"step": int, "tokens": int, "elapsed": float, "best_val": float,
+               "data_rng": str, "torch_rng": str}
+
+
+def read_trainer_state(directory: Path) -> dict[str, Any]:
+    """RUN/.../step_N/trainer_state.json, every field checked: counts are counts (the step
+    is N), times are finite, RNG states decode to states of the right size."""
+    path = directory / "trainer_state.json"
+    state = read_json(path, "trainer state")
+
+    def refuse(why: str) -> StagegptError:
+        return StagegptError(f"{path} is damaged ({why}); delete {directory} to resume from "
+                             "the checkpoint before it")
+
+    if not isinstance(state, dict):
+        raise refuse("not a table of fields")
+    for key, kind in STATE_TYPES.items():
+        value = state.get(key)
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if not ok or isinstance(value, bool):
+            raise refuse(f"{key} is {value!r:.40}, not a {kind.__name__}")
+    step_name = directory.name.removeprefix("step_")
+    if not 0 <= state["step"] <= MAX_COUNT or (step_name.isdigit()
+                                               and state["step"] != int(step_name)):
+        raise refuse(f"step {state['step']} in {directory.name}")
+    if state["tokens"] < 0 or not (math.isfinite(state["elapsed"]) and state["elapsed"] >= 0):
+        raise refuse("negative tokens or time")
+    if math.isnan(state["best_val"]):
+        raise refuse("best_val is nan")
+    try:
+        state["data_rng"] = rng_from_str(state["data_rng"], torch.Generator().get_state())
+        state["torch_rng"] = rng_from_str(state["torch_rng"], torch.get_rng_state())
+    except ValueError as err:  # binascii.Error is a ValueError
+        raise refuse(f"an RNG state: {' '.join(str(err).split())[:60]}") from None
+    return state
+
+
+ADAMW_STATE = {"step", "exp_avg", "exp_avg_sq"}
+
+
+def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Refuse an optimizer state that does not fit `optimizer` exactly: the same parameter
+    groups, hyperparameters of the same types, and for every parameter AdamW's tensors of
+    its shape and dtype. (Loaded unchecked, a state from a model of another width makes
+    the fused kernel write past its tensors' ends.)"""
+
+    def refuse(why: str) -> None:
+        raise StagegptError(f"{path} does not fit this model's optimizer ({why}); it belongs to "
+                            f"another model or is damaged: delete {path.parent} to resume from "
+                            "the checkpoint before it")
+
+    if not isinstance(state, dict) or set(state) != {"state", "param_groups"}:
+        refuse("not an optimizer state")
+    groups, ours = state["param_groups"], optimizer.param_groups
+    if not isinstance(groups, list) or len(groups) != len(ours):
+        refuse(f"expected {len(ours)} parameter groups")
+    params, start = [], 0
+    for group, own in zip(groups, ours, strict=True):
+        if not isinstance(group, dict) or set(group) != set(own):
+            refuse("a parameter group of another optimizer")
+        if group["params"] != list(range(start, start + len(own["params"]))):
+            refuse("parameter groups of other sizes")
+        for key, value in own.items():
+            if key != "params" and type(group[key]) is not type(value):
+                refuse(f"{key} is {group[key]!r:.40}, not a {type(value).__name__}")
+            if isinstance(value, float) and not math.isfinite(group[key]):
+                refuse(f"{key} is {group[key]!r}")
+        params += own["params"]
+        start += len(own["params"])
+    entries = state["state"]
+    if not isinstance(entries, dict) or not set(entries) <= set(range(len(params))):
+        refuse("state for parameters this model does not have")
+    for index, entry in entries.items():
+        param = params[index]
+        if not isinstance(entry, dict) or set(entry) != ADAMW_STATE:
+            refuse(f"parameter {index} has no AdamW state")
+        for key in ("exp_avg", "exp_avg_sq"):
+            tensor = entry[key]
+            if (not isinstance(tensor, torch.Tensor) or tensor.shape != param.shape
+                    or tensor.dtype != param.dtype):
+                refuse(f"parameter {index}'s {key} is not a {param.dtype} tensor of shape "
+                       f"{tuple(param.shape)}")
+        step = entry["step"]
+        if (not isinstance(step, torch.Tensor) or step.numel() != 1 or not step.is_floating_point()
+                or not torch.isfinite(step).all() or step.item() < 0):
+            refuse(f"parameter {index}'s step is not a count")
 
 
 def load_optimizer_state(directory: str | Path) -> dict[str, Any]:

@@ -78,6 +78,21 @@ class TrainConfig:
         return asdict(self)
 
 
+RESUMABLE_CHANGES = ("device", "compile", "max_seconds", "eval_every", "ckpt_every")
+
+
+def changed_settings(saved: Any, config: TrainConfig) -> str:
+    """What `config` changes of a run's saved training settings, beyond what a resume may
+    change (where it runs, how long this session lasts, how often it reports); '' if nothing.
+    A run saved without settings (an old checkpoint) is taken as it is."""
+    if not isinstance(saved, dict):
+        return ""
+    now = config.to_dict()
+    diffs = [f"{key} was {saved[key]!r}, now {now[key]!r}" for key in now
+             if key in saved and key not in RESUMABLE_CHANGES and saved[key] != now[key]]
+    return "; ".join(diffs)
+
+
 def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a TOML config with optional [model] and [train] tables."""
     path = Path(path)

@@ -8,7 +8,6 @@ interrupted at step N and resumed is bit-identical to one that never stopped.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import gc
 import json
@@ -28,16 +27,22 @@ from stagegpt.data.datasets import load_split, load_tokenizer_from_data, read_me
 from stagegpt.errors import StagegptError
 from stagegpt.fast import FastModel, accelerate
 from stagegpt.fileio import read_json, write_text
+from stagegpt.limits import check_fits
 from stagegpt.model import LanguageModel, ModelConfig, build_model
 from stagegpt.model.layers import eval_mode
 from stagegpt.train.checkpoints import (
     CONFIG_FILE,
+    OPTIMIZER_FILE,
+    check_optimizer_state,
     load_optimizer_state,
     load_weights_into,
+    model_bytes,
+    read_trainer_state,
     read_weights,
+    rng_to_str,
     save_checkpoint,
 )
-from stagegpt.train.config import TrainConfig
+from stagegpt.train.config import TrainConfig, changed_settings
 from stagegpt.train.distributed import agree_to_stop, world_and_rank
 from stagegpt.train.optim import lr_at, make_optimizer
 from stagegpt.train.plots import plot_run
@@ -65,12 +70,13 @@ class TrainResult:
     out_dir: Path
 
 
-def _rng_to_str(state: torch.Tensor) -> str:
-    return base64.b64encode(state.numpy().tobytes()).decode("ascii")
-
-
-def _rng_from_str(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+def training_bytes(stage: int, model_config: ModelConfig, train_config: TrainConfig) -> int:
+    """A floor on what training needs: weights, gradients and AdamW's two moments (16 bytes
+    per parameter), plus a (batch, T, width) activation per layer and the logits."""
+    c, t = model_config, train_config
+    rows = t.batch_size * c.block_size
+    activations = 4 * rows * (c.n_embd * (c.n_layer + 1) * 16 + c.vocab_size)
+    return 4 * model_bytes(stage, c) + activations
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,6 +113,7 @@ class Trainer:
         self.train_tokens = load_split(self.data_dir, "train")
         self.val_tokens = load_split(self.data_dir, "val")
         self._check_data_fits()
+        self._check_val_ids()
         self.tokenizer = load_tokenizer_from_data(self.data_dir)
         self.world, self.rank = world_and_rank()
         self.device = resolve_device(train_config.device)
@@ -127,6 +134,14 @@ class Trainer:
                     f"block_size {T} needs more than {T + 1} tokens, but the {split} split of "
                     f"{self.data_dir} has {len(tokens)}; use a smaller block_size or more text",
                     "block_size")
+
+    def _check_val_ids(self) -> None:
+        """Every val id must be in the vocabulary (train ids are checked batch by batch)."""
+        top = int(self.val_tokens.max())
+        if top >= self.mc.vocab_size:
+            raise StagegptError(
+                f"{self.data_dir}/val.bin holds token id {top}, outside the vocabulary of "
+                f"{self.mc.vocab_size}; prepare the data dir again")
 
     def _find_resume(self, resume: bool) -> Path | None:
         if not run_exists(self.out_dir):
@@ -149,9 +164,18 @@ class Trainer:
                 f"{meta.get('model')}, but this command asks for stage {self.stage} with "
                 f"{self.mc.to_dict()}; use the original settings or a new --out"
             )
+        changed = changed_settings(meta.get("train"), self.tc)
+        if changed:
+            raise StagegptError(
+                f"cannot resume {self.out_dir} with other training settings ({changed}); rerun "
+                "with the run's own settings (only device, compile, max_seconds, eval_every "
+                "and ckpt_every may change), or train into a new --out")
         return found[-1]
 
     def _build(self) -> None:
+        check_fits(training_bytes(self.stage, self.mc, self.tc),
+                   f"training stage {self.stage} with batch {self.tc.batch_size} x "
+                   f"{self.mc.block_size} tokens", "use a smaller model or batch")
         torch.manual_seed(self.tc.seed)
         self.model: LanguageModel = build_model(self.stage, self.mc).to(self.device)
         self.optimizer = make_optimizer(self.model, self.tc)
@@ -175,21 +199,17 @@ class Trainer:
         self.val_batches = self._fixed_val_batches()
 
     def _restore(self, directory: Path) -> None:
+        """Everything is checked against this run before any of it is loaded."""
+        state = read_trainer_state(directory)
         weights = read_weights(directory / "model.safetensors")
+        optimizer_state = load_optimizer_state(directory)
+        check_optimizer_state(optimizer_state, self.optimizer, directory / OPTIMIZER_FILE)
         load_weights_into(self.model, weights, directory)
-        self.optimizer.load_state_dict(load_optimizer_state(directory))
-        state = read_json(directory / "trainer_state.json", "trainer state")
-        try:
-            self.step, self.tokens = int(state["step"]), state["tokens"]
-            self.elapsed, self.best_val = state["elapsed"], state["best_val"]
-            self.data_rng.set_state(_rng_from_str(state["data_rng"]))
-            torch.set_rng_state(_rng_from_str(state["torch_rng"]))
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise StagegptError(
-                f"{directory}/trainer_state.json is damaged ({type(err).__name__}: "
-                f"{' '.join(str(err).split())[:80]}); delete {directory} to resume from the "
-                "checkpoint before it"
-            ) from None
+        self.optimizer.load_state_dict(optimizer_state)
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.elapsed, self.best_val = state["elapsed"], state["best_val"]
+        self.data_rng.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
         self.saved_step = self.step
         self.rows = [r for r in read_metrics(self.out_dir) if r["step"] <= self.step]
         if self._is_main():
@@ -372,8 +392,8 @@ class Trainer:
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
                 "best_val": self.best_val, "max_steps": self.tc.max_steps,
-                "data_rng": _rng_to_str(self.data_rng.get_state()),
-                "torch_rng": _rng_to_str(torch.get_rng_state()),
+                "data_rng": rng_to_str(self.data_rng.get_state()),
+                "torch_rng": rng_to_str(torch.get_rng_state()),
                 "world_size": self.world}
 
     def _extra(self) -> dict[str, Any]:
