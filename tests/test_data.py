@@ -383,23 +383,3 @@ def test_text_folders_are_read_recursively_in_order(tmp_path):
 def test_normalize_text():
     assert normalize_text("\ufeffA  \r\n\r\n\r\n\r\nB\rC\n\n") == "A\n\nB\nC\n"
     assert normalize_text(" \n\n") == ""
-
-
-def test_readme_data_commands_run(tmp_path, monkeypatch):
-    """The README's "Data and tokenizers" commands and Python, run as written."""
-    import re
-    import shlex
-    from pathlib import Path
-
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("## Data and tokenizers", 1)[1].split("\n## ", 1)[0]
-    bash = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "monday.md").write_text(TEXT)
-    (tmp_path / "book.txt").write_text(TEXT.replace("speak", "read") * 3)
-    for line in bash.splitlines():
-        argv = shlex.split(line)
-        assert argv[0] == "stagegpt" and main([*argv[1:], "--no-progress"]) == 0, line
-    exec(compile(python, "README.md", "exec"), {})

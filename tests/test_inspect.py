@@ -152,26 +152,3 @@ def test_inspect_cli_preset_and_checkpoint(checkpoint, capsys):
     assert "(2, 4, " in capsys.readouterr().out
     assert main(["inspect", "--ckpt", str(checkpoint), "--stage", "3"]) == 2
     assert "holds stage 5" in capsys.readouterr().err
-
-
-def test_readme_inspect_commands_run(tmp_path, monkeypatch, capsys):
-    """The README's "Inspecting a model" commands and Python, run as written."""
-    import re
-    import shlex
-    from pathlib import Path
-
-    tokenizer = get_tokenizer("char", "ROMEO:\nJULIET:\nO Romeo, wherefore art thou?\n")
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_embd=32, n_layer=2,
-                         n_head=2)
-    save_checkpoint(tmp_path / "runs" / "char", build_model(5, config), tokenizer)
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Inspecting a model", 1)[1].split("\n## ", 1)[0]
-    bash = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    monkeypatch.chdir(tmp_path)
-    for line in bash.splitlines():
-        argv = shlex.split(line.split("#", 1)[0])
-        assert argv[0] == "stagegpt" and main(argv[1:]) == 0, line
-    assert (tmp_path / "attention.png").is_file() and (tmp_path / "head.png").is_file()
-    exec(compile(python, "README.md", "exec"), {})
-    assert "124439808 854438400" in capsys.readouterr().out
