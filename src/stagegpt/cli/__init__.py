@@ -75,6 +75,18 @@ def describe_os_error(err: OSError) -> str:
     return " ".join(f"{reason}{where}; {advice}".split())
 
 
+def _out_of_memory(err: BaseException) -> bool:
+    """An allocator's failure (Python's, or PyTorch's RuntimeError that says so)."""
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or "can't allocate memory" in text or (
+        "out of memory" in text)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return " ".join(lines[0].split())[:120] if lines else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -93,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"stagegpt {args.verb}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:
+        if args.debug or not _out_of_memory(err):
+            raise
+        print(f"stagegpt {args.verb}: error: out of memory ({_first_line(err)}); use a smaller "
+              "model, batch or input, or a machine with more memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"stagegpt {args.verb}: interrupted", file=sys.stderr)

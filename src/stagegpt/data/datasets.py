@@ -13,6 +13,7 @@ Training reads a split as a memmap (`load_split`) and draws random windows from 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,12 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     if meta["vocab_size"] > np.iinfo(meta["dtype"]).max + 1:
         raise StagegptError(f"{data_dir}: vocab {meta['vocab_size']} does not fit "
                             f"{meta['dtype']}; prepare the data again")
+    for key in ("entropy_rate", "bigram_entropy", "unigram_entropy", "uniform_entropy"):
+        value = meta.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                math.isfinite(value) and value >= 0):
+            raise StagegptError(f"{data_dir}/meta.json has {key} {value!r:.40}, not an "
+                                "entropy; prepare the data again")
     itemsize = np.dtype(meta["dtype"]).itemsize
     for split in SPLITS:
         path, tokens = data_dir / f"{split}.bin", meta[f"{split}_tokens"]

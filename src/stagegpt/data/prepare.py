@@ -23,6 +23,7 @@ from stagegpt.data.markov import FLOOR, MarkovSource, markov_alphabet
 from stagegpt.data.tokenizers import CharTokenizer, Tokenizer, get_tokenizer
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import atomic_dir, write_json
+from stagegpt.limits import check_fits
 
 # Each split must hold at least one training window: a 64-token context (the `small`
 # preset) plus the target after it. Models with longer contexts need more; the trainer
@@ -138,6 +139,12 @@ def prepare_markov(out: str | Path, order: int, vocab: int, tokens: int, seed: i
     if not 0.0 < val_fraction < 1.0:
         raise StagegptError(f"val_fraction must be between 0 and 1, got {val_fraction}",
                             "val_fraction")
+    if not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise StagegptError(f"seed must be an integer in [0, 2**63), got {seed!r}", "seed")
+    if not isinstance(tokens, int) or tokens < 1:
+        raise StagegptError(f"tokens must be a positive integer, got {tokens!r}", "tokens")
+    check_fits(16 * tokens, f"sampling {tokens:,} Markov tokens", "ask for fewer tokens",
+               "tokens")
     n_val = int(round(tokens * val_fraction))
     _check_split_sizes({"train": tokens - n_val, "val": n_val}, min_val_tokens,
                        "raise --tokens or --val-fraction")

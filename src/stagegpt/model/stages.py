@@ -238,6 +238,6 @@ def build_model(stage: int, config: ModelConfig) -> LanguageModel:
     if not isinstance(config, ModelConfig):
         raise StagegptError(f"config must be a ModelConfig, got {type(config).__name__}; "
                             "build one with ModelConfig(...) or ModelConfig.from_preset(name)")
-    if stage not in STAGES or isinstance(stage, bool):
+    if not isinstance(stage, int) or isinstance(stage, bool) or stage not in STAGES:
         raise StagegptError(f"stage must be one of {', '.join(map(str, STAGES))}, got {stage!r}")
     return STAGES[stage](config)

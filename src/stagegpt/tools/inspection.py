@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from stagegpt.errors import StagegptError
 from stagegpt.interop import load_checkpoint
+from stagegpt.limits import check_fits
 from stagegpt.model import ModelConfig, build_model
 from stagegpt.model.layers import (
     MultiHeadAttention,
@@ -344,6 +345,10 @@ def inspect_model(model: LanguageModel, batch: int = 1, seq: int = 8,
         raise StagegptError(f"seq must be between 1 and block_size {config.block_size}, "
                             f"got {seq}", "seq")
     device = next(model.parameters()).device
+    if device.type != "meta":  # a real forward pass: its activations must fit
+        width = config.vocab_size + 16 * config.n_embd * (config.n_layer + 1) + 4 * seq
+        check_fits(4 * batch * seq * width, f"tracing a ({batch}, {seq}) input",
+                   "use a smaller batch", "batch")
     idx = torch.arange(batch * seq, device=device).view(batch, seq) % config.vocab_size
     context = flops_context or config.block_size
     layers = attention_layers(model)

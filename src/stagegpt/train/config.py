@@ -107,6 +107,8 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
         raise StagegptError(
             f"config file {path} has unknown tables {sorted(unknown)}; use [model] and [train]"
         )
+    if not isinstance(data.get("preset", ""), str) or not isinstance(data.get("stage", 1), int):
+        raise StagegptError(f"config file {path}: `preset` must be a name and `stage` a number")
     for table in ("model", "train"):
         if not isinstance(data.get(table, {}), dict):
             raise StagegptError(f"config file {path}: `{table}` must be a [{table}] table of "

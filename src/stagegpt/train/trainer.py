@@ -57,6 +57,7 @@ from stagegpt.train.rundir import (
 )
 
 KEEP_CHECKPOINTS = 2
+CHUNK = 1 << 24  # ids read at a time when checking a split
 
 
 @dataclass
@@ -113,7 +114,10 @@ class Trainer:
         self.train_tokens = load_split(self.data_dir, "train")
         self.val_tokens = load_split(self.data_dir, "val")
         self._check_data_fits()
-        self._check_val_ids()
+        check_fits(training_bytes(stage, self.mc, train_config),
+                   f"training stage {stage} with batch {train_config.batch_size} x "
+                   f"{self.mc.block_size} tokens", "use a smaller model or batch")
+        self._check_ids()
         self.tokenizer = load_tokenizer_from_data(self.data_dir)
         self.world, self.rank = world_and_rank()
         self.device = resolve_device(train_config.device)
@@ -135,13 +139,14 @@ class Trainer:
                     f"{self.data_dir} has {len(tokens)}; use a smaller block_size or more text",
                     "block_size")
 
-    def _check_val_ids(self) -> None:
-        """Every val id must be in the vocabulary (train ids are checked batch by batch)."""
-        top = int(self.val_tokens.max())
-        if top >= self.mc.vocab_size:
-            raise StagegptError(
-                f"{self.data_dir}/val.bin holds token id {top}, outside the vocabulary of "
-                f"{self.mc.vocab_size}; prepare the data dir again")
+    def _check_ids(self) -> None:
+        """Every id of both splits must be in the model's vocabulary (one pass over each)."""
+        for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
+            top = max(int(tokens[i:i + CHUNK].max()) for i in range(0, len(tokens), CHUNK))
+            if top >= self.mc.vocab_size:
+                raise StagegptError(
+                    f"{self.data_dir}/{split}.bin holds token id {top}, outside the vocabulary "
+                    f"of {self.mc.vocab_size}; prepare the data dir again")
 
     def _find_resume(self, resume: bool) -> Path | None:
         if not run_exists(self.out_dir):
@@ -173,9 +178,6 @@ class Trainer:
         return found[-1]
 
     def _build(self) -> None:
-        check_fits(training_bytes(self.stage, self.mc, self.tc),
-                   f"training stage {self.stage} with batch {self.tc.batch_size} x "
-                   f"{self.mc.block_size} tokens", "use a smaller model or batch")
         torch.manual_seed(self.tc.seed)
         self.model: LanguageModel = build_model(self.stage, self.mc).to(self.device)
         self.optimizer = make_optimizer(self.model, self.tc)
@@ -234,11 +236,6 @@ class Trainer:
         """This rank's slice of one global batch, so every world size sees the same data."""
         B = self.tc.batch_size
         x, y = sample_batch(self.train_tokens, B * self.world, self.mc.block_size, self.data_rng)
-        if int(y.max()) >= self.mc.vocab_size:
-            raise StagegptError(
-                f"{self.data_dir}/train.bin holds token id {int(y.max())}, outside the "
-                f"vocabulary of {self.mc.vocab_size}; prepare the data dir again"
-            )
         rows = slice(self.rank * B, (self.rank + 1) * B)
         return x[rows].to(self.device), y[rows].to(self.device)
 

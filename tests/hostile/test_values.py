@@ -1,0 +1,107 @@
+"""Extreme and mistyped values from flags, TOML and the Python API: refused where they
+enter, naming the flag (CLI) or the parameter (Python), before any long work."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from world import SAMPLE, TRAIN, assert_refused, copy_world, make_world
+
+from stagegpt import ModelConfig, StagegptError, TrainConfig, build_model, generate
+from stagegpt.cli import main
+
+NEW_RUN = [a if a != "{w}/run" else "{w}/fresh" for a in TRAIN]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    return make_world(tmp_path_factory.mktemp("hostile"))
+
+
+def toml(w, text):
+    (w / "cfg.toml").write_text(text)
+
+
+FLAG_CASES = {
+    "sample --max-new-tokens 10**12": ([*SAMPLE, "--max-new-tokens", str(10**12)], None,
+                                       "--max-new-tokens must be an integer from 0"),
+    "sample --seed -1": ([*SAMPLE, "--seed", "-1"], None, "--seed must be an integer in"),
+    "sample --seed 2**64": ([*SAMPLE, "--seed", str(2**64)], None, "--seed must be"),
+    "train --n-embd 10**6": ([*NEW_RUN, "--n-embd", str(10**6)], None,
+                             "needs .* GB of memory but this machine has"),
+    "train --batch-size 10**9": ([*NEW_RUN, "--batch-size", str(10**9)], None,
+                                 "needs .* GB of memory"),
+    "train --max-steps 10**15": ([*NEW_RUN, "--max-steps", str(10**15)], None,
+                                 "--max-steps must be an integer from 1"),
+    "train --seed -3": ([*NEW_RUN, "--seed", "-3"], None, "--seed must be an integer from 0"),
+    "train --lr inf": ([*NEW_RUN, "--lr", "inf"], None, "--lr must be a finite number"),
+    "inspect --batch 10**9": (["inspect", "--ckpt", "{w}/run", "--batch", str(10**9)], None,
+                              "needs .* GB of memory"),
+    "prepare markov --tokens 10**12": (
+        ["prepare", "markov", "--tokens", str(10**12), "--out", "{w}/m"], None,
+        "needs .* GB of memory"),
+    "prepare markov --seed -1": (["prepare", "markov", "--seed", "-1", "--out", "{w}/m"],
+                                 None, "--seed must be an integer in"),
+    "TOML lr as a string": ([*NEW_RUN, "--config", "{w}/cfg.toml"],
+                            lambda w: toml(w, '[train]\nlr = "1e-3"\n'),
+                            "--lr must be a finite number >= 0, got '1e-3'"),
+    "TOML dropout as a string": ([*NEW_RUN, "--config", "{w}/cfg.toml"],
+                                 lambda w: toml(w, '[model]\ndropout = "0.1"\n'),
+                                 "dropout must be a number"),
+    "TOML preset a list": ([*NEW_RUN, "--config", "{w}/cfg.toml"],
+                           lambda w: toml(w, 'preset = [1, 2]\n'), "`preset` must be a name"),
+    "TOML compile a number": ([*NEW_RUN, "--config", "{w}/cfg.toml"],
+                              lambda w: toml(w, '[train]\ncompile = 1\n'),
+                              "--compile must be true or false"),
+    "ladder --sample-tokens -1 before training": (
+        ["ladder", "--data", "{w}/data", "--out", "{w}/lad", "--sample-tokens", "-1",
+         "--max-steps", "1", "--no-progress"], None, "--sample-tokens must be an integer"),
+    "ladder prompt the data cannot encode": (
+        ["ladder", "--data", "{w}/data", "--out", "{w}/lad", "--prompt", "zebra?",
+         "--max-steps", "1", "--no-progress"], None, "--prompt cannot be encoded"),
+}
+
+
+@pytest.mark.parametrize("case", list(FLAG_CASES))
+def test_extreme_flags_are_refused_where_they_enter(case, pristine, tmp_path, capsys):
+    argv, setup, pattern = FLAG_CASES[case]
+    w = copy_world(pristine, tmp_path)
+    if setup is not None:
+        setup(w)
+    assert_refused(argv, w, pattern, capsys)
+
+
+def test_a_tiny_temperature_samples_greedily(pristine, tmp_path, capsys):
+    w = copy_world(pristine, tmp_path)
+    assert main([a.format(w=w) for a in SAMPLE] + ["--temperature", "1e-30"]) == 0
+    tiny = capsys.readouterr().out
+    assert main([a.format(w=w) for a in SAMPLE] + ["--temperature", "0"]) == 0
+    assert capsys.readouterr().out == tiny
+
+
+CONFIG = ModelConfig(vocab_size=16, block_size=8, n_embd=16, n_layer=1, n_head=1)
+
+
+@pytest.mark.parametrize("call, parameter", [
+    (lambda: ModelConfig(dropout="0.1"), "dropout"),
+    (lambda: ModelConfig(n_head=0), "n_head"),
+    (lambda: TrainConfig(lr="1e-3"), "lr"),
+    (lambda: TrainConfig(batch_size=True), "batch_size"),
+    (lambda: TrainConfig(beta2=1.0), "beta2"),
+    (lambda: build_model(5, dict), "config"),
+    (lambda: build_model("5", CONFIG), "stage"),
+    (lambda: generate(build_model(5, CONFIG), torch.zeros(1, 2, dtype=torch.long), -1),
+     "max_new_tokens"),
+    (lambda: generate(build_model(5, CONFIG), torch.zeros(1, 2, dtype=torch.bool), 3), "idx"),
+    (lambda: generate(build_model(5, CONFIG), torch.zeros(1, 2, dtype=torch.long), 3,
+                      temperature=math.inf), "temperature"),
+    (lambda: generate(build_model(5, CONFIG), torch.zeros(1, 2, dtype=torch.long), 3,
+                      seed=2**64), "seed"),
+])
+def test_python_api_errors_name_python_parameters(call, parameter):
+    with pytest.raises(StagegptError) as err:
+        call()
+    message = str(err.value)
+    assert message.startswith(parameter) or f"{parameter} must" in message, message
+    assert "--" not in message and "\n" not in message
