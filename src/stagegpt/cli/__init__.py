@@ -16,6 +16,7 @@ import importlib
 import os
 import sys
 
+from stagegpt import __version__
 from stagegpt.errors import StagegptError
 
 # verb -> module in stagegpt.cli (`inspect_cmd`: no module may be named like the stdlib's)
@@ -29,6 +30,9 @@ def _available_verbs() -> dict[str, object]:
     for verb, name in VERBS.items():
         modules[verb] = importlib.import_module(f"stagegpt.cli.{name}")
     return modules
+
+
+THREADED = ("train", "sample", "ladder", "inspect", "attention", "convert")  # bench has its own
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -45,13 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks instead of one-line errors")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True,
-                                  parser_class=OneLineParser)
+    parser.add_argument("--version", action="version", version=f"stagegpt {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     for verb, module in _available_verbs().items():
         sub = verbs.add_parser(verb, help=module.HELP, description=module.__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show full tracebacks instead of one-line errors")
+        if verb in THREADED:
+            sub.add_argument("--threads", type=int, metavar="N",
+                             help="CPU threads for torch (default: torch's choice, all cores); "
+                                  "on a machine shared with other jobs 1 is often much faster")
         module.add_arguments(sub)
         sub.set_defaults(run=module.run, flags=getattr(module, "FLAGS", {}))
     return parser
@@ -90,6 +98,17 @@ def _first_line(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verb is None:  # `stagegpt` alone: what it can do
+        parser.print_help()
+        return 0
+    if getattr(args, "threads", None) is not None and args.verb in THREADED:
+        if args.threads < 1:
+            print(f"stagegpt {args.verb}: error: --threads must be >= 1, got {args.threads}",
+                  file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return int(args.run(args) or 0)
     except StagegptError as err:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from stagegpt.model.config import ModelConfig
+from stagegpt.model.config import PRESETS, ModelConfig
 from stagegpt.train.config import TrainConfig, load_toml, replace_known
 
 HELP = "train one stage (1-5) on a prepared data dir, with exact --resume"
@@ -26,8 +26,9 @@ TRAIN_FLAGS = ("max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmup_
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--preset", default="small",
-                       help="model shape preset (default: small); see README for the list")
+    group.add_argument("--preset", choices=list(PRESETS), metavar="NAME",
+                       help="model shape preset, one of: " + ", ".join(PRESETS) +
+                            " (default: small, or the --config file's preset)")
     group.add_argument("--config", metavar="FILE.toml",
                        help="TOML file with [model] and [train] tables; flags override it")
     group.add_argument("--block-size", type=int, help="context length T")
@@ -76,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     """preset -> TOML file -> flags, later ones winning."""
     toml = load_toml(args.config) if args.config else {}
-    model = ModelConfig.from_preset(toml.get("preset", args.preset))
+    model = ModelConfig.from_preset(args.preset or toml.get("preset", "small"))
     model = replace_known(model, toml.get("model", {}))
     model = replace_known(model, {k: getattr(args, k) for k in MODEL_FLAGS
                                   if getattr(args, k, None) is not None})

@@ -10,13 +10,13 @@ figure is the median over the rounds. The char shape runs in 5 fresh processes, 
 trials pooled: how fast a process runs its short steps varies from process to process.
 The models are random-init stage 5 `GPT` and `transformers.GPT2LMHeadModel` (sdpa
 attention) of the same shape holding the same weights, each trained with the same step:
-forward, backward, grad-norm clip 1.0, AdamW from `stagegpt.optim.make_optimizer`,
+forward, backward, grad-norm clip 1.0, AdamW from `stagegpt.train.optim.make_optimizer`,
 zero_grad. Ours runs its training forward (`model(x, y, return_logits=False)`, as
 `Trainer` does); Hugging Face's is `model(input_ids=x, labels=x)`. The bf16 rows run ours
 under `torch.autocast` (bf16), as `TrainConfig(dtype="bfloat16")` does, and compare it
 with Hugging Face in fp32.
 
-Achieved GFLOP/s counts 6N + 12*L*T*C FLOPs per token (`stagegpt.inspect.flops_per_token`)
+Achieved GFLOP/s counts 6N + 12*L*T*C FLOPs per token (`stagegpt.tools.inspection.flops_per_token`)
 and is set against matmul ceilings measured in the same rounds: a 2048^3 fp32 `torch.mm`
 (MKL here), the same product through oneDNN (`F.linear` on a `Tensor.to_mkldnn()` input),
 and a bf16 `torch.mm`. Peak RSS is measured in a fresh subprocess (`resource.getrusage`).

@@ -346,8 +346,10 @@ class Trainer:
             if self.on_step is not None:
                 self.on_step(self, row)
             smooth = speed if smooth is None else 0.9 * smooth + 0.1 * speed
-            bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss or float('nan'):.4f}",
-                            tok_s=f"{smooth:,.0f}", refresh=False)
+            shown = {"loss": f"{train_loss:.4f}", "tok_s": f"{smooth:,.0f}"}
+            if val_loss is not None:  # none before the first evaluation
+                shown["val"] = f"{val_loss:.4f}"
+            bar.set_postfix(shown, refresh=False)
         bar.close()
         if self.stop_signal is not None and self.saved_step != self.step:
             self._save_step_checkpoint()
