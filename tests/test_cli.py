@@ -28,7 +28,8 @@ def test_threads_sets_torch_threads_and_refuses_zero(capsys):
         torch.set_num_threads(before)
     capsys.readouterr()
     assert main(["inspect", "--stage", "1", "--threads", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "stagegpt inspect: error: --threads must be >= 1, got 0"
+    err = capsys.readouterr().err.strip()
+    assert err == "stagegpt inspect: error: --threads must be >= 1, got 0"
 
 
 def test_preset_help_lists_the_presets_and_refuses_others(capsys):

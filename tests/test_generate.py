@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from helpers import peaky_model
 
 import stagegpt
 from stagegpt import ModelConfig, StagegptError, build_model
@@ -19,18 +20,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def peaky_model(stage, config, seed=0):
-    """A random model with large weights: sharp, varied greedy choices instead of one token
-    repeated, so a wrong position or a stale cache entry changes the output."""
-    torch.manual_seed(seed)
-    model = build_model(stage, config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 1.0)
-    return model.eval()
 
 
 def prompts(config, B=2, T=5, seed=1):

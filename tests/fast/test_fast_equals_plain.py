@@ -15,6 +15,7 @@ gradients within 2e-2 relative of their norm.
 
 import pytest
 import torch
+from helpers import peaky_model
 
 from stagegpt import ModelConfig, build_model, generate
 from stagegpt.fast import FastDecoder, accelerate, onednn
@@ -141,15 +142,8 @@ def test_hooks_on_a_swapped_layer_still_fire():
 DECODE = ModelConfig(vocab_size=97, block_size=16, n_embd=32, n_layer=2, n_head=2)
 
 
-def peaky(stage, config=DECODE):
-    """Large random weights: sharp, varied greedy choices, so any difference shows."""
-    torch.manual_seed(stage)
-    model = build_model(stage, config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 1.0)
-    return model.eval()
+def peaky(stage):
+    return peaky_model(stage, DECODE, seed=stage)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
