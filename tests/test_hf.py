@@ -66,7 +66,7 @@ def our_logits(model, idx):
 
 def read_safetensors(path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        return {k: f.get_tensor(k) for k in f.keys()}
 
 
 def refused(path, match: str) -> str:

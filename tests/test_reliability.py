@@ -307,7 +307,8 @@ def safetensors_disk_full(tensors, filename, metadata=None):
 
 
 TRAIN = ["train", "--stage", "5", "--data", "{w}/data", "--out", "{w}/run", "--max-steps", "3",
-         "--ckpt-every", "1", "--eval-every", "1", "--eval-batches", "1", "--no-progress", *MICRO]
+         "--ckpt-every", "1", "--eval-every", "1", "--eval-batches", "1", "--warmup-steps", "1",
+         "--no-progress", *MICRO]
 RESUME = [*TRAIN, "--resume"]
 NEW_RUN = [a if a != "{w}/run" else "{w}/run2" for a in TRAIN]
 SAMPLE = ["sample", "--ckpt", "{w}/run", "--max-new-tokens", "3", "--seed", "0"]
@@ -442,7 +443,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, pristine, tmp_pa
     status = main([a.format(w=w) for a in argv])
     monkeypatch.undo()
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if not line.startswith("resuming from ")]
+    lines = [line for line in err.splitlines()
+             if not line.startswith(("resuming from ", "note: "))]
     assert status == 2, (status, err)
     assert len(lines) == 1 and lines[0].startswith(f"stagegpt {argv[0]}: error: "), err
     assert re.search(message, lines[0]), lines[0]

@@ -161,3 +161,24 @@ def test_resume_refuses_other_training_settings_and_keeps_the_final_checkpoint(
                              capsys)
     assert "may change" in message
     assert_refused([*RESUME, "--lr", "0.5"], w, "lr was 0.001, now 0.5", capsys)
+
+
+def test_a_hugging_face_config_of_10_11_positions_is_refused(pristine, tmp_path, capsys):
+    w = copy_world(pristine, tmp_path)
+    edit_json(w / "hf" / "config.json", n_positions=10**11)
+    assert_refused(["convert", "--from-hf", "{w}/hf", "--no-tokenizer", "--out", "{w}/back"], w,
+                   "needs .* GB of memory", capsys)
+
+
+def test_an_allocator_failure_is_one_line_naming_the_verb(pristine, tmp_path, capsys,
+                                                          monkeypatch):
+    """What no check foresaw still ends in one line: PyTorch's allocator failing mid-way."""
+    w = copy_world(pristine, tmp_path)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 1099511627776 bytes.")
+
+    monkeypatch.setattr("stagegpt.model.layers.KVCache.__init__", out_of_memory)
+    line = assert_refused(SAMPLE, w, "out of memory", capsys)
+    assert line.startswith("stagegpt sample: error: out of memory (") and "smaller" in line

@@ -18,7 +18,8 @@ from stagegpt.train.rundir import step_dirs
 MICRO = ["--n-layer", "1", "--n-head", "1", "--n-embd", "16", "--block-size", "8",
          "--batch-size", "2", "--no-progress"]
 TRAIN = ["train", "--stage", "5", "--data", "{w}/data", "--out", "{w}/run", "--max-steps", "3",
-         "--ckpt-every", "1", "--eval-every", "1", "--eval-batches", "1", *MICRO]
+         "--ckpt-every", "1", "--eval-every", "1", "--eval-batches", "1", "--warmup-steps", "1",
+         *MICRO]
 RESUME = [*TRAIN, "--resume"]
 SAMPLE = ["sample", "--ckpt", "{w}/run", "--max-new-tokens", "3", "--seed", "0"]
 
@@ -62,7 +63,8 @@ def assert_refused(argv: list[str], w: Path, pattern: str, capsys) -> str:
     capsys.readouterr()
     status = main([a.format(w=w) for a in argv])
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if not line.startswith("resuming from ")]
+    lines = [line for line in err.splitlines()
+             if not line.startswith(("resuming from ", "note: "))]
     assert status == 2, (status, err)
     assert len(lines) == 1 and lines[0].startswith(f"stagegpt {argv[0]}: error: "), err
     assert re.search(pattern, lines[0]), lines[0]

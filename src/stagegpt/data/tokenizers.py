@@ -380,7 +380,7 @@ def load_tokenizer(spec: dict[str, Any], directory: str | Path | None = None) ->
             tokenizer = BPETokenizer(HFTokenizer.from_str(text), spec.get("name", "bpe"), text)
         except StagegptError:
             raise
-        except Exception as err:  # noqa: BLE001 - the Rust parser raises a bare Exception
+        except Exception as err:  # the Rust parser raises a bare Exception
             reason = " ".join(str(err).split())[:80] or type(err).__name__
             raise StagegptError(f"{path} is not a byte-level BPE tokenizer file ({reason}); "
                                 "prepare the data again") from None

@@ -148,7 +148,7 @@ def read_pickled_weights(path: Path) -> dict[str, Tensor]:
     """A `pytorch_model.bin`, unpickled with `weights_only=True`: tensors in, never code."""
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means "do not trust this file"
+    except Exception as err:  # any failure means "do not trust this file"
         if "weights only" in str(err).lower():
             reason = "it holds Python objects besides tensors, and unpickling them could run code"
         else:

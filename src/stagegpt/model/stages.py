@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from stagegpt.errors import StagegptError
 from stagegpt.model.config import ModelConfig
-from stagegpt.model.layers import MLP, KVCache, MultiHeadAttention, TransformerBlock
+from stagegpt.model.layers import MLP, KVCache, MultiHeadAttention, TransformerBlock, eval_mode
 
 Caches = list[KVCache] | None  # one per attention layer while decoding
 
@@ -61,20 +61,24 @@ class LanguageModel(nn.Module):
         ids, streaming, and the same greedy tokens as this loop.
         """
         generator = None if seed is None else torch.Generator(idx.device).manual_seed(seed)
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.config.block_size:])  # (B, T, V)
-            logits = logits[:, -1].float()  # (B, V): only the last position predicts
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1): greedy
-            else:
-                ids = None
-                if top_k is not None:  # exactly k candidates, even when logits tie
-                    logits, ids = torch.topk(logits, min(top_k, logits.size(-1)))  # (B, k)
-                probs = torch.softmax(logits / temperature, dim=-1)
-                next_id = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-                next_id = next_id if ids is None else ids.gather(-1, next_id)
-            idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
-        return idx
+        with eval_mode(self):  # no dropout while sampling
+            for _ in range(max_new_tokens):
+                idx = torch.cat([idx, self.next_token(idx, temperature, top_k, generator)], 1)
+        return idx  # (B, T + max_new_tokens)
+
+    def next_token(self, idx: Tensor, temperature: float, top_k: int | None,
+                   generator: torch.Generator | None) -> Tensor:
+        """One step of `generate`: the next id of each row (B, 1)."""
+        logits, _ = self(idx[:, -self.config.block_size:])  # (B, T, V): the window
+        logits = logits[:, -1].float()  # (B, V): only the last position predicts
+        if temperature == 0:
+            return logits.argmax(dim=-1, keepdim=True)  # greedy
+        ids = None
+        if top_k is not None:  # exactly k candidates, even when logits tie
+            logits, ids = torch.topk(logits, min(top_k, logits.size(-1)))  # (B, k)
+        probs = torch.softmax(logits / temperature, dim=-1)
+        choice = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+        return choice if ids is None else ids.gather(-1, choice)
 
     def make_kv_cache(self, batch: int, device: torch.device | str = "cpu",
                       dtype: torch.dtype = torch.float32) -> Caches:

@@ -113,7 +113,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise StagegptError(f"{path} is missing; the checkpoint is incomplete")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+            return {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, RuntimeError) as err:
         raise StagegptError(f"{path} is not a readable safetensors file ({err})") from None
 
@@ -286,7 +286,7 @@ def load_optimizer_state(directory: str | Path) -> dict[str, Any]:
         raise StagegptError(f"{path} is missing; cannot resume the optimizer from {directory}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure here means "do not trust this file"
+    except Exception as err:  # any failure means "do not trust this file"
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise StagegptError(
             f"refusing to load {path}: not a plain tensor file ({reason})"

@@ -8,9 +8,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from stagegpt.fileio import atomic_file  # noqa: E402
+from stagegpt.fileio import atomic_file
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> None:

@@ -121,6 +121,10 @@ class Trainer:
         self.tokenizer = load_tokenizer_from_data(self.data_dir)
         self.world, self.rank = world_and_rank()
         self.device = resolve_device(train_config.device)
+        if train_config.warmup_steps >= train_config.max_steps and self._is_main():
+            tqdm.write(f"note: warmup_steps ({train_config.warmup_steps}) >= max_steps "
+                       f"({train_config.max_steps}): the learning rate never reaches its peak",
+                       file=sys.stderr)
         self.lock = RunLock(self.out_dir)  # held by the main process while it trains
         if self._is_main():
             self.lock.check_free()
