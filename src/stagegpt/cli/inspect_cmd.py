@@ -2,7 +2,7 @@
 
   stagegpt inspect --stage 3 --preset tiny            a fresh stage 3 model, input (1, 8)
   stagegpt inspect --stage 5 --preset gpt2            GPT-2 124M (built on the meta device)
-  stagegpt inspect --ckpt runs/stage5 --batch 2 --seq 16
+  stagegpt inspect --ckpt runs/stage5 --batch-size 2 --seq 16
 
 The table lists, in the order they run, each module's output and every operation between
 modules (the embedding sum, residual additions, and inside attention the q/k/v split, the
@@ -22,7 +22,10 @@ import json
 import os
 import sys
 
+from stagegpt.model.config import PRESETS
+
 HELP = "print a model's shape trace, parameter counts and FLOPs per token"
+FLAGS = {"batch": "--batch-size"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which stage to build (required with --preset; with --ckpt it "
                              "must match the checkpoint's)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", help="model shape preset (default: seed), e.g. tiny, gpt2")
+    source.add_argument("--preset", metavar="NAME",
+                        help="model shape preset, one of: " + ", ".join(PRESETS) +
+                             " (default: small, as for train)")
     source.add_argument("--ckpt", metavar="DIR", help="a checkpoint or run dir to inspect")
-    parser.add_argument("--batch", type=int, default=1, help="batch size B of the input (1)")
+    parser.add_argument("--batch-size", "--batch", dest="batch", type=int, default=1,
+                        metavar="B", help="batch size B of the input (default: 1)")
     parser.add_argument("--seq", type=int,
                         help="sequence length T of the input (default: 8, or block_size if "
                              "smaller)")

@@ -120,24 +120,37 @@ def plot_attention(model: LanguageModel, tokenizer: Any, text: str,
     return maps
 
 
+MAX_CELLS = 96  # tokens per heatmap side; a longer text shows its last MAX_CELLS
+
+
 def draw_maps(maps: AttentionMaps, rows: int, cols: int):
-    """A rows x cols grid of heatmaps (query tokens down, key tokens across)."""
+    """A rows x cols grid of heatmaps (query tokens down, key tokens across).
+
+    Each row is drawn scaled to its own largest weight: over a long text weights are ~1/T
+    and a shared 0-1 scale would show nothing. Past MAX_CELLS tokens the maps show the
+    last MAX_CELLS queries over the last MAX_CELLS keys; the data returned is complete.
+    """
     from stagegpt.train.plots import plt  # the Agg backend: no display needed
 
-    T = len(maps.tokens)
+    first = max(0, len(maps.tokens) - MAX_CELLS)
+    tokens = maps.tokens[first:]
+    T = len(tokens)
     side = min(max(2.6, 0.22 * T + 1.0), 9.0)  # inches per panel
     fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.2, side * rows),
                              squeeze=False, layout="constrained")
     step = max(1, math.ceil(T / 48))  # at most ~48 labels per axis
     ticks = list(range(0, T, step))
-    labels = [maps.tokens[i] for i in ticks]
+    labels = [tokens[i] for i in ticks]
     fontsize = 8 if T <= 24 else 6
     rotation = 90 if max(map(len, labels)) > 1 else 0  # single characters read upright
     image = None
     for ax, (li, hi) in zip(axes.flat, maps.panels, strict=True):
-        image = ax.imshow(maps.panel(li, hi).numpy(), cmap="viridis", vmin=0.0, vmax=1.0,
+        panel = maps.panel(li, hi)[first:, first:]  # (T, T)
+        scaled = panel / panel.amax(dim=-1, keepdim=True).clamp_min(1e-12)
+        image = ax.imshow(scaled.numpy(), cmap="viridis", vmin=0.0, vmax=1.0,
                           interpolation="nearest")
-        ax.set_title(f"layer {li}, head {hi}", fontsize=9)
+        shown = f", tokens {first}-{first + T - 1}" if first else ""
+        ax.set_title(f"layer {li}, head {hi}{shown}", fontsize=9)
         ax.set_xticks(ticks)
         ax.set_yticks(ticks)
         ax.set_xticklabels(labels, rotation=rotation, fontsize=fontsize)
@@ -146,5 +159,5 @@ def draw_maps(maps: AttentionMaps, rows: int, cols: int):
         ax.set_ylabel("query (attends from)")
     for ax in axes[-1, :]:
         ax.set_xlabel("key (attends to)")
-    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight / the row's largest")
     return fig

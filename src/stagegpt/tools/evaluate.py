@@ -20,12 +20,19 @@ from stagegpt.model.layers import eval_mode
 
 @torch.no_grad()
 def split_loss(model: LanguageModel, tokens: np.ndarray, batch_size: int = 32,
-               fast: bool = True) -> float:
+               fast: bool = True, max_tokens: int | None = None) -> float:
     """Mean next-token cross-entropy of `model` over every full window of `tokens`.
 
+    max_tokens: score at most about this many tokens, in windows spread evenly over the
+    split (a bound on the cost for large splits); None scores every window.
     fast: compute each batch's loss without its full logits (`stagegpt.fast`).
     """
     windows = TokenWindows(tokens, model.config.block_size)
+    count = len(windows)
+    if max_tokens is not None and count * model.config.block_size > max_tokens:
+        count = max(1, max_tokens // model.config.block_size)
+        picked = torch.linspace(0, len(windows) - 1, count).round().long().tolist()
+        windows = torch.utils.data.Subset(windows, picked)
     loader = torch.utils.data.DataLoader(windows, batch_size=batch_size)
     device = next(model.parameters()).device
     total, count = 0.0, 0

@@ -326,7 +326,7 @@ def model_to_inspect(stage: int | None, preset: str | None = None,
     if stage is None:
         raise StagegptError("stage is needed to build a model from a preset (or give a "
                             "checkpoint)", "stage")
-    config = ModelConfig.from_preset(preset or "seed")
+    config = ModelConfig.from_preset(preset or "small")
     with torch.device("meta"):
         return build_model(stage, config)
 

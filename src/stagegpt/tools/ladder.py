@@ -31,6 +31,9 @@ from stagegpt.train.rundir import RunLock, read_metrics
 from stagegpt.train.trainer import Trainer
 
 SETTINGS_FILE = "ladder.json"
+# The table's val loss scores the whole val split up to this many tokens (in windows spread
+# evenly over a larger split), so that scoring stays a bounded share of a ladder's time.
+SCORE_TOKENS = 1 << 17
 
 
 @dataclass
@@ -89,9 +92,11 @@ def steps_for_seconds(stage: int, model_config: ModelConfig, train_config: Train
 
 
 def _row_for(stage: int, trainer: Trainer, result) -> LadderRow:
-    """The table row; its val loss covers the whole val split, not the curve's sample."""
+    """The table row; its val loss covers the val split (up to SCORE_TOKENS), not the
+    curve's sample of batches."""
     model = trainer.model
-    val_loss = split_loss(model, trainer.val_tokens, fast=trainer.fast)
+    val_loss = split_loss(model, trainer.val_tokens, fast=trainer.fast,
+                          max_tokens=SCORE_TOKENS)
     return LadderRow(
         stage=stage, adds=STAGES[stage].idea, params=model.num_params(),
         flops_per_token=flops_per_token(model)["train"],
@@ -118,18 +123,21 @@ def write_table(rows: list[LadderRow], out_dir: Path) -> str:
     return table
 
 
-def write_plot(stages, out_dir: Path, meta: dict) -> None:
+def write_plot(stages, out_dir: Path, meta: dict, x: str = "step") -> None:
+    """Validation curves against `x`: "step", or "elapsed" (seconds) for a time budget,
+    where stages train different numbers of steps."""
     curves = {}
     for stage in stages:
         rows = read_metrics(out_dir / f"stage{stage}")
-        curves[f"stage {stage}"] = [(r["step"], r["val_loss"]) for r in rows
+        curves[f"stage {stage}"] = [(r[x], r["val_loss"]) for r in rows
                                     if r.get("val_loss") is not None]
     hlines = {}
     if "entropy_rate" in meta:
         hlines["source entropy rate"] = meta["entropy_rate"]
     if "bigram_entropy" in meta:
         hlines["bigram floor"] = meta["bigram_entropy"]
-    plot_curves(curves, out_dir / "ladder.png", hlines, title="validation loss by stage")
+    plot_curves(curves, out_dir / "ladder.png", hlines, title="validation loss by stage",
+                xlabel="training seconds" if x == "elapsed" else "step")
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -196,7 +204,7 @@ def _run(data_dir, out_dir, meta, model_config, train_config, stages, resume, ma
         rows.append(_row_for(stage, trainer, result))
         models[stage], tokenizer = trainer.model.eval(), trainer.tokenizer
     write_table(rows, out_dir)
-    write_plot(stages, out_dir, meta)
+    write_plot(stages, out_dir, meta, "step" if max_seconds is None else "elapsed")
     write_samples(models, tokenizer, out_dir, prompt, sample_tokens, train_config.seed, fast)
     return rows
 

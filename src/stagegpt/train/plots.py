@@ -38,8 +38,9 @@ def plot_run(rows: list[dict], path: str | Path, title: str = "") -> None:
     save_figure(fig, path)
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str | Path,
-                hlines: dict[str, float] | None = None, title: str = "") -> None:
+def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str | Path,
+                hlines: dict[str, float] | None = None, title: str = "",
+                xlabel: str = "step") -> None:
     """Several validation curves on one plot, with optional reference lines."""
     fig, ax = plt.subplots(figsize=(8, 5))
     for label, points in curves.items():
@@ -47,7 +48,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str | Path,
             ax.plot(*zip(*points, strict=True), label=label, marker="o", markersize=2)
     for (label, value), style in zip((hlines or {}).items(), ("--", ":", "-."), strict=False):
         ax.axhline(value, linestyle=style, color="black", linewidth=1, label=label)
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
