@@ -76,6 +76,7 @@ def test_existing_run_is_not_overwritten_without_resume(markov1, tmp_path, capsy
     out = tmp_path / "run"
     assert main(train_args(markov1, out, 2)) == 0
     before = (out / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
     assert main(train_args(markov1, out, 2)) == 2
     err = capsys.readouterr().err.strip()
     assert "--resume" in err and len(err.splitlines()) == 1

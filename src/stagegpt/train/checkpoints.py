@@ -27,7 +27,7 @@ from stagegpt.fileio import atomic_dir, read_json, write_json
 from stagegpt.limits import check_fits
 from stagegpt.model.config import ModelConfig
 from stagegpt.model.stages import LanguageModel, build_model
-from stagegpt.train.config import MAX_COUNT
+from stagegpt.train.config import MAX_COUNT, TrainConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -165,6 +165,15 @@ def model_bytes(stage: int, config: ModelConfig) -> int:
     with torch.device("meta"):
         model = build_model(stage, config)
     return 4 * sum(t.numel() for t in model.state_dict().values())
+
+
+def training_bytes(stage: int, model_config: ModelConfig, train_config: TrainConfig) -> int:
+    """A floor on what training needs: weights, gradients and AdamW's two moments (16 bytes
+    per parameter), plus a (batch, T, width) activation per layer and the logits."""
+    c, t = model_config, train_config
+    rows = t.batch_size * c.block_size
+    activations = 4 * rows * (c.n_embd * (c.n_layer + 1) * 16 + c.vocab_size)
+    return 4 * model_bytes(stage, c) + activations
 
 
 def empty_model(stage: int, config: ModelConfig) -> LanguageModel:

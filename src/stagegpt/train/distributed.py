@@ -1,4 +1,5 @@
-"""Training on several processes (torchrun, DDP): joining the group, agreeing to stop."""
+"""Where training runs: the device, and several processes (torchrun, DDP): joining the
+group, agreeing to stop."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 
 import torch
 import torch.distributed as dist
+
+from stagegpt.errors import StagegptError
 
 
 def world_and_rank() -> tuple[int, int]:
@@ -31,3 +34,18 @@ def agree_to_stop(world: int, device: torch.device, time_up: bool,
     flags = torch.tensor([time_up, signalled], dtype=torch.int32, device=device)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     return bool(flags[0]), bool(flags[1])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StagegptError("device cuda asked for, but no CUDA GPU is visible; use cpu",
+                            "device")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise StagegptError("device mps asked for, but MPS is not available; use cpu", "device")
+    return torch.device(name)

@@ -36,14 +36,14 @@ from stagegpt.train.checkpoints import (
     check_optimizer_state,
     load_optimizer_state,
     load_weights_into,
-    model_bytes,
     read_trainer_state,
     read_weights,
     rng_to_str,
     save_checkpoint,
+    training_bytes,
 )
 from stagegpt.train.config import TrainConfig, changed_settings
-from stagegpt.train.distributed import agree_to_stop, world_and_rank
+from stagegpt.train.distributed import agree_to_stop, resolve_device, world_and_rank
 from stagegpt.train.optim import lr_at, make_optimizer
 from stagegpt.train.plots import plot_run
 from stagegpt.train.rundir import (
@@ -69,30 +69,6 @@ class TrainResult:
     elapsed: float
     interrupted: bool
     out_dir: Path
-
-
-def training_bytes(stage: int, model_config: ModelConfig, train_config: TrainConfig) -> int:
-    """A floor on what training needs: weights, gradients and AdamW's two moments (16 bytes
-    per parameter), plus a (batch, T, width) activation per layer and the logits."""
-    c, t = model_config, train_config
-    rows = t.batch_size * c.block_size
-    activations = 4 * rows * (c.n_embd * (c.n_layer + 1) * 16 + c.vocab_size)
-    return 4 * model_bytes(stage, c) + activations
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise StagegptError("device cuda asked for, but no CUDA GPU is visible; use cpu",
-                            "device")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise StagegptError("device mps asked for, but MPS is not available; use cpu", "device")
-    return torch.device(name)
 
 
 class Trainer:
@@ -121,10 +97,6 @@ class Trainer:
         self.tokenizer = load_tokenizer_from_data(self.data_dir)
         self.world, self.rank = world_and_rank()
         self.device = resolve_device(train_config.device)
-        if train_config.warmup_steps >= train_config.max_steps and self._is_main():
-            tqdm.write(f"note: warmup_steps ({train_config.warmup_steps}) >= max_steps "
-                       f"({train_config.max_steps}): the learning rate never reaches its peak",
-                       file=sys.stderr)
         self.lock = RunLock(self.out_dir)  # held by the main process while it trains
         if self._is_main():
             self.lock.check_free()
@@ -289,6 +261,10 @@ class Trainer:
             self._build()
             if self._is_main():
                 clean_stale_temp_dirs(self.out_dir)
+                if self.tc.warmup_steps >= self.tc.max_steps > self.step:
+                    tqdm.write(f"note: warmup_steps ({self.tc.warmup_steps}) >= max_steps "
+                               f"({self.tc.max_steps}): the learning rate never reaches its "
+                               "peak", file=sys.stderr)
             return self._fit()
         finally:
             self.lock.release()
