@@ -95,6 +95,14 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def check_replaceable(target: str | Path, overwrite: bool) -> None:
+    """Refuse to replace an existing, non-empty `target` unless `overwrite` is set."""
+    target = Path(target)
+    if not overwrite and target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise StagegptError(f"overwrite is off and {target} already exists; pass overwrite=True "
+                            "to replace it, or choose a new path", "overwrite")
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces `target` in one rename.

@@ -168,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     if args.source == "markov":
         meta = prepare_markov(out, args.order, args.vocab, args.tokens, args.seed,
                               val_fraction=args.val_fraction, concentration=args.concentration,
-                              settings=settings, min_val_tokens=args.min_val_tokens)
+                              settings=settings, min_val_tokens=args.min_val_tokens,
+                              overwrite=True)  # _should_prepare has checked --out
         print(f"wrote {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens of an "
               f"order-{args.order} Markov source (vocab {args.vocab}) to {out}")
         print(f"entropy rate {meta['entropy_rate']:.4f} nats/token; bigram floor "
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         corpus = text_corpus(args.paths, args.val_fraction)
     meta, stats = prepare_corpus(corpus, args.tokenizer, out, settings=settings,
                                  min_val_tokens=args.min_val_tokens,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, overwrite=True)
     megabytes = stats["bytes"] / 1e6
     print(f"wrote {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens of "
           f"{meta['source']} ({megabytes:.2f} MB of text, tokenizer {args.tokenizer}, vocab "

@@ -1,0 +1,28 @@
+"""Data: where text comes from, tokenizers, and the token bins a model trains on.
+
+    corpus = shakespeare_corpus("tiny")                  # or text_corpus(["notes/", "book.txt"])
+    prepare_corpus(corpus, "char", "data/shakespeare_char")   # -> train.bin, val.bin, meta.json
+    prepare_markov("data/markov", order=2, vocab=16, tokens=1_000_000, seed=0)
+    train = load_split("data/shakespeare_char", "train")     # a read-only memmap of ids
+    x, y = sample_batch(train, batch_size=12, block_size=64, generator=torch.Generator())
+
+These are what `stagegpt prepare` runs; an existing data dir is replaced only with
+`overwrite=True` (the CLI's --force).
+"""
+
+from stagegpt.data.corpora import Corpus, shakespeare_corpus, text_corpus
+from stagegpt.data.datasets import (
+    TokenWindows,
+    load_split,
+    load_tokenizer_from_data,
+    read_meta,
+    sample_batch,
+)
+from stagegpt.data.prepare import prepare_corpus, prepare_markov
+from stagegpt.data.tokenizers import Tokenizer, get_tokenizer, load_tokenizer
+
+__all__ = [
+    "Corpus", "TokenWindows", "Tokenizer", "get_tokenizer", "load_split", "load_tokenizer",
+    "load_tokenizer_from_data", "prepare_corpus", "prepare_markov", "read_meta",
+    "sample_batch", "shakespeare_corpus", "text_corpus",
+]

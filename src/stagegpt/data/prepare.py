@@ -22,7 +22,7 @@ from stagegpt.data.datasets import disk_dtype, dtype_for_vocab
 from stagegpt.data.markov import FLOOR, MarkovSource, markov_alphabet
 from stagegpt.data.tokenizers import CharTokenizer, Tokenizer, get_tokenizer
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import atomic_dir, write_json
+from stagegpt.fileio import atomic_dir, check_replaceable, write_json
 from stagegpt.limits import check_fits
 
 # Each split must hold at least one training window: a 64-token context (the `small`
@@ -91,12 +91,15 @@ def _version() -> str:
 def prepare_corpus(corpus: Corpus, tokenizer_name: str, out: str | Path,
                    settings: dict[str, Any] | None = None,
                    min_val_tokens: int = DEFAULT_MIN_VAL_TOKENS,
-                   progress: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
+                   progress: bool = True,
+                   overwrite: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
     """Tokenize a corpus into `out` (replaced as a whole, or left untouched on error).
 
     A char vocabulary covers train and val; a bpe tokenizer is trained on train only.
+    An existing `out` is replaced only with `overwrite=True`.
     Returns (meta, stats) where stats has the tokenization "seconds" and "bytes".
     """
+    check_replaceable(out, overwrite)
     if not corpus.train or not corpus.val:
         _check_split_sizes({"train": len(corpus.train), "val": len(corpus.val)},
                            max(1, min_val_tokens), "give more text")
@@ -133,9 +136,12 @@ def prepare_corpus(corpus: Corpus, tokenizer_name: str, out: str | Path,
 def prepare_markov(out: str | Path, order: int, vocab: int, tokens: int, seed: int,
                    val_fraction: float = 0.1, concentration: float = 0.1,
                    settings: dict[str, Any] | None = None,
-                   min_val_tokens: int = DEFAULT_MIN_VAL_TOKENS) -> dict[str, Any]:
+                   min_val_tokens: int = DEFAULT_MIN_VAL_TOKENS,
+                   overwrite: bool = False) -> dict[str, Any]:
     """Sample `tokens` ids from a random order-`order` Markov source into `out`; the last
-    `val_fraction` of the stream is val. meta.json gets the source's exact entropies."""
+    `val_fraction` of the stream is val. meta.json gets the source's exact entropies.
+    An existing `out` is replaced only with `overwrite=True`."""
+    check_replaceable(out, overwrite)
     if not 0.0 < val_fraction < 1.0:
         raise StagegptError(f"val_fraction must be between 0 and 1, got {val_fraction}",
                             "val_fraction")

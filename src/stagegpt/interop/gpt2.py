@@ -33,7 +33,7 @@ from torch import Tensor
 
 from stagegpt.data.tokenizers import GPT2_EOT_ID, get_tokenizer
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import atomic_dir, read_json, write_json
+from stagegpt.fileio import atomic_dir, check_replaceable, read_json, write_json
 from stagegpt.model.config import GPT2_VOCAB, ModelConfig
 from stagegpt.model.stages import GPT, LanguageModel
 from stagegpt.train.checkpoints import (
@@ -249,8 +249,10 @@ def weights_to_hf(model: LanguageModel) -> dict[str, Tensor]:
     return weights
 
 
-def save_hf_dir(directory: str | Path, model: LanguageModel) -> Path:
-    """Write `model` (stage 5) as a Hugging Face GPT-2 dir in one atomic step."""
+def save_hf_dir(directory: str | Path, model: LanguageModel, overwrite: bool = False) -> Path:
+    """Write `model` (stage 5) as a Hugging Face GPT-2 dir in one atomic step (an existing
+    `directory` is replaced only with `overwrite=True`)."""
+    check_replaceable(directory, overwrite)
     if model.stage != GPT.stage:
         raise StagegptError(
             f"only stage 5 (GPT) has GPT-2's architecture; this checkpoint is stage "

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from stagegpt.data.tokenizers import load_tokenizer
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import atomic_dir, read_json, write_json
+from stagegpt.fileio import atomic_dir, check_replaceable, read_json, write_json
 from stagegpt.limits import check_fits
 from stagegpt.model.config import ModelConfig
 from stagegpt.model.stages import LanguageModel, build_model
@@ -86,8 +86,10 @@ def write_torch(obj: Any, path: str | Path) -> None:
 def save_checkpoint(directory: str | Path, model: LanguageModel, tokenizer: Any,
                     trainer_state: dict[str, Any] | None = None,
                     optimizer_state: dict[str, Any] | None = None,
-                    extra: dict[str, Any] | None = None) -> Path:
-    """Write a complete checkpoint to `directory` in one atomic step."""
+                    extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Write a complete checkpoint to `directory` in one atomic step (an existing
+    `directory` is replaced only with `overwrite=True`)."""
+    check_replaceable(directory, overwrite)
     from stagegpt import __version__
 
     model = getattr(model, "_orig_mod", model)  # never save torch.compile's wrapper

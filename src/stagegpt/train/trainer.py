@@ -362,7 +362,8 @@ class Trainer:
         if val_loss < self.best_val:
             self.best_val = val_loss
             save_checkpoint(self.out_dir / "best", self.model, self.tokenizer,
-                            trainer_state=self._trainer_state(), extra=self._extra())
+                            trainer_state=self._trainer_state(), extra=self._extra(),
+                            overwrite=True)
 
     def _write_metrics(self) -> None:
         write_text(self.out_dir / "metrics.jsonl",
@@ -385,7 +386,8 @@ class Trainer:
         self._write_metrics()
         target = step_dir(self.out_dir, self.step)
         save_checkpoint(target, self.model, self.tokenizer, trainer_state=self._trainer_state(),
-                        optimizer_state=self.optimizer.state_dict(), extra=self._extra())
+                        optimizer_state=self.optimizer.state_dict(), extra=self._extra(),
+                        overwrite=True)
         prune_step_checkpoints(self.out_dir, KEEP_CHECKPOINTS)
 
     def _install_signal_handlers(self) -> dict[int, Any]:

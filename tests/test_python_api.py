@@ -1,0 +1,52 @@
+"""The Python API a user needs without reading the source: preparing data, saving
+checkpoints and Hugging Face dirs, which refuse to replace anything unless told to."""
+
+import pytest
+import torch
+
+from stagegpt import ModelConfig, StagegptError, build_model, load_checkpoint
+from stagegpt.data import (
+    load_split,
+    load_tokenizer_from_data,
+    prepare_corpus,
+    prepare_markov,
+    read_meta,
+    text_corpus,
+)
+from stagegpt.interop.gpt2 import save_hf_dir
+from stagegpt.train.checkpoints import save_checkpoint
+
+
+def test_prepare_from_python_and_refuse_to_replace(tmp_path):
+    (tmp_path / "a.txt").write_text("to be or not to be\n" * 200)
+    out = tmp_path / "data"
+    meta, stats = prepare_corpus(text_corpus([tmp_path / "a.txt"]), "char", out,
+                                 progress=False)
+    assert read_meta(out)["train_tokens"] == meta["train_tokens"] == len(load_split(out, "train"))
+    assert load_tokenizer_from_data(out).decode(load_split(out, "val")[:5].tolist())
+    before = (out / "meta.json").read_bytes()
+    with pytest.raises(StagegptError, match="^overwrite is off"):
+        prepare_markov(out, order=1, vocab=8, tokens=2000, seed=0)
+    assert (out / "meta.json").read_bytes() == before
+    prepare_markov(out, order=1, vocab=8, tokens=2000, seed=0, overwrite=True)
+    assert read_meta(out)["source"] == "markov"
+
+
+def test_saving_refuses_to_replace_unless_told(tmp_path):
+    model = build_model(5, ModelConfig(vocab_size=16, block_size=8, n_embd=16, n_layer=1,
+                                       n_head=2))
+    for save in (lambda p, **kw: save_checkpoint(p, model, None, **kw),
+                 lambda p, **kw: save_hf_dir(p, model, **kw)):
+        target = tmp_path / "target"
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+        with pytest.raises(StagegptError, match="^overwrite is off"):
+            save(target)
+        assert (target / "keep.txt").read_text() == "mine"
+        save(target, overwrite=True)
+        assert not (target / "keep.txt").exists()
+        loaded = load_checkpoint(target).model
+        assert torch.equal(loaded.wte.weight, model.wte.weight)
+        for path in target.iterdir():
+            path.unlink()
+        target.rmdir()
