@@ -160,7 +160,7 @@ def test_bad_config_is_a_clear_error(bad):
 
 def test_unknown_stage_and_preset(tiny_config):
     with pytest.raises(StagegptError, match="stage"):
-        build_model(6, tiny_config)
+        build_model(10, tiny_config)
     with pytest.raises(StagegptError, match="config must be a ModelConfig"):
         build_model(5, dict)
     with pytest.raises(StagegptError, match="stage"):

@@ -420,7 +420,7 @@ BAD_INPUTS = {
         "disagree|does not match"),
     "inspect: unknown stage in config.json": (
         ["inspect", "--ckpt", "{w}/run"],
-        lambda w, mp: edit_json(newest(w) / "config.json", stage=9), "stage must be one of"),
+        lambda w, mp: edit_json(newest(w) / "config.json", stage=99), "stage must be one of"),
     "inspect: --seq beyond the context": (
         ["inspect", "--ckpt", "{w}/run", "--seq", "9"], None, "--seq must be between 1 and"),
     "inspect: unknown preset": (

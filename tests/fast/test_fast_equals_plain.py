@@ -24,7 +24,7 @@ from stagegpt.fast.linear import OneDNNLinear
 from stagegpt.generation.decoding import PlainDecoder
 from stagegpt.train.optim import param_groups
 
-STAGES = [1, 2, 3, 4, 5]
+STAGES = list(range(1, 10))
 # 16 x 32 = 512 rows: every product goes through oneDNN, c_fc (512 x 192 x 768 multiply-adds)
 # through `_Linear`, and the 512 x 9,000 logits through the chunked head + loss.
 CONFIG = ModelConfig(vocab_size=9_000, block_size=32, n_embd=192, n_layer=2, n_head=4)

@@ -23,13 +23,14 @@ import os
 import sys
 
 from stagegpt.model.config import PRESETS
+from stagegpt.model.stages import STAGES
 
 HELP = "print a model's shape trace, parameter counts and FLOPs per token"
 FLAGS = {"batch": "--batch-size"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", type=int, choices=[1, 2, 3, 4, 5],
+    parser.add_argument("--stage", type=int, choices=list(STAGES),
                         help="which stage to build (required with --preset; with --ckpt it "
                              "must match the checkpoint's)")
     source = parser.add_mutually_exclusive_group()

@@ -19,27 +19,35 @@ from pathlib import Path
 
 from stagegpt.cli.train import add_model_arguments, add_train_arguments, configs_from_args
 from stagegpt.errors import StagegptError
+from stagegpt.model.stages import STAGES
 
-HELP = "train stages 1-5 on one budget; write a table, a plot and samples"
+HELP = "train stages (1-5 by default, up to 9) on one budget; write a table, plot, samples"
 FLAGS = {"max_new_tokens": "--sample-tokens"}
 
 
 def parse_stages(text: str) -> list[int]:
+    """"1,2,5", "1-9", "5-9" or a mix ("1,3,5-9") -> sorted stage numbers."""
+    stages: set[int] = set()
     try:
-        stages = sorted({int(s) for s in text.split(",") if s.strip()})
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, _, last = part.partition("-")
+            stages.update(range(int(first), int(last or first) + 1))
     except ValueError:
         raise StagegptError(
-            f"--stages must be a comma-separated list like 1,2,5, got {text!r}"
+            f"--stages must be a list like 1,2,5 or a range like 5-9, got {text!r}"
         ) from None
-    if not stages or any(s not in range(1, 6) for s in stages):
-        raise StagegptError(f"--stages must list stages between 1 and 5, got {text!r}")
-    return stages
+    if not stages or not stages <= set(STAGES):
+        raise StagegptError(f"--stages must name stages between 1 and {max(STAGES)}, "
+                            f"got {text!r}")
+    return sorted(stages)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="data dir written by `stagegpt prepare`")
     parser.add_argument("--out", required=True, help="ladder output dir")
-    parser.add_argument("--stages", default="1,2,3,4,5", help="which stages (default: all)")
+    parser.add_argument("--stages", default="1-5", metavar="LIST",
+                        help="which stages: a list (1,2,5), a range (1-9, 5-9) or both "
+                             "(default: 1-5, the GPT-2 ladder)")
     parser.add_argument("--resume", action="store_true",
                         help="continue a ladder in --out, skipping finished stages")
     parser.add_argument("--prompt", default="", help="prompt for samples.md (default: empty)")

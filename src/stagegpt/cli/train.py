@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from stagegpt.model.config import PRESETS, ModelConfig
+from stagegpt.model.stages import STAGES
 from stagegpt.train.config import TrainConfig, load_toml, replace_known
 
 HELP = "train one stage (1-5) on a prepared data dir, with exact --resume"
@@ -64,7 +65,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", type=int, required=True, choices=[1, 2, 3, 4, 5])
+    parser.add_argument("--stage", type=int, required=True, choices=list(STAGES))
     parser.add_argument("--data", required=True, help="data dir written by `stagegpt prepare`")
     parser.add_argument("--out", required=True, help="run dir for checkpoints and metrics")
     parser.add_argument("--resume", action="store_true",

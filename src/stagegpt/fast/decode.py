@@ -64,6 +64,7 @@ def has_plain_blocks(model: LanguageModel) -> bool:
     for block in blocks:
         if not (type(block) is TransformerBlock and type(block.attn) is MultiHeadAttention
                 and type(block.mlp) is MLP and not block.attn.explicit
+                and block.attn.n_kv_head == block.attn.n_head
                 and all(type(n) is nn.LayerNorm for n in (block.ln_1, block.ln_2))):
             return False
     return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -14,8 +15,8 @@ GPT2_VOCAB = 50_257
 class ModelConfig:
     """The shape of a stage model. Every stage reads the same config.
 
-    Stages 1-2 ignore `n_layer`/`n_head`, stages 3-4 use a single head, and only
-    stage 5 uses `n_head` heads and `dropout`.
+    Stages 1-2 ignore `n_layer`/`n_head`, stages 3-4 use a single head, stages 5-9 use
+    `n_head` heads and `dropout`; the last four fields are read by stages 7-9 only.
     """
 
     vocab_size: int = GPT2_VOCAB
@@ -25,6 +26,10 @@ class ModelConfig:
     n_head: int = 4
     dropout: float = 0.0
     bias: bool = True
+    n_kv_head: int | None = None  # stage 9's key/value heads (None: n_head, no sharing)
+    rope_theta: float = 10_000.0  # stages 7-9: the base of the rotary frequencies
+    mlp_hidden: int | None = None  # stages 8-9's SwiGLU width (None: round(8 * n_embd / 3))
+    tie_head: bool = True  # stage 9 may untie its head from wte
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_embd", "n_layer", "n_head"):
@@ -41,8 +46,26 @@ class ModelConfig:
                 0.0 <= dropout < 1.0):  # also refuses nan
             raise StagegptError(f"model dropout must be a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
-        if not isinstance(self.bias, bool):
-            raise StagegptError(f"model bias must be true or false, got {self.bias!r}")
+        for name in ("bias", "tie_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise StagegptError(f"model {name} must be true or false, got "
+                                    f"{getattr(self, name)!r}", name)
+        for name in ("n_kv_head", "mlp_hidden"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise StagegptError(f"model {name} must be a positive integer or unset, got "
+                                    f"{value!r}", name)
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise StagegptError(f"n_head ({self.n_head}) must be a multiple of n_kv_head "
+                                f"({self.n_kv_head}): each key/value head serves a group of "
+                                "query heads", "n_kv_head")
+        theta = self.rope_theta
+        if isinstance(theta, bool) or not isinstance(theta, int | float) or not (
+                math.isfinite(theta) and theta > 1):
+            raise StagegptError(f"model rope_theta must be a number > 1, got {theta!r}",
+                                "rope_theta")
+        self.rope_theta = float(theta)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:

@@ -66,12 +66,16 @@ class MultiHeadAttention(nn.Module):
     It attends through PyTorch's fused kernel, or with `explicit = True` through the
     softmax written out, whose weights pass through the `softmax` module, where a forward
     hook can see them (see `explicit_attention`). Both compute the same function.
+    With `n_kv_head` < `n_head` (stage 9) each key/value head serves a group of query
+    heads: fewer keys and values to compute and to cache.
     """
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True):
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
+                 n_kv_head: int | None = None):
         super().__init__()
-        self.n_head = n_head
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v in one matmul
+        self.n_head, self.n_kv_head = n_head, n_kv_head or n_head
+        kv_width = self.n_kv_head * (n_embd // n_head)
+        self.c_attn = nn.Linear(n_embd, n_embd + 2 * kv_width, bias=bias)  # q, k, v at once
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.softmax = nn.Softmax(dim=-1)
         self.attn_dropout = nn.Dropout(dropout)
@@ -82,15 +86,25 @@ class MultiHeadAttention(nn.Module):
         """x (B, T, C) at positions start..start+T-1 -> (B, T, C). With a cache, the keys
         and values of the earlier positions come from it, and this call's are added."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        hd, nkv = C // self.n_head, self.n_kv_head
+        q, k, v = self.c_attn(x).split([C, nkv * hd, nkv * hd], dim=2)  # (B, T, C), 2 x kv
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k = self.place(q, k, start)
         if cache is not None:
-            k, v = cache.update(k, v, start)  # (B, nh, start + T, hd)
+            k, v = cache.update(k, v, start)  # (B, nkv, start + T, hd)
+        if nkv < self.n_head:  # each key/value head serves n_head / nkv query heads
+            k = k.repeat_interleave(self.n_head // nkv, dim=1)  # (B, nh, Tk, hd)
+            v = v.repeat_interleave(self.n_head // nkv, dim=1)  # (B, nh, Tk, hd)
         y = self.attend_explicitly(q, k, v) if self.explicit else self.attend(q, k, v)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+    def place(self, q: Tensor, k: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """Where positions enter attention: nowhere here (they were added to the input by
+        learned embeddings); `RotaryAttention` rotates q and k instead."""
+        return q, k
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """The fused kernel: (B, nh, Tq, hd) queries over (B, nh, Tk, hd) keys and values."""
@@ -105,6 +119,32 @@ class MultiHeadAttention(nn.Module):
         return self.attn_dropout(weights) @ v  # (B, nh, Tq, hd)
 
 
+def rotate_half(x: Tensor) -> Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dim: a 90-degree turn of each
+    pair (x1[i], x2[i])."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+class RotaryAttention(MultiHeadAttention):
+    """Attention with rotary position embeddings (stages 7-9): each pair of q and k
+    features is turned by an angle proportional to the token's position, one frequency
+    per pair, so q.k depends on positions only through their difference."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
+                 n_kv_head: int | None = None, theta: float = 10_000.0):
+        super().__init__(n_embd, n_head, dropout, bias, n_kv_head)
+        self.theta = theta
+
+    def place(self, q: Tensor, k: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        T, hd = q.size(-2), q.size(-1)
+        freq = self.theta ** -(torch.arange(0, hd, 2, device=q.device).float() / hd)  # (hd/2,)
+        pos = torch.arange(start, start + T, device=q.device).float()  # (T,)
+        angle = torch.outer(pos, freq).repeat(1, 2)  # (T, hd): each pair's angle, twice
+        cos, sin = angle.cos().to(q.dtype), angle.sin().to(q.dtype)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward: widen 4x, GELU, project back."""
 
@@ -117,6 +157,22 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, 4C) inside
+
+
+class SwiGLU(nn.Module):
+    """The gated MLP of stages 8-9: c_proj(silu(c_gate(x)) * c_fc(x)). Three matrices
+    instead of two, so `hidden` = round(8 C / 3) keeps the parameters of a 4C GELU MLP."""
+
+    def __init__(self, n_embd: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, hidden, bias=False)
+        self.c_gate = nn.Linear(n_embd, hidden, bias=False)
+        self.c_proj = nn.Linear(hidden, n_embd, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gated = F.silu(self.c_gate(x)) * self.c_fc(x)  # (B, T, hidden)
+        return self.dropout(self.c_proj(gated))
 
 
 class TransformerBlock(nn.Module):

@@ -14,7 +14,15 @@ from torch import Tensor, nn
 
 from stagegpt.errors import StagegptError
 from stagegpt.model.config import ModelConfig
-from stagegpt.model.layers import MLP, KVCache, MultiHeadAttention, TransformerBlock, eval_mode
+from stagegpt.model.layers import (
+    MLP,
+    KVCache,
+    MultiHeadAttention,
+    RotaryAttention,
+    SwiGLU,
+    TransformerBlock,
+    eval_mode,
+)
 
 Caches = list[KVCache] | None  # one per attention layer while decoding
 
@@ -85,7 +93,7 @@ class LanguageModel(nn.Module):
         """One preallocated cache per attention layer, or None for stages without attention."""
         layers = [m for m in self.modules() if isinstance(m, MultiHeadAttention)]
         c = self.config
-        return [KVCache(batch, m.n_head, c.block_size, c.n_embd // m.n_head, device, dtype)
+        return [KVCache(batch, m.n_kv_head, c.block_size, c.n_embd // m.n_head, device, dtype)
                 for m in layers] or None
 
     def num_params(self) -> int:
@@ -171,7 +179,11 @@ class AttentionLM(PositionalLM):
 
 class BlockLM(LanguageModel):
     """Stage 4: stage 3's embeddings, norm and tied head around a stack of residual,
-    pre-norm transformer blocks (single-head attention); the MLPs hold the nonlinearity."""
+    pre-norm transformer blocks (single-head attention); the MLPs hold the nonlinearity.
+
+    Each later stage swaps one of the parts these methods build: `norm`, `attention`,
+    `mlp`, `position_embedding`.
+    """
 
     stage = 4
     idea = "residual pre-norm transformer blocks, stacked"
@@ -179,19 +191,27 @@ class BlockLM(LanguageModel):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.wpe = self.position_embedding()
         self.h = nn.ModuleList(self.block() for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = self.norm()
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
         self.init_weights()
 
+    def position_embedding(self) -> nn.Embedding | None:
+        return nn.Embedding(self.config.block_size, self.config.n_embd)
+
+    def norm(self) -> nn.Module:
+        return nn.LayerNorm(self.config.n_embd, bias=self.config.bias)
+
+    def attention(self) -> MultiHeadAttention:
+        return MultiHeadAttention(self.config.n_embd, n_head=1, bias=self.config.bias)
+
+    def mlp(self) -> nn.Module:
+        return MLP(self.config.n_embd, bias=self.config.bias)
+
     def block(self) -> TransformerBlock:
-        c = self.config
-        return TransformerBlock(nn.LayerNorm(c.n_embd, bias=c.bias),
-                                MultiHeadAttention(c.n_embd, n_head=1, bias=c.bias),
-                                nn.LayerNorm(c.n_embd, bias=c.bias),
-                                MLP(c.n_embd, bias=c.bias))
+        return TransformerBlock(self.norm(), self.attention(), self.norm(), self.mlp())
 
     def body(self, idx: Tensor, caches: Caches = None, start: int = 0) -> Tensor:
         x = self.embed(idx, start)  # (B, T, C)
@@ -214,12 +234,12 @@ class GPT(BlockLM):
         super().__init__(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def block(self) -> TransformerBlock:
+    def attention(self) -> MultiHeadAttention:
         c = self.config
-        return TransformerBlock(nn.LayerNorm(c.n_embd, bias=c.bias),
-                                MultiHeadAttention(c.n_embd, c.n_head, c.dropout, c.bias),
-                                nn.LayerNorm(c.n_embd, bias=c.bias),
-                                MLP(c.n_embd, c.dropout, c.bias))
+        return MultiHeadAttention(c.n_embd, c.n_head, c.dropout, c.bias)
+
+    def mlp(self) -> nn.Module:
+        return MLP(self.config.n_embd, self.config.dropout, self.config.bias)
 
     def embed(self, idx: Tensor, start: int = 0) -> Tensor:
         return self.drop(super().embed(idx, start))  # (B, T, C)
@@ -232,13 +252,82 @@ class GPT(BlockLM):
                 nn.init.normal_(param, mean=0.0, std=std)
 
 
+# ---- beyond GPT-2: stages 6-9 climb to a Llama-style decoder, one idea at a time -------
+
+RMS_EPS = 1e-5
+
+
+class RMSNormLM(GPT):
+    """Stage 6: RMSNorm (scale by the root mean square; no mean, no shift) and no biases."""
+
+    stage = 6
+    idea = "RMSNorm, no biases"
+
+    def norm(self) -> nn.Module:
+        return nn.RMSNorm(self.config.n_embd, eps=RMS_EPS)
+
+    def attention(self) -> MultiHeadAttention:
+        c = self.config
+        return MultiHeadAttention(c.n_embd, c.n_head, c.dropout, bias=False)
+
+    def mlp(self) -> nn.Module:
+        return MLP(self.config.n_embd, self.config.dropout, bias=False)
+
+
+class RotaryLM(RMSNormLM):
+    """Stage 7: rotary position embeddings in attention instead of learned `wpe`: positions
+    become relative."""
+
+    stage = 7
+    idea = "rotary position embeddings (relative positions)"
+
+    def position_embedding(self) -> None:
+        return None  # positions enter attention (RotaryAttention.place)
+
+    def attention(self) -> MultiHeadAttention:
+        c = self.config
+        return RotaryAttention(c.n_embd, c.n_head, c.dropout, bias=False, theta=c.rope_theta)
+
+    def embed(self, idx: Tensor, start: int = 0) -> Tensor:
+        return self.drop(self.wte(idx))  # (B, T, C): no position added here
+
+
+class SwiGLULM(RotaryLM):
+    """Stage 8: a gated (SwiGLU) MLP with the parameters of the GELU one."""
+
+    stage = 8
+    idea = "SwiGLU MLP (parameter-matched)"
+
+    def mlp(self) -> nn.Module:
+        c = self.config
+        return SwiGLU(c.n_embd, c.mlp_hidden or round(8 * c.n_embd / 3), c.dropout)
+
+
+class Llama(SwiGLULM):
+    """Stage 9: grouped-query attention (`n_kv_head` key/value heads), and optionally a
+    head of its own (`tie_head=False`). This is the Llama architecture."""
+
+    stage = 9
+    idea = "grouped-query attention (the Llama architecture)"
+
+    def attention(self) -> MultiHeadAttention:
+        c = self.config
+        return RotaryAttention(c.n_embd, c.n_head, c.dropout, bias=False,
+                               n_kv_head=c.n_kv_head, theta=c.rope_theta)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_head:
+            super().tie_weights()
+
+
 STAGES: dict[int, type[LanguageModel]] = {
-    cls.stage: cls for cls in (MinimalLM, PositionalLM, AttentionLM, BlockLM, GPT)
+    cls.stage: cls for cls in (MinimalLM, PositionalLM, AttentionLM, BlockLM, GPT, RMSNormLM,
+                               RotaryLM, SwiGLULM, Llama)
 }
 
 
 def build_model(stage: int, config: ModelConfig) -> LanguageModel:
-    """Build stage 1-5 with `config`."""
+    """Build stage 1-9 with `config`."""
     if not isinstance(config, ModelConfig):
         raise StagegptError(f"config must be a ModelConfig, got {type(config).__name__}; "
                             "build one with ModelConfig(...) or ModelConfig.from_preset(name)")

@@ -1,0 +1,128 @@
+"""Stages 6-9, one idea each beyond GPT-2, and stage 9 against Hugging Face's Llama."""
+
+import math
+
+import pytest
+import torch
+import transformers
+
+from stagegpt import ModelConfig, build_model, generate
+from stagegpt.interop.llama import llama_config, weights_from_llama, weights_to_llama
+from stagegpt.model.layers import MLP, RotaryAttention, SwiGLU
+
+CONFIG = ModelConfig(vocab_size=61, block_size=16, n_embd=48, n_layer=2, n_head=4)
+
+
+def ids(B=2, T=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, CONFIG.vocab_size, (B, T), generator=g)
+
+
+@pytest.mark.parametrize("stage", [6, 7, 8, 9])
+def test_each_stage_is_a_language_model_starting_near_chance(stage):
+    torch.manual_seed(0)
+    model = build_model(stage, CONFIG)
+    x = ids()
+    logits, loss = model(x, ids(seed=1))
+    assert logits.shape == (2, 12, CONFIG.vocab_size)
+    assert abs(loss.item() - math.log(CONFIG.vocab_size)) < 0.2
+
+
+def test_stage6_has_rmsnorm_and_no_bias():
+    model = build_model(6, CONFIG)
+    assert not any(name.endswith("bias") for name, _ in model.named_parameters())
+    assert all(isinstance(m, torch.nn.RMSNorm) for m in (model.ln_f, model.h[0].ln_1))
+
+
+def test_stage7_positions_are_relative():
+    """No wpe; shifting every position by the same offset changes nothing: q.k depends on
+    positions only through their difference."""
+    torch.manual_seed(0)
+    model = build_model(7, CONFIG).eval()
+    assert model.wpe is None and isinstance(model.h[0].attn, RotaryAttention)
+    x = ids()
+    with torch.no_grad():
+        torch.testing.assert_close(model.body(x, start=0), model.body(x, start=37),
+                                   rtol=1e-4, atol=1e-5)
+    five = build_model(5, CONFIG).eval()
+    with torch.no_grad():  # learned positions: a shift changes the output
+        assert not torch.allclose(five.body(x[:, :4], start=0), five.body(x[:, :4], start=4))
+
+
+def test_stage8_swiglu_matches_the_gelu_mlp_in_parameters():
+    """hidden = round(8C/3): three C x hidden matrices against two C x 4C ones."""
+    gelu = sum(p.numel() for p in MLP(CONFIG.n_embd, bias=False).parameters())
+    model = build_model(8, CONFIG)
+    assert isinstance(model.h[0].mlp, SwiGLU)
+    swiglu = sum(p.numel() for p in model.h[0].mlp.parameters())
+    assert swiglu == 3 * 48 * 128 and gelu == 8 * 48 * 48 and swiglu == gelu
+
+
+def test_stage9_caches_fewer_bytes_per_token():
+    eight = build_model(8, CONFIG).make_kv_cache(1)
+    nine = build_model(9, ModelConfig(**{**CONFIG.to_dict(), "n_kv_head": 1})).make_kv_cache(1)
+    per_token = [sum(c.k.numel() + c.v.numel() for c in caches) * 4 / CONFIG.block_size
+                 for caches in (eight, nine)]
+    assert per_token == [2 * 2 * 48 * 4, 2 * 2 * 12 * 4]  # layers x (k, v) x width x fp32
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_stage9_is_hugging_face_llama(tie):
+    """Logits within 1e-4 and the same greedy tokens as LlamaForCausalLM with the same
+    weights, grouped-query attention (4 query heads, 2 key/value heads) and both heads."""
+    config = ModelConfig(**{**CONFIG.to_dict(), "n_kv_head": 2, "tie_head": tie,
+                            "rope_theta": 500.0})
+    torch.manual_seed(0)
+    ours = build_model(9, config).eval()
+    with torch.no_grad():  # off the init (norms too), and peaky: decisive greedy choices
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * (0.3 if p.dim() == 2 else 0.05))
+    theirs = transformers.LlamaForCausalLM(transformers.LlamaConfig(**llama_config(config)))
+    missing, unexpected = theirs.load_state_dict(weights_to_llama(ours), strict=False)
+    assert not unexpected and missing == (["lm_head.weight"] if tie else [])
+    theirs.eval()
+    x = ids()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], theirs(x).logits, rtol=0, atol=1e-4)
+        prompt = x[:1, :4]
+        hf_greedy = theirs.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                    max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                                    pad_token_id=0)
+    assert torch.equal(generate(ours, prompt, 8, temperature=0), hf_greedy)
+    back = build_model(9, config)
+    back.load_state_dict(weights_from_llama(theirs.state_dict(), config), strict=not tie)
+    back.tie_weights()
+    with torch.no_grad():
+        assert torch.equal(back.eval()(x)[0], ours(x)[0])
+
+
+@pytest.mark.parametrize("text, stages", [("1-5", [1, 2, 3, 4, 5]), ("5-9", [5, 6, 7, 8, 9]),
+                                          ("1,3,7-9", [1, 3, 7, 8, 9]), ("9", [9])])
+def test_ladder_stage_lists_and_ranges(text, stages):
+    from stagegpt.cli.ladder import parse_stages
+
+    assert parse_stages(text) == stages
+
+
+@pytest.mark.parametrize("text", ["0-3", "5-10", "a-b", ""])
+def test_ladder_refuses_stages_it_does_not_have(text):
+    from stagegpt.cli.ladder import parse_stages
+    from stagegpt.errors import StagegptError
+
+    with pytest.raises(StagegptError, match="--stages"):
+        parse_stages(text)
+
+
+def test_a_ladder_of_stages_6_to_9_trains_and_tabulates(markov_data, tmp_path):
+    from stagegpt.tools.ladder import run_ladder
+    from stagegpt.train.config import TrainConfig
+
+    data = markov_data(order=1, vocab=16, tokens=4000, seed=3)
+    train = TrainConfig(max_steps=3, batch_size=2, warmup_steps=1, eval_every=3,
+                        eval_batches=1, ckpt_every=3)
+    model = ModelConfig(block_size=8, n_embd=16, n_layer=1, n_head=2, n_kv_head=1)
+    rows = run_ladder(data, tmp_path / "ladder", model, train, stages=(6, 7, 8, 9),
+                      sample_tokens=5, progress=False)
+    assert [r.stage for r in rows] == [6, 7, 8, 9]
+    table = (tmp_path / "ladder" / "ladder.md").read_text()
+    assert "grouped-query attention" in table and "RMSNorm" in table
