@@ -126,3 +126,27 @@ def test_a_ladder_of_stages_6_to_9_trains_and_tabulates(markov_data, tmp_path):
     assert [r.stage for r in rows] == [6, 7, 8, 9]
     table = (tmp_path / "ladder" / "ladder.md").read_text()
     assert "grouped-query attention" in table and "RMSNorm" in table
+
+
+def test_a_run_saved_before_the_new_config_fields_still_resumes(markov_data, tmp_path):
+    """config.json of an older stagegpt lacks n_kv_head, rope_theta, mlp_hidden, tie_head."""
+    import json
+    import shutil
+
+    from stagegpt.cli import main
+    from stagegpt.train.rundir import step_dirs
+
+    data = markov_data(order=1, vocab=16, tokens=4000, seed=3)
+    run = tmp_path / "run"
+    argv = ["train", "--stage", "5", "--data", str(data), "--out", str(run), "--max-steps",
+            "4", "--ckpt-every", "2", "--eval-batches", "1", "--block-size", "8", "--n-embd",
+            "16", "--n-layer", "1", "--n-head", "2", "--warmup-steps", "1", "--no-progress"]
+    assert main(argv) == 0
+    shutil.rmtree(step_dirs(run)[-1])  # stopped at step 2, as an old run might have
+    old = step_dirs(run)[-1]
+    config = json.loads((old / "config.json").read_text())
+    for key in ("n_kv_head", "rope_theta", "mlp_hidden", "tie_head"):
+        del config["model"][key]
+    (old / "config.json").write_text(json.dumps(config))
+    assert main([*argv, "--resume"]) == 0
+    assert step_dirs(run)[-1].name == "step_00000004"

@@ -7,6 +7,7 @@ with the entropy rate and bigram floor for synthetic data) and samples.md are wr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -62,6 +63,9 @@ def _check_settings(out_dir: Path, settings: dict, resume: bool) -> None:
         raise StagegptError(f"{out_dir} already holds a ladder; pass --resume to continue it "
                             "or choose a new --out")
     previous = read_json(path, "ladder settings")
+    if isinstance(previous, dict) and isinstance(previous.get("model"), dict):
+        with contextlib.suppress(StagegptError):  # fields added since get their defaults
+            previous["model"] = ModelConfig.from_dict(previous["model"]).to_dict()
     if previous != settings:
         raise StagegptError(f"cannot resume: {path} was run with other settings; rerun with "
                             "the original flags or choose a new --out")

@@ -71,6 +71,15 @@ class TrainResult:
     out_dir: Path
 
 
+def same_model(saved: Any, config: ModelConfig) -> bool:
+    """Whether a checkpoint's saved model config is `config` (a config saved before a field
+    was added has that field's default)."""
+    try:
+        return isinstance(saved, dict) and ModelConfig.from_dict(saved) == config
+    except StagegptError:
+        return False
+
+
 class Trainer:
     """Train one stage on a prepared data dir, writing checkpoints and metrics to `out_dir`."""
 
@@ -139,7 +148,7 @@ class Trainer:
         if not isinstance(meta, dict):
             raise StagegptError(f"{found[-1] / CONFIG_FILE} is not a checkpoint config; delete "
                                 f"{found[-1]} to resume from the checkpoint before it")
-        if meta.get("stage") != self.stage or meta.get("model") != self.mc.to_dict():
+        if meta.get("stage") != self.stage or not same_model(meta.get("model"), self.mc):
             raise StagegptError(
                 f"cannot resume: {found[-1]} holds stage {meta.get('stage')} with "
                 f"{meta.get('model')}, but this command asks for stage {self.stage} with "
