@@ -333,7 +333,8 @@ def test_missing_or_truncated_weights_are_refused(kind, keep, hf_dir, our_dir):
 ])
 def test_gpt2_variants_stage5_cannot_compute_are_refused(key, value, hf_dir):
     edit_json(hf_dir / "config.json", **{key: value})
-    refused(hf_dir, "not a Hugging Face GPT-2 config" if key == "model_type" else key)
+    refused(hf_dir, "a Hugging Face .gpt_neo. model; stagegpt loads gpt2" if key == "model_type"
+            else key)
 
 
 def test_config_json_that_is_not_an_object_is_refused(hf_dir):

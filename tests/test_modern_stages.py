@@ -150,3 +150,46 @@ def test_a_run_saved_before_the_new_config_fields_still_resumes(markov_data, tmp
     (old / "config.json").write_text(json.dumps(config))
     assert main([*argv, "--resume"]) == 0
     assert step_dirs(run)[-1].name == "step_00000004"
+
+
+def test_convert_stage9_to_a_llama_dir_and_back(tmp_path, capsys):
+    """`stagegpt convert` writes a dir transformers loads as LlamaForCausalLM (offline), and
+    reads it back into stage 9: the same logits all the way."""
+    from stagegpt import load_checkpoint
+    from stagegpt.cli import main
+    from stagegpt.train.checkpoints import save_checkpoint
+
+    config = ModelConfig(**{**CONFIG.to_dict(), "n_kv_head": 2})
+    torch.manual_seed(0)
+    ours = build_model(9, config).eval()
+    save_checkpoint(tmp_path / "ckpt", ours, None)
+    assert main(["convert", "--to-hf", "--ckpt", str(tmp_path / "ckpt"), "--out",
+                 str(tmp_path / "llama")]) == 0
+    theirs = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "llama").eval()
+    assert main(["convert", "--from-hf", str(tmp_path / "llama"), "--no-tokenizer", "--out",
+                 str(tmp_path / "back")]) == 0
+    back = load_checkpoint(tmp_path / "back").model
+    direct = load_checkpoint(tmp_path / "llama")
+    assert direct.stage == back.stage == 9
+    x = ids()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x).logits, ours(x)[0], rtol=0, atol=1e-4)
+        assert torch.equal(back(x)[0], ours(x)[0])
+        assert torch.equal(direct.model(x)[0], ours(x)[0])
+    assert "stage 9" in capsys.readouterr().out
+
+
+def test_a_llama_variant_stage9_does_not_compute_is_refused(tmp_path, capsys):
+    import json
+
+    from stagegpt.cli import main
+    from stagegpt.interop.llama import save_llama_dir
+
+    save_llama_dir(tmp_path / "llama", build_model(9, CONFIG))
+    config = json.loads((tmp_path / "llama" / "config.json").read_text())
+    config["hidden_act"] = "gelu"
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(config))
+    assert main(["convert", "--from-hf", str(tmp_path / "llama"), "--no-tokenizer", "--out",
+                 str(tmp_path / "back")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hidden_act = 'gelu' but stage 9 computes 'silu'" in err

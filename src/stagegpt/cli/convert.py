@@ -1,7 +1,11 @@
-"""Convert stage 5 checkpoints to and from Hugging Face GPT-2 directories.
+"""Convert stage 5 and stage 9 checkpoints to and from Hugging Face GPT-2 / Llama dirs.
 
   stagegpt convert --from-hf gpt2/ --out ckpt/gpt2        Hugging Face GPT-2 -> stagegpt
   stagegpt convert --to-hf --ckpt runs/x --out hf/x       stagegpt stage 5 -> Hugging Face
+
+Stage 9 works the same way with LlamaForCausalLM directories: --to-hf on a stage 9
+checkpoint writes a Llama dir, and --from-hf reads one (its config.json says
+model_type "llama") into stage 9.
 
 A Hugging Face GPT-2 dir holds config.json and model.safetensors (or pytorch_model.bin,
 read with torch.load(weights_only=True), so nothing in it can run code). --from-hf
@@ -20,7 +24,7 @@ from pathlib import Path
 from stagegpt.errors import StagegptError
 from stagegpt.model.config import GPT2_VOCAB
 
-HELP = "convert stage 5 to and from Hugging Face GPT-2 directories"
+HELP = "convert stage 5 / stage 9 to and from Hugging Face GPT-2 / Llama directories"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,23 +48,30 @@ def _check_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stagegpt.fileio import read_json
     from stagegpt.interop import gpt2 as hf
-    from stagegpt.interop import load_checkpoint
+    from stagegpt.interop import llama, load_checkpoint
     from stagegpt.train.checkpoints import save_checkpoint
 
     out = Path(args.out)
     _check_out(out)
     if args.to_hf:
         if args.ckpt is None:
-            raise StagegptError("--to-hf needs --ckpt DIR, the stage 5 checkpoint to export")
+            raise StagegptError("--to-hf needs --ckpt DIR, the stage 5 or 9 checkpoint to export")
         model = load_checkpoint(args.ckpt).model
+        if model.stage == 9:
+            llama.save_llama_dir(out, model)
+            print(f"wrote Hugging Face Llama dir {out}: {model.num_params():,} parameters")
+            return 0
         hf.save_hf_dir(out, model)
         note = "" if model.config.bias else " (bias=False: wrote zero biases)"
         print(f"wrote Hugging Face GPT-2 dir {out}: {model.num_params():,} parameters{note}")
         return 0
     if args.ckpt is not None:
         raise StagegptError("--ckpt goes with --to-hf; --from-hf takes the Hugging Face dir itself")
-    model = hf.load_hf_model(args.from_hf)
+    kind = read_json(Path(args.from_hf) / "config.json", "Hugging Face config")
+    is_llama = isinstance(kind, dict) and kind.get("model_type") == "llama"
+    model = (llama.load_llama_model if is_llama else hf.load_hf_model)(args.from_hf)
     tokenizer = None
     if not args.no_tokenizer:
         vocab = model.config.vocab_size
@@ -78,5 +89,6 @@ def run(args: argparse.Namespace) -> int:
             ) from None
     save_checkpoint(out, model, tokenizer, extra={"converted_from": str(args.from_hf)})
     what = "GPT-2 tokenizer" if tokenizer is not None else "no tokenizer"
-    print(f"wrote stagegpt checkpoint {out}: stage 5, {model.num_params():,} parameters, {what}")
+    print(f"wrote stagegpt checkpoint {out}: stage {model.stage}, {model.num_params():,} "
+          f"parameters, {what}")
     return 0

@@ -24,7 +24,6 @@ the buffers hold nothing learned and are skipped. Pickled weights are read with
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,6 @@ from stagegpt.model.stages import GPT, LanguageModel
 from stagegpt.train.checkpoints import (
     CONFIG_FILE,
     WEIGHTS_FILE,
-    Checkpoint,
     empty_model,
     load_weights_into,
     read_weights,
@@ -278,20 +276,3 @@ def load_hf_model(directory: str | Path) -> GPT:
 def gpt2_tokenizer() -> Any:
     """OpenAI GPT-2's tokenizer (StagegptError if it cannot be had, e.g. offline)."""
     return get_tokenizer("gpt2")
-
-
-def load_hf_dir(directory: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """A Hugging Face GPT-2 dir as a stage 5 Checkpoint.
-
-    A model with GPT-2's vocabulary gets GPT-2's tokenizer; if that cannot be loaded the
-    checkpoint comes back without one (and a warning), still usable on token ids.
-    """
-    model = load_hf_model(directory)
-    tokenizer = None
-    if model.config.vocab_size == GPT2_VOCAB:
-        try:
-            tokenizer = gpt2_tokenizer()
-        except StagegptError as err:
-            warnings.warn(f"{directory}: loaded without a tokenizer: {err}", stacklevel=2)
-    return Checkpoint(Path(directory), GPT.stage, model.config, model.to(device), tokenizer,
-                      None)

@@ -15,15 +15,29 @@ Stage 9 is Llama module for module; only the names and the fused q/k/v differ:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from stagegpt.errors import StagegptError
+from stagegpt.fileio import atomic_dir, check_replaceable, read_json, write_json
+from stagegpt.interop.gpt2 import read_hf_weights
 from stagegpt.model import ModelConfig
 from stagegpt.model.stages import RMS_EPS, LanguageModel, Llama
-from stagegpt.train.checkpoints import unique_weights
+from stagegpt.train.checkpoints import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    empty_model,
+    load_weights_into,
+    unique_weights,
+    write_safetensors,
+)
+
+# Llama config switches that change the computation, with the value stage 9 computes.
+FIXED = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+         "rms_norm_eps": RMS_EPS, "rope_scaling": None, "pretraining_tp": 1}
 
 RENAME = {"ln_1": "input_layernorm", "attn.c_proj": "self_attn.o_proj",
           "ln_2": "post_attention_layernorm", "mlp.c_gate": "mlp.gate_proj",
@@ -96,3 +110,55 @@ def weights_from_llama(weights: dict[str, Tensor], config: ModelConfig) -> dict[
         out[f"h.{i}.attn.c_attn.weight"] = torch.cat(
             [weights[prefix + p + "_proj.weight"] for p in "qkv"])
     return out
+
+
+def config_from_llama(hf: Any, source: Path) -> ModelConfig:
+    """Map a LlamaConfig dict onto ModelConfig, refusing variants stage 9 does not compute."""
+    if not isinstance(hf, dict) or hf.get("model_type") != "llama":
+        raise StagegptError(f"{source} is not a Hugging Face Llama config")
+    for key, value in FIXED.items():
+        if key in hf and hf[key] != value:
+            raise StagegptError(f"{source}: {key} = {hf[key]!r:.40} but stage 9 computes "
+                                f"{value!r}; this Llama variant cannot load into stage 9")
+    width, heads = hf.get("hidden_size"), hf.get("num_attention_heads")
+    if hf.get("head_dim") not in (None, width // heads if isinstance(width, int) and
+                                  isinstance(heads, int) and heads else None):
+        raise StagegptError(f"{source}: head_dim is not hidden_size / num_attention_heads; "
+                            "stage 9 cannot load it")
+    try:
+        return ModelConfig(
+            vocab_size=hf.get("vocab_size"), block_size=hf.get("max_position_embeddings"),
+            n_embd=width, n_layer=hf.get("num_hidden_layers"), n_head=heads,
+            n_kv_head=hf.get("num_key_value_heads"), rope_theta=hf.get("rope_theta", 10_000.0),
+            mlp_hidden=hf.get("intermediate_size"), bias=False,
+            tie_head=hf.get("tie_word_embeddings", False),
+            dropout=float(hf.get("attention_dropout", 0.0) or 0.0))
+    except (StagegptError, TypeError, ValueError) as err:
+        raise StagegptError(f"{source}: {err}") from None
+
+
+def save_llama_dir(directory: str | Path, model: LanguageModel, overwrite: bool = False) -> Path:
+    """Write `model` (stage 9) as a Hugging Face Llama dir in one atomic step (an existing
+    `directory` is replaced only with `overwrite=True`)."""
+    check_replaceable(directory, overwrite)
+    weights = weights_to_llama(model)  # refuses every stage but 9
+    with atomic_dir(directory) as tmp:
+        write_json(tmp / CONFIG_FILE, llama_config(model.config))
+        write_safetensors(weights, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+    return Path(directory)
+
+
+def load_llama_model(directory: str | Path) -> Llama:
+    """A Hugging Face Llama dir as a stage 9 model (on the CPU, in eval mode)."""
+    directory = Path(directory)
+    config = config_from_llama(read_json(directory / CONFIG_FILE, "Hugging Face config"),
+                               directory / CONFIG_FILE)
+    hf_weights, source = read_hf_weights(directory)
+    model = empty_model(Llama.stage, config)  # every value comes from the file
+    try:
+        weights = weights_from_llama(hf_weights, config)
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise StagegptError(f"{source} is not a complete LlamaForCausalLM of its config.json "
+                            f"({type(err).__name__}: {str(err)[:60]})") from None
+    load_weights_into(model, weights, source)
+    return model.eval()

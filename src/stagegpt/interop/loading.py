@@ -1,25 +1,49 @@
 """`load_checkpoint`: a stagegpt checkpoint, a run dir (its newest checkpoint) or a Hugging
-Face GPT-2 dir, as a `Checkpoint` ready for inference."""
+Face GPT-2 (stage 5) or Llama (stage 9) dir, as a `Checkpoint` ready for inference."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import read_json
-from stagegpt.interop.gpt2 import load_hf_dir
+from stagegpt.interop import gpt2
+from stagegpt.interop.llama import load_llama_model
+from stagegpt.model import GPT2_VOCAB, LanguageModel
 from stagegpt.train.checkpoints import CONFIG_FILE, Checkpoint, read_checkpoint
 from stagegpt.train.rundir import resolve_checkpoint_dir
 
+HF_LOADERS = {"gpt2": gpt2.load_hf_model, "llama": load_llama_model}  # model_type -> loader
+
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a stagegpt checkpoint (or run dir, or Hugging Face GPT-2 dir) for inference."""
+    """Load a stagegpt checkpoint (or run dir, or Hugging Face GPT-2 / Llama dir)."""
     directory = resolve_checkpoint_dir(path)
     meta = read_json(directory / CONFIG_FILE, "checkpoint config")
     if not isinstance(meta, dict):
         raise StagegptError(f"{directory / CONFIG_FILE} is not a stagegpt checkpoint config")
     if "model_type" in meta:
-        return load_hf_dir(directory, device)  # refuses every model_type but "gpt2"
+        loader = HF_LOADERS.get(meta["model_type"]) if isinstance(meta["model_type"], str) else None
+        if loader is None:
+            raise StagegptError(f"{directory / CONFIG_FILE} is a Hugging Face "
+                                f"{meta['model_type']!r:.40} model; stagegpt loads gpt2 "
+                                "(stage 5) and llama (stage 9)")
+        return hf_checkpoint(directory, loader(directory), device)
     return read_checkpoint(directory, meta, device)
+
+
+def hf_checkpoint(directory: Path, model: LanguageModel,
+                  device: str | torch.device = "cpu") -> Checkpoint:
+    """A Hugging Face model as a Checkpoint. One with GPT-2's vocabulary gets GPT-2's
+    tokenizer; if that cannot be loaded it comes back without one (and a warning), still
+    usable on token ids."""
+    tokenizer = None
+    if model.config.vocab_size == GPT2_VOCAB:
+        try:
+            tokenizer = gpt2.gpt2_tokenizer()  # looked up here, so tests can stand in
+        except StagegptError as err:
+            warnings.warn(f"{directory}: loaded without a tokenizer: {err}", stacklevel=3)
+    return Checkpoint(directory, model.stage, model.config, model.to(device), tokenizer, None)
