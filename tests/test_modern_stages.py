@@ -193,3 +193,22 @@ def test_a_llama_variant_stage9_does_not_compute_is_refused(tmp_path, capsys):
                  str(tmp_path / "back")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "hidden_act = 'gelu' but stage 9 computes 'silu'" in err
+
+
+@pytest.mark.parametrize("stage", [7, 8, 9])
+def test_past_block_size_a_rotary_cache_slides_along_without_a_prefill(stage):
+    """Each new token is one step (T = 1) however long the text grows: the full cache drops
+    its oldest entry and turns the rest back one position. With one layer, whose keys and
+    values depend only on the token and its place, that is exactly the window run again."""
+    config = ModelConfig(**{**CONFIG.to_dict(), "n_layer": 1, "n_kv_head": 2})
+    from helpers import peaky_model
+
+    model = peaky_model(stage, config, seed=stage)
+    lengths = []
+    hook = model.wte.register_forward_hook(lambda m, i, o: lengths.append(i[0].size(1)))
+    prompt = ids(B=1, T=5)
+    cached = generate(model, prompt, 40, temperature=0, fast=False)
+    hook.remove()
+    assert lengths == [5] + [1] * 39  # no window is ever run again
+    assert torch.equal(cached, generate(model, prompt, 40, temperature=0, use_cache=False))
+    assert len(set(cached[0, 16:].tolist())) > 3  # varied: the comparison is not vacuous

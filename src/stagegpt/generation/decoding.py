@@ -12,10 +12,13 @@ have no attention and no cache: a token's hidden state depends only on the token
 position, so their cached path feeds the newest token alone.
 
 When the sequence outgrows `block_size` the window rolls forward: the context is the last
-`block_size` tokens at positions 0..block_size-1. Positions are absolute (learned `wpe`),
-so rolling shifts every position and invalidates every cached key and value; the cache is
-rebuilt by a prefill of the new window. Past `block_size` the cache therefore saves
-nothing, but both paths see exactly the same window, so their greedy outputs are identical.
+`block_size` tokens at positions 0..block_size-1. With learned positions (`wpe`, stages
+2-6) rolling shifts every position and invalidates every cached key and value; the cache
+is rebuilt by a prefill of the new window, so past `block_size` it saves nothing. With
+rotary positions (stages 7-9) attention depends only on distances, so a full cache slides
+along instead (`model.roll_cache`): the oldest entry goes, the rest turn back one
+position, and each new token still costs one step. Either way both paths see exactly the
+same window, so their greedy outputs are identical.
 
 The steps themselves come from a decoder: `PlainDecoder` runs the model as written (hooks
 fire on every step); `stagegpt.fast.FastDecoder`, the default (`fast=True`), computes the
@@ -152,6 +155,8 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
                 if t > T and use_cache and pos < block_size:  # one new token, cache the rest
                     last = decoder.step(out[:, t - 1:t], caches, pos)  # (B, C)
                     pos += 1
+                elif t > T and use_cache and model.roll_cache(caches):  # relative positions
+                    last = decoder.step(out[:, t - 1:t], caches, block_size - 1)
                 elif t > T:  # no cache, or the window rolled: run the whole window
                     last = decoder.prefill(out[:, max(0, t - block_size):t], caches)
                 logits = decoder.head(last)  # (B, V): the head on the last position only

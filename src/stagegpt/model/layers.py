@@ -28,6 +28,11 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
 
+    def drop_oldest(self, n: int = 1) -> None:
+        """Forget the first n positions: everything after them moves n slots down."""
+        self.k[:, :, :-n] = self.k[:, :, n:].clone()
+        self.v[:, :, :-n] = self.v[:, :, n:].clone()
+
     def update(self, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor]:
         end = start + k.size(2)
         self.k[:, :, start:end] = k
@@ -137,12 +142,23 @@ class RotaryAttention(MultiHeadAttention):
         self.theta = theta
 
     def place(self, q: Tensor, k: Tensor, start: int) -> tuple[Tensor, Tensor]:
-        T, hd = q.size(-2), q.size(-1)
-        freq = self.theta ** -(torch.arange(0, hd, 2, device=q.device).float() / hd)  # (hd/2,)
-        pos = torch.arange(start, start + T, device=q.device).float()  # (T,)
-        angle = torch.outer(pos, freq).repeat(1, 2)  # (T, hd): each pair's angle, twice
-        cos, sin = angle.cos().to(q.dtype), angle.sin().to(q.dtype)
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        pos = torch.arange(start, start + q.size(-2), device=q.device)  # (T,)
+        return self.rotate(q, pos), self.rotate(k, pos)
+
+    def rotate(self, x: Tensor, pos: Tensor) -> Tensor:
+        """Turn each feature pair of x (..., T, hd) by its angle at positions `pos` (T,)."""
+        hd = x.size(-1)
+        freq = self.theta ** -(torch.arange(0, hd, 2, device=x.device).float() / hd)  # (hd/2,)
+        angle = torch.outer(pos.float(), freq).repeat(1, 2)  # (T, hd): each pair's, twice
+        return x * angle.cos().to(x.dtype) + rotate_half(x) * angle.sin().to(x.dtype)
+
+    def roll(self, cache: KVCache) -> None:
+        """Slide a full cache one position along, keeping it valid: drop the oldest key and
+        value and turn every remaining key back one position. q.k depends only on distance,
+        so this equals a fresh prefill of the window at positions 0.. without running it."""
+        cache.drop_oldest(1)
+        back = torch.full((cache.k.size(2),), -1, device=cache.k.device)  # (T,)
+        cache.k.copy_(self.rotate(cache.k, back))
 
 
 class MLP(nn.Module):

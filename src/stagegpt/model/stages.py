@@ -96,6 +96,11 @@ class LanguageModel(nn.Module):
         return [KVCache(batch, m.n_kv_head, c.block_size, c.n_embd // m.n_head, device, dtype)
                 for m in layers] or None
 
+    def roll_cache(self, caches: Caches) -> bool:
+        """Make room for one more token in full caches, if positions allow it: learned
+        positions are absolute, so here they do not (the window is run again instead)."""
+        return False
+
     def num_params(self) -> int:
         """Parameter count with the tied head counted once."""
         return sum(p.numel() for p in self.parameters())
@@ -290,6 +295,12 @@ class RotaryLM(RMSNormLM):
 
     def embed(self, idx: Tensor, start: int = 0) -> Tensor:
         return self.drop(self.wte(idx))  # (B, T, C): no position added here
+
+    def roll_cache(self, caches: Caches) -> bool:
+        """Relative positions: a full cache slides along (RotaryAttention.roll)."""
+        for block, cache in zip(self.h, caches or [], strict=True):
+            block.attn.roll(cache)
+        return caches is not None
 
 
 class SwiGLULM(RotaryLM):
