@@ -47,7 +47,8 @@ def test_attention_beats_the_bigram_floor_that_stages_1_2_cannot(markov2, tmp_pa
         table = list(csv.DictReader(f))
     assert [int(r["stage"]) for r in table] == [1, 2, 5]
     assert set(table[0]) == {"stage", "adds", "params", "flops_per_token", "train_loss",
-                             "val_loss", "val_ppl", "tokens_per_sec", "wall_time"}
+                             "val_loss", "val_ppl", "tokens_per_sec", "wall_time",
+                             "kv_bytes_per_token"}
     assert "| 5 |" in (out / "ladder.md").read_text()
     assert (out / "ladder.png").stat().st_size > 1000
     assert (out / "samples.md").read_text().count("## Stage") == 3

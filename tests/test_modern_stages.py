@@ -126,6 +126,9 @@ def test_a_ladder_of_stages_6_to_9_trains_and_tabulates(markov_data, tmp_path):
     assert [r.stage for r in rows] == [6, 7, 8, 9]
     table = (tmp_path / "ladder" / "ladder.md").read_text()
     assert "grouped-query attention" in table and "RMSNorm" in table
+    # one layer caching k and v of width 2 heads x 8 (stage 8) or 1 key/value head (stage 9)
+    assert [r.kv_bytes_per_token for r in rows] == [128, 128, 128, 64]
+    assert "KV cache bytes/token" in table and "| 64 |" in table
 
 
 def test_a_run_saved_before_the_new_config_fields_still_resumes(markov_data, tmp_path):

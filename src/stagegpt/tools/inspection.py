@@ -77,6 +77,16 @@ def flops_per_token(model: LanguageModel, seq_len: int | None = None) -> dict[st
     return {"forward": forward, "train": 3 * forward}
 
 
+def kv_cache_bytes_per_token(model: LanguageModel) -> int:
+    """What decoding caches per token: keys and values of every attention layer (0 for
+    stages without attention). Built on the meta device, so it costs no memory."""
+    caches = model.make_kv_cache(1, device="meta", dtype=next(model.parameters()).dtype)
+    if not caches:
+        return 0
+    per_position = sum(c.k[0, :, 0].numel() + c.v[0, :, 0].numel() for c in caches)
+    return per_position * caches[0].k.element_size()
+
+
 # ---------------------------------------------------------------------------------------
 # The shape trace
 

@@ -25,7 +25,7 @@ from stagegpt.generation import check_sampling_args, generate
 from stagegpt.model.config import ModelConfig
 from stagegpt.model.stages import STAGES
 from stagegpt.tools.evaluate import split_loss
-from stagegpt.tools.inspection import flops_per_token
+from stagegpt.tools.inspection import flops_per_token, kv_cache_bytes_per_token
 from stagegpt.train.config import TrainConfig
 from stagegpt.train.plots import plot_curves
 from stagegpt.train.rundir import RunLock, read_metrics
@@ -48,6 +48,7 @@ class LadderRow:
     val_ppl: float
     tokens_per_sec: float
     wall_time: float
+    kv_bytes_per_token: int  # what decoding caches per token (0 without attention)
 
 
 def _settings(stages, model_config, train_config, data_dir) -> dict:
@@ -106,7 +107,7 @@ def _row_for(stage: int, trainer: Trainer, result) -> LadderRow:
         flops_per_token=flops_per_token(model)["train"],
         train_loss=result.train_loss, val_loss=val_loss,
         val_ppl=math.exp(val_loss), tokens_per_sec=result.tokens_per_sec,
-        wall_time=result.elapsed,
+        wall_time=result.elapsed, kv_bytes_per_token=kv_cache_bytes_per_token(model),
     )
 
 
@@ -117,11 +118,13 @@ def write_table(rows: list[LadderRow], out_dir: Path) -> str:
     writer.writerows(asdict(r) for r in rows)
     write_text(out_dir / "ladder.csv", buffer.getvalue())
     lines = ["| stage | adds | params | FLOPs/token (train) | train loss | val loss | "
-             "val ppl | tokens/s | wall time |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "val ppl | tokens/s | wall time | KV cache bytes/token |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        kv = f"{r.kv_bytes_per_token:,}" if r.kv_bytes_per_token else "-"
         lines.append(f"| {r.stage} | {r.adds} | {r.params:,} | {r.flops_per_token:,} | "
                      f"{r.train_loss:.4f} | {r.val_loss:.4f} | {r.val_ppl:.2f} | "
-                     f"{r.tokens_per_sec:,.0f} | {r.wall_time:.1f} s |")
+                     f"{r.tokens_per_sec:,.0f} | {r.wall_time:.1f} s | {kv} |")
     table = "\n".join(lines) + "\n"
     write_text(out_dir / "ladder.md", table)
     return table
