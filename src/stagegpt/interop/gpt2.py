@@ -256,9 +256,15 @@ def save_hf_dir(directory: str | Path, model: LanguageModel, overwrite: bool = F
             f"only stage 5 (GPT) has GPT-2's architecture; this checkpoint is stage "
             f"{model.stage}, which Hugging Face GPT-2 cannot load"
         )
+    return write_hf_dir(directory, hf_config(model.config), weights_to_hf(model))
+
+
+def write_hf_dir(directory: str | Path, config: dict[str, Any],
+                 weights: dict[str, Tensor]) -> Path:
+    """A Hugging Face model dir (config.json, model.safetensors), written in one atomic step."""
     with atomic_dir(directory) as tmp:
-        write_json(tmp / CONFIG_FILE, hf_config(model.config))
-        write_safetensors(weights_to_hf(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        write_json(tmp / CONFIG_FILE, config)
+        write_safetensors(weights, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
     return Path(directory)
 
 

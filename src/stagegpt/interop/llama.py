@@ -22,17 +22,15 @@ import torch
 from torch import Tensor
 
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import atomic_dir, check_replaceable, read_json, write_json
-from stagegpt.interop.gpt2 import read_hf_weights
+from stagegpt.fileio import check_replaceable, read_json
+from stagegpt.interop.gpt2 import read_hf_weights, write_hf_dir
 from stagegpt.model import ModelConfig
 from stagegpt.model.stages import RMS_EPS, LanguageModel, Llama
 from stagegpt.train.checkpoints import (
     CONFIG_FILE,
-    WEIGHTS_FILE,
     empty_model,
     load_weights_into,
     unique_weights,
-    write_safetensors,
 )
 
 # Llama config switches that change the computation, with the value stage 9 computes.
@@ -142,10 +140,7 @@ def save_llama_dir(directory: str | Path, model: LanguageModel, overwrite: bool 
     `directory` is replaced only with `overwrite=True`)."""
     check_replaceable(directory, overwrite)
     weights = weights_to_llama(model)  # refuses every stage but 9
-    with atomic_dir(directory) as tmp:
-        write_json(tmp / CONFIG_FILE, llama_config(model.config))
-        write_safetensors(weights, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-    return Path(directory)
+    return write_hf_dir(directory, llama_config(model.config), weights)
 
 
 def load_llama_model(directory: str | Path) -> Llama:
