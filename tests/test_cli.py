@@ -55,3 +55,25 @@ def test_each_prepare_source_describes_itself(source, words, capsys):
     with pytest.raises(SystemExit):
         main(["prepare", source, "--help"])
     assert words in capsys.readouterr().out
+
+
+def test_stage9_trains_from_the_command_line_with_its_own_flags(markov_data, tmp_path):
+    from stagegpt import load_checkpoint
+
+    data = markov_data(order=1, vocab=16, tokens=4000, seed=3)
+    assert main(["train", "--stage", "9", "--data", str(data), "--out", str(tmp_path / "r"),
+                 "--max-steps", "2", "--warmup-steps", "1", "--block-size", "8", "--n-embd",
+                 "16", "--n-head", "4", "--n-kv-head", "2", "--mlp-hidden", "40",
+                 "--rope-theta", "500", "--untied-head", "--eval-batches", "1",
+                 "--no-progress"]) == 0
+    model = load_checkpoint(tmp_path / "r").model
+    c = model.config
+    assert (c.n_kv_head, c.mlp_hidden, c.rope_theta, c.tie_head) == (2, 40, 500.0, False)
+    assert model.lm_head.weight.data_ptr() != model.wte.weight.data_ptr()
+
+
+def test_train_help_shows_each_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 1000)" in out and "(default: 0.001)" in out and "n_head)" in out

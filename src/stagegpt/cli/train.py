@@ -17,9 +17,11 @@ from stagegpt.model.config import PRESETS, ModelConfig
 from stagegpt.model.stages import STAGES
 from stagegpt.train.config import TrainConfig, load_toml, replace_known
 
-HELP = "train one stage (1-5) on a prepared data dir, with exact --resume"
+HELP = "train one stage (1-9) on a prepared data dir, with exact --resume"
 
-MODEL_FLAGS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
+MODEL_FLAGS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "n_kv_head",
+               "rope_theta", "mlp_hidden")
+DEFAULTS = TrainConfig()
 TRAIN_FLAGS = ("max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmup_steps",
                "weight_decay", "grad_clip", "eval_every", "eval_batches", "ckpt_every", "seed",
                "device", "dtype", "max_seconds")
@@ -32,15 +34,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             " (default: small, or the --config file's preset)")
     group.add_argument("--config", metavar="FILE.toml",
                        help="TOML file with [model] and [train] tables; flags override it")
-    group.add_argument("--block-size", type=int, help="context length T")
-    group.add_argument("--n-layer", type=int, help="transformer blocks (stages 4-5)")
-    group.add_argument("--n-head", type=int, help="attention heads (stage 5)")
-    group.add_argument("--n-embd", type=int, help="model width C")
-    group.add_argument("--dropout", type=float, help="dropout probability (stage 5)")
+    preset = " (default: the preset's)"
+    group.add_argument("--block-size", type=int, help="context length T" + preset)
+    group.add_argument("--n-layer", type=int, help="transformer blocks (stages 4-9)" + preset)
+    group.add_argument("--n-head", type=int, help="attention heads (stages 5-9)" + preset)
+    group.add_argument("--n-embd", type=int, help="model width C" + preset)
+    group.add_argument("--dropout", type=float, help="dropout probability (stages 5-9)" + preset)
+    group.add_argument("--n-kv-head", type=int,
+                       help="key/value heads of stage 9's grouped-query attention "
+                            "(default: n_head)")
+    group.add_argument("--rope-theta", type=float,
+                       help="base of stages 7-9's rotary frequencies (default: 10000)")
+    group.add_argument("--mlp-hidden", type=int,
+                       help="SwiGLU width of stages 8-9 (default: round(8 * n_embd / 3))")
+    group.add_argument("--untied-head", dest="tie_head", action="store_false", default=None,
+                       help="stage 9: a head of its own instead of the token embedding")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("training")
+    group = parser.add_argument_group("training (each default is TrainConfig's)")
     group.add_argument("--max-steps", type=int, help="optimizer steps (sets the lr schedule)")
     group.add_argument("--max-seconds", type=float, help="also stop after this much training")
     group.add_argument("--batch-size", type=int, help="windows per micro-batch (per process)")
@@ -62,6 +74,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-fast", action="store_true",
                        help="train the plain model only (stagegpt.fast off: the same numbers, "
                             "slower)")
+    for action in group._group_actions:
+        name = action.dest
+        if name in TRAIN_FLAGS and action.help is not None:
+            action.help += f" (default: {getattr(DEFAULTS, name)})"
+        elif name in TRAIN_FLAGS:
+            action.help = f"default: {getattr(DEFAULTS, name)}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +98,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
     toml = load_toml(args.config) if args.config else {}
     model = ModelConfig.from_preset(args.preset or toml.get("preset", "small"))
     model = replace_known(model, toml.get("model", {}))
-    model = replace_known(model, {k: getattr(args, k) for k in MODEL_FLAGS
+    model = replace_known(model, {k: getattr(args, k) for k in (*MODEL_FLAGS, "tie_head")
                                   if getattr(args, k, None) is not None})
     train = replace_known(TrainConfig(), toml.get("train", {}))
     flags = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
