@@ -50,3 +50,14 @@ def test_saving_refuses_to_replace_unless_told(tmp_path):
         for path in target.iterdir():
             path.unlink()
         target.rmdir()
+
+
+def test_the_notebooks_never_replace_a_folder_that_is_not_their_data(tmp_path):
+    from stagegpt.tools.notebook import demo_data
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("mine")
+    with pytest.raises(StagegptError, match="^overwrite is off"):
+        demo_data(folder)
+    assert (folder / "thesis.txt").read_text() == "mine"

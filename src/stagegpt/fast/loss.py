@@ -46,6 +46,7 @@ SMALL_LOGITS = 1 << 20  # up to 4 MB of fp32 logits: not worth chunking
 TINY = 1e-30  # below this the target probability is recomputed from the logits
 LOG_TINY = math.log(TINY)
 
+
 def chunk_rows(vocab_size: int) -> int:
     return max(1, CHUNK_ELEMENTS // vocab_size)
 

@@ -64,7 +64,7 @@ def demo_data(data_dir: Path) -> Path:
         raise StagegptError(f"{data_dir} holds another dataset ({existing}); move it away to "
                             "let the notebooks prepare the demo's data there")
     prepare_corpus(shakespeare_corpus("tiny"), "char", data_dir, settings=DEMO_SETTINGS,
-                   progress=False, overwrite=True)  # absent, or this dataset damaged
+                   progress=False, overwrite=existing is not None)  # replace only ours, damaged
     return data_dir
 
 
