@@ -48,7 +48,9 @@ def test_attention_beats_the_bigram_floor_that_stages_1_2_cannot(markov2, tmp_pa
     assert [int(r["stage"]) for r in table] == [1, 2, 5]
     assert set(table[0]) == {"stage", "adds", "params", "flops_per_token", "train_loss",
                              "val_loss", "val_ppl", "tokens_per_sec", "wall_time",
-                             "kv_bytes_per_token"}
+                             "kv_bytes_per_token", "endings_acc", "endings_acc_norm"}
+    # the endings test: attention also picks true continuations that a bigram cannot
+    assert by_stage[5].endings_acc_norm > by_stage[1].endings_acc_norm > 0.25
     assert "| 5 |" in (out / "ladder.md").read_text()
     assert (out / "ladder.png").stat().st_size > 1000
     assert (out / "samples.md").read_text().count("## Stage") == 3

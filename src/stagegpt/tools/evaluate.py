@@ -17,6 +17,10 @@ from stagegpt.fast import accelerate
 from stagegpt.model import LanguageModel
 from stagegpt.model.layers import eval_mode
 
+# Tables score the whole val split up to this many tokens (in windows spread evenly over a
+# larger split), so that scoring stays a bounded share of a ladder's time.
+SCORE_TOKENS = 1 << 17
+
 
 @torch.no_grad()
 def split_loss(model: LanguageModel, tokens: np.ndarray, batch_size: int = 32,

@@ -24,7 +24,8 @@ from stagegpt.fileio import ensure_dir, read_json, write_json, write_text
 from stagegpt.generation import check_sampling_args, generate
 from stagegpt.model.config import ModelConfig
 from stagegpt.model.stages import STAGES
-from stagegpt.tools.evaluate import split_loss
+from stagegpt.tools.endings import Item, items_for_window, score_endings
+from stagegpt.tools.evaluate import SCORE_TOKENS, split_loss
 from stagegpt.tools.inspection import flops_per_token, kv_cache_bytes_per_token
 from stagegpt.train.config import TrainConfig
 from stagegpt.train.plots import plot_curves
@@ -32,9 +33,6 @@ from stagegpt.train.rundir import RunLock, read_metrics
 from stagegpt.train.trainer import Trainer
 
 SETTINGS_FILE = "ladder.json"
-# The table's val loss scores the whole val split up to this many tokens (in windows spread
-# evenly over a larger split), so that scoring stays a bounded share of a ladder's time.
-SCORE_TOKENS = 1 << 17
 
 
 @dataclass
@@ -49,6 +47,8 @@ class LadderRow:
     tokens_per_sec: float
     wall_time: float
     kv_bytes_per_token: int  # what decoding caches per token (0 without attention)
+    endings_acc: float | None  # the HellaSwag-style endings test (tools/endings.py)
+    endings_acc_norm: float | None  # the same, length-normalized
 
 
 def _settings(stages, model_config, train_config, data_dir) -> dict:
@@ -96,18 +96,21 @@ def steps_for_seconds(stage: int, model_config: ModelConfig, train_config: Train
     return max(1, int(seconds / per_step))
 
 
-def _row_for(stage: int, trainer: Trainer, result) -> LadderRow:
+def _row_for(stage: int, trainer: Trainer, result, items: list[Item] | None) -> LadderRow:
     """The table row; its val loss covers the val split (up to SCORE_TOKENS), not the
     curve's sample of batches."""
     model = trainer.model
     val_loss = split_loss(model, trainer.val_tokens, fast=trainer.fast,
                           max_tokens=SCORE_TOKENS)
+    endings = score_endings(model, items) if items else None
     return LadderRow(
         stage=stage, adds=STAGES[stage].idea, params=model.num_params(),
         flops_per_token=flops_per_token(model)["train"],
         train_loss=result.train_loss, val_loss=val_loss,
         val_ppl=math.exp(val_loss), tokens_per_sec=result.tokens_per_sec,
         wall_time=result.elapsed, kv_bytes_per_token=kv_cache_bytes_per_token(model),
+        endings_acc=endings and endings.accuracy,
+        endings_acc_norm=endings and endings.accuracy_norm,
     )
 
 
@@ -118,12 +121,14 @@ def write_table(rows: list[LadderRow], out_dir: Path) -> str:
     writer.writerows(asdict(r) for r in rows)
     write_text(out_dir / "ladder.csv", buffer.getvalue())
     lines = ["| stage | adds | params | FLOPs/token (train) | train loss | val loss | "
-             "val ppl | tokens/s | wall time | KV cache bytes/token |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "val ppl | endings acc (norm) | tokens/s | wall time | KV cache bytes/token |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         kv = f"{r.kv_bytes_per_token:,}" if r.kv_bytes_per_token else "-"
+        endings = "-" if r.endings_acc is None else (
+            f"{r.endings_acc:.1%} ({r.endings_acc_norm:.1%})")
         lines.append(f"| {r.stage} | {r.adds} | {r.params:,} | {r.flops_per_token:,} | "
-                     f"{r.train_loss:.4f} | {r.val_loss:.4f} | {r.val_ppl:.2f} | "
+                     f"{r.train_loss:.4f} | {r.val_loss:.4f} | {r.val_ppl:.2f} | {endings} | "
                      f"{r.tokens_per_sec:,.0f} | {r.wall_time:.1f} s | {kv} |")
     table = "\n".join(lines) + "\n"
     write_text(out_dir / "ladder.md", table)
@@ -196,7 +201,7 @@ def _run(data_dir, out_dir, meta, model_config, train_config, stages, resume, ma
     _check_settings(out_dir, settings, resume)
     ensure_dir(out_dir)
     write_json(out_dir / SETTINGS_FILE, settings)
-    rows, models, tokenizer = [], {}, None
+    rows, models, tokenizer, items = [], {}, None, None
     for stage in stages:
         run_dir = out_dir / f"stage{stage}"
         config = train_config
@@ -208,7 +213,9 @@ def _run(data_dir, out_dir, meta, model_config, train_config, stages, resume, ma
         result = trainer.fit()
         if result.interrupted:
             return None
-        rows.append(_row_for(stage, trainer, result))
+        if items is None:  # the same questions for every stage
+            items = items_for_window(trainer.val_tokens, model_config.block_size) or []
+        rows.append(_row_for(stage, trainer, result, items))
         models[stage], tokenizer = trainer.model.eval(), trainer.tokenizer
     write_table(rows, out_dir)
     write_plot(stages, out_dir, meta, "step" if max_seconds is None else "elapsed")

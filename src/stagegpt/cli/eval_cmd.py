@@ -1,0 +1,64 @@
+"""Score a checkpoint on a data dir's val split: its loss, and a HellaSwag-style test.
+
+  stagegpt eval --ckpt runs/ladder/stage5 --data data/shakespeare_char
+  stagegpt eval --ckpt runs/mine --data data/mine --items 1000 --seed 1 --json
+
+The endings test builds --items questions from the val split (fixed by --seed): a context
+of --context tokens, its true continuation, and three endings cut from elsewhere in the
+split, each ending --ending-min to --ending-max tokens long. The model picks the ending
+with the lowest summed loss (accuracy) and with the lowest loss per token
+(length-normalized accuracy). Chance is 25%. Val loss covers the val split up to 131,072
+tokens, as in the ladder's table. The data must be tokenized with the checkpoint's
+tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from stagegpt.errors import StagegptError
+from stagegpt.tools.endings import DEFAULT_CONTEXT, DEFAULT_ENDING, DEFAULT_ITEMS
+
+HELP = "print a checkpoint's val loss and its HellaSwag-style endings accuracy on a data dir"
+FLAGS = {"ending": "--ending-min/--ending-max"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, metavar="DIR",
+                        help="checkpoint dir, or a run dir (its newest checkpoint)")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="data dir written by `stagegpt prepare`; its val split is used")
+    parser.add_argument("--items", type=int, default=DEFAULT_ITEMS, metavar="N",
+                        help=f"questions in the endings test (default: {DEFAULT_ITEMS})")
+    parser.add_argument("--context", type=int, default=DEFAULT_CONTEXT, metavar="T",
+                        help=f"context tokens per question (default: {DEFAULT_CONTEXT}; "
+                             "cropped from the left to fit the model's window)")
+    parser.add_argument("--ending-min", type=int, default=DEFAULT_ENDING[0], metavar="T",
+                        help=f"shortest ending in tokens (default: {DEFAULT_ENDING[0]})")
+    parser.add_argument("--ending-max", type=int, default=DEFAULT_ENDING[1], metavar="T",
+                        help=f"longest ending in tokens (default: {DEFAULT_ENDING[1]})")
+    parser.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="seed that picks the questions (default: 0)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from stagegpt.tools.endings import evaluate_checkpoint
+
+    if not 0 <= args.seed < 2**63:
+        raise StagegptError(f"--seed must be in [0, 2^63), got {args.seed}")
+    ending = (args.ending_min, args.ending_max)
+    if not 1 <= ending[0] <= ending[1]:
+        raise StagegptError(f"--ending-min and --ending-max must satisfy 1 <= min <= max, got "
+                            f"{ending[0]} and {ending[1]}")
+    result = evaluate_checkpoint(args.ckpt, args.data, args.items, args.context, ending,
+                                 args.seed)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"val loss              {result['val_loss']:.4f} (ppl {result['val_ppl']:.2f})")
+    print(f"endings accuracy      {result['accuracy']:.1%} of {result['items']} "
+          f"(chance {result['chance']:.0%})")
+    print(f"  length-normalized   {result['accuracy_norm']:.1%}")
+    return 0

@@ -1,0 +1,160 @@
+"""A second measure beside loss: pick the true ending among four, HellaSwag-style.
+
+Each item is a context from the val split, its true continuation, and three endings cut
+from elsewhere in the split. A model "answers" by the ending it finds most likely: the
+lowest summed loss of the ending's tokens given the context (accuracy), or the lowest
+mean loss per token (length-normalized accuracy, which does not favour short endings).
+Chance is 25%. Items depend only on the tokens and the seed, so every stage of a ladder
+answers the same questions; the test needs no labels, so any prepared data has one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stagegpt.data.datasets import load_split, read_meta
+from stagegpt.errors import StagegptError
+from stagegpt.interop import load_checkpoint
+from stagegpt.model import LanguageModel
+from stagegpt.model.layers import eval_mode
+from stagegpt.tools.evaluate import SCORE_TOKENS, split_loss
+
+CHOICES = 4
+DEFAULT_ITEMS = 400
+DEFAULT_CONTEXT = 48
+DEFAULT_ENDING = (8, 16)  # ending lengths in tokens, drawn per ending
+MAX_ITEMS = 100_000
+
+
+@dataclass
+class Item:
+    context: list[int]
+    endings: list[list[int]]  # CHOICES endings, the true one among them
+    answer: int  # index of the true ending
+
+
+@dataclass
+class EndingsScore:
+    accuracy: float  # lowest summed loss picks the true ending
+    accuracy_norm: float  # lowest loss per token picks it
+    items: int
+    chance: float = 1 / CHOICES
+
+
+def check_item_args(items: int, context: int, ending: tuple[int, int]) -> None:
+    if isinstance(items, bool) or not isinstance(items, int) or not 1 <= items <= MAX_ITEMS:
+        raise StagegptError(f"items must be an integer in [1, {MAX_ITEMS:,}], got {items!r}",
+                            "items")
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise StagegptError(f"context must be an integer >= 1, got {context!r}", "context")
+    low, high = ending
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in ending) or not (
+            1 <= low <= high):
+        raise StagegptError(f"ending must be two lengths 1 <= low <= high, got {ending!r}",
+                            "ending")
+
+
+def make_items(tokens: np.ndarray, items: int = DEFAULT_ITEMS, context: int = DEFAULT_CONTEXT,
+               ending: tuple[int, int] = DEFAULT_ENDING, seed: int = 0) -> list[Item]:
+    """`items` questions from `tokens` (a split), the same for the same tokens and seed."""
+    check_item_args(items, context, ending)
+    low, high = ending
+    span = context + high
+    if len(tokens) < 4 * span:
+        raise StagegptError(f"the split holds {len(tokens):,} tokens; the endings test needs "
+                            f"at least {4 * span:,} (4 x context + longest ending)")
+    rng = np.random.default_rng(seed)
+    return [_item(tokens, rng, context, low, high) for _ in range(items)]
+
+
+def _item(tokens: np.ndarray, rng: np.random.Generator, context: int, low: int,
+          high: int) -> Item:
+    start = int(rng.integers(0, len(tokens) - context - high + 1))
+    cut = start + context  # where the true ending begins
+    true = tokens[cut:cut + int(rng.integers(low, high + 1))].tolist()
+    endings = [true]
+    while len(endings) < CHOICES:
+        other = int(rng.integers(0, len(tokens) - high + 1))
+        if abs(other - cut) < high:  # would overlap the true ending
+            continue
+        candidate = tokens[other:other + int(rng.integers(low, high + 1))].tolist()
+        if candidate not in endings:
+            endings.append(candidate)
+    order = rng.permutation(CHOICES)
+    shuffled = [endings[i] for i in order]
+    return Item(tokens[start:cut].tolist(), shuffled, int(np.argmin(order)))
+
+
+def items_for_window(tokens: np.ndarray, block_size: int, seed: int = 0) -> list[Item] | None:
+    """The default test shrunk to fit a `block_size` window (None if the split is too
+    short): endings of up to a quarter of the window, the rest context."""
+    high = min(DEFAULT_ENDING[1], max(1, block_size // 4))
+    ending = (max(1, high // 2), high)
+    context = max(1, min(DEFAULT_CONTEXT, block_size - high))
+    if len(tokens) < 4 * (context + high):
+        return None
+    return make_items(tokens, DEFAULT_ITEMS, context, ending, seed)
+
+
+def ending_losses(model: LanguageModel, context: list[int],
+                  endings: list[list[int]]) -> torch.Tensor:
+    """Summed next-token loss of each ending after `context` -> (CHOICES,) tensor.
+
+    The context is cropped from the left to fit the model's window; the endings are
+    right-padded to one length and the padding's loss is masked out.
+    """
+    longest = max(map(len, endings))
+    context = context[-(model.config.block_size - longest):]
+    rows = [context + e + [0] * (longest - len(e)) for e in endings]
+    idx = torch.tensor(rows, device=next(model.parameters()).device)  # (4, T)
+    logits, _ = model(idx[:, :-1])  # (4, T-1, V)
+    targets = idx[:, 1:]  # (4, T-1)
+    losses = F.cross_entropy(logits.float().transpose(1, 2), targets,
+                             reduction="none")  # (4, T-1)
+    first = len(context) - 1  # position whose target is the ending's first token
+    mask = torch.zeros_like(losses)
+    for row, ending in enumerate(endings):
+        mask[row, first:first + len(ending)] = 1
+    return (losses * mask).sum(dim=1)  # (4,)
+
+
+@torch.no_grad()
+def score_endings(model: LanguageModel, items: list[Item]) -> EndingsScore:
+    """How often `model` ranks each item's true ending first."""
+    longest = max(len(e) for item in items for e in item.endings)
+    if longest >= model.config.block_size:
+        raise StagegptError(f"endings of {longest} tokens leave no context in the model's "
+                            f"window of {model.config.block_size}; use shorter endings",
+                            "ending")
+    correct = correct_norm = 0
+    with eval_mode(model):
+        for item in items:
+            summed = ending_losses(model, item.context, item.endings)  # (4,)
+            lengths = torch.tensor([len(e) for e in item.endings], device=summed.device)
+            correct += int(summed.argmin()) == item.answer
+            correct_norm += int((summed / lengths).argmin()) == item.answer
+    return EndingsScore(correct / len(items), correct_norm / len(items), len(items))
+
+
+def evaluate_checkpoint(ckpt_dir: str | Path, data_dir: str | Path, items: int = DEFAULT_ITEMS,
+                        context: int = DEFAULT_CONTEXT,
+                        ending: tuple[int, int] = DEFAULT_ENDING, seed: int = 0) -> dict:
+    """Val loss and the endings test of a checkpoint on a data dir's val split."""
+    check_item_args(items, context, ending)
+    ckpt = load_checkpoint(ckpt_dir)
+    meta = read_meta(data_dir)
+    same = ckpt.tokenizer is None or ckpt.tokenizer.to_spec() == meta["tokenizer"]
+    if not same or meta["vocab_size"] > ckpt.model.config.vocab_size:
+        raise StagegptError(f"{data_dir} was tokenized with another tokenizer than the "
+                            f"checkpoint {ckpt_dir}; evaluate on data prepared with the "
+                            "tokenizer the model was trained with")
+    tokens = load_split(data_dir, "val")
+    val_loss = split_loss(ckpt.model, tokens, max_tokens=SCORE_TOKENS)
+    score = score_endings(ckpt.model, make_items(tokens, items, context, ending, seed))
+    return {"val_loss": val_loss, "val_ppl": math.exp(val_loss), **asdict(score)}

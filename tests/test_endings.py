@@ -1,0 +1,105 @@
+"""The HellaSwag-style endings test: its items, its scoring, and `stagegpt eval`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stagegpt import ModelConfig, TrainConfig, Trainer, build_model
+from stagegpt.cli import main
+from stagegpt.errors import StagegptError
+from stagegpt.tools.endings import (
+    CHOICES,
+    ending_losses,
+    items_for_window,
+    make_items,
+    score_endings,
+)
+
+TOKENS = np.random.default_rng(0).integers(0, 50, 5_000)
+
+
+def test_items_are_fixed_by_the_seed_and_hold_the_true_continuation():
+    items = make_items(TOKENS, items=50, context=20, ending=(4, 9), seed=3)
+    again = make_items(TOKENS, items=50, context=20, ending=(4, 9), seed=3)
+    assert items == again
+    assert items != make_items(TOKENS, items=50, context=20, ending=(4, 9), seed=4)
+    text = TOKENS.tolist()
+    answers = {item.answer for item in items}
+    assert answers == set(range(CHOICES))  # the true ending is not always in one place
+    for item in items:
+        assert len(item.context) == 20 and len(item.endings) == CHOICES
+        assert all(4 <= len(e) <= 9 for e in item.endings)
+        whole = item.context + item.endings[item.answer]
+        starts = [i for i in range(len(text)) if text[i:i + len(whole)] == whole]
+        assert starts, "context + true ending is a span of the split"
+        assert len({tuple(e) for e in item.endings}) == CHOICES
+
+
+def test_ending_losses_equal_each_ending_scored_alone(tiny_config):
+    """Padding the endings to one length and masking changes no ending's loss."""
+    torch.manual_seed(0)
+    model = build_model(5, tiny_config).eval()
+    context, endings = [5, 6, 7, 8, 9], [[1, 2], [3, 4, 5, 6], [7], [8, 9, 10]]
+    got = ending_losses(model, context, endings)
+    for i, ending in enumerate(endings):
+        seq = torch.tensor([context + ending])
+        logits, _ = model(seq[:, :-1])
+        logp = torch.log_softmax(logits[0], dim=-1)
+        want = -sum(logp[len(context) - 1 + j, t] for j, t in enumerate(ending))
+        torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_trained_model_beats_chance_and_a_fresh_one_does_not(markov_data, tmp_path):
+    data = markov_data(order=1, vocab=12, tokens=60_000, seed=0, concentration=0.05)
+    config = ModelConfig(vocab_size=12, block_size=32, n_embd=32, n_layer=1, n_head=2)
+    val = np.memmap(data / "val.bin", dtype=np.uint16, mode="r")
+    items = items_for_window(val, config.block_size)
+    assert len(items) == 400 and max(len(e) for i in items for e in i.endings) == 8
+    torch.manual_seed(0)
+    fresh = score_endings(build_model(5, config), items)
+    assert fresh.accuracy_norm < 0.4  # near chance, or below it: an untrained bias
+    train = TrainConfig(max_steps=150, batch_size=16, lr=1e-2, warmup_steps=10,
+                        eval_every=150, eval_batches=2, ckpt_every=1000)
+    trainer = Trainer(5, config, train, data, tmp_path / "run", progress=False)
+    trainer.fit()
+    trained = score_endings(trainer.model, items)
+    assert trained.accuracy_norm > 0.5, trained
+
+    code = main(["eval", "--ckpt", str(tmp_path / "run"), "--data", str(data), "--json",
+                 "--items", "400", "--context", "24", "--ending-min", "4", "--ending-max", "8"])
+    assert code == 0
+
+
+def test_eval_cli_prints_and_refuses(markov_data, tmp_path, capsys):
+    data = markov_data(order=1, vocab=12, tokens=60_000, seed=0, concentration=0.05)
+    other = markov_data(order=1, vocab=9, tokens=20_000, seed=1)
+    config = ModelConfig(vocab_size=12, block_size=32, n_embd=16, n_layer=1, n_head=2)
+    train = TrainConfig(max_steps=2, batch_size=2, warmup_steps=1, eval_every=2,
+                        eval_batches=1, ckpt_every=1000)
+    Trainer(5, config, train, data, tmp_path / "run", progress=False).fit()
+    ckpt = str(tmp_path / "run")
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", ckpt, "--data", str(data), "--items", "20",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["items"] == 20 and result["chance"] == 0.25
+    assert 0 <= result["accuracy"] <= 1 and result["val_loss"] > 0
+    assert main(["eval", "--ckpt", ckpt, "--data", str(data), "--items", "20"]) == 0
+    assert "length-normalized" in capsys.readouterr().out
+    for flags, words in ((["--items", "0"], "--items must be"),
+                         (["--ending-min", "9", "--ending-max", "3"], "--ending-min"),
+                         (["--ending-max", "40"], "leave no context"),
+                         (["--seed", "-1"], "--seed")):
+        assert main(["eval", "--ckpt", ckpt, "--data", str(data), *flags]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    assert main(["eval", "--ckpt", ckpt, "--data", str(other)]) == 2
+    assert "another tokenizer" in capsys.readouterr().err
+
+
+def test_a_split_too_short_is_refused():
+    with pytest.raises(StagegptError, match="needs at least"):
+        make_items(TOKENS[:100], items=5, context=48, ending=(8, 16))
+    assert items_for_window(TOKENS[:100], 64) is None
