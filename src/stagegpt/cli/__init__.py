@@ -32,7 +32,8 @@ def _available_verbs() -> dict[str, object]:
     return modules
 
 
-THREADED = ("train", "sample", "ladder", "inspect", "attention", "convert", "eval")  # bench has its own
+# verbs that take --threads (bench sets its own)
+THREADED = ("train", "sample", "ladder", "inspect", "attention", "convert", "eval")
 
 
 class OneLineParser(argparse.ArgumentParser):
