@@ -1,4 +1,4 @@
-"""The five stage notebooks: stored without outputs, and executed top to bottom.
+"""The stage notebooks: stored without outputs, and executed top to bottom.
 
 Each notebook trains with `STAGEGPT_NB_STEPS` steps (set small here), so each runs in well
 under 90 s on 2 cores; a cell that takes longer than that fails the test. The notebooks
@@ -19,10 +19,10 @@ STEPS = "300"  # training steps per run inside the notebooks (the ladder gets a 
 CELL_TIMEOUT = 90  # seconds
 
 
-def test_five_notebooks_in_the_seeds_order():
+def test_the_notebooks_in_order():
     assert [p.stem for p in NOTEBOOKS] == [
         "01_minimal_lm", "02_positional_lm", "03_attention_lm", "04_block_lm",
-        "05_gpt_decoder",
+        "05_gpt_decoder", "06_modern_decoder",
     ]
 
 
