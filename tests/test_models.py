@@ -40,7 +40,7 @@ def test_initial_loss_at_gpt2_vocab(stage):
     assert abs(loss.item() - math.log(50257)) < 0.15
 
 
-@pytest.mark.parametrize("stage", [3, 4, 5])
+@pytest.mark.parametrize("stage", [3, 4, 5, 6, 7, 8, 9])
 def test_attention_stages_are_causal(stage, tiny_config):
     torch.manual_seed(0)
     model = build_model(stage, tiny_config).eval()

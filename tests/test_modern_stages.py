@@ -49,6 +49,44 @@ def test_stage7_positions_are_relative():
         assert not torch.allclose(five.body(x[:, :4], start=0), five.body(x[:, :4], start=4))
 
 
+def rotation_matrix(position: int, hd: int, theta: float) -> torch.Tensor:
+    """RoPE built the long way: a (hd, hd) matrix turning feature pair (i, i + hd/2) by
+    position * theta^(-2i/hd), one 2x2 rotation per pair, in float64."""
+    matrix = torch.zeros(hd, hd, dtype=torch.float64)
+    for i in range(hd // 2):
+        angle = position * theta ** (-2 * i / hd)
+        c, s = math.cos(angle), math.sin(angle)
+        j = i + hd // 2
+        matrix[i, i], matrix[i, j], matrix[j, i], matrix[j, j] = c, -s, s, c
+    return matrix
+
+
+def test_rope_equals_explicit_rotation_matrices():
+    attn = RotaryAttention(n_embd=64, n_head=4, theta=500.0)
+    x = torch.randn(2, 4, 9, 16)  # (B, nh, T, hd)
+    # within a context of a few hundred tokens: float32 angles keep 1e-5 (at 1000 they
+    # are off by about 6e-5, float32's spacing there)
+    pos = torch.tensor([0, 1, 2, 3, 7, 15, 31, 100, 255])
+    got = attn.rotate(x, pos)
+    want = torch.stack([x[:, :, t].double() @ rotation_matrix(int(p), 16, 500.0).T
+                        for t, p in enumerate(pos)], dim=2)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+
+
+def test_gqa_with_as_many_kv_heads_as_heads_is_plain_multi_head_attention():
+    """Stage 9 with n_kv_head == n_head has stage 8's very parameters and computes exactly
+    its function; fewer key/value heads change the shapes."""
+    torch.manual_seed(0)
+    eight = build_model(8, CONFIG).eval()
+    nine = build_model(9, ModelConfig(**{**CONFIG.to_dict(), "n_kv_head": CONFIG.n_head}))
+    nine.load_state_dict(eight.state_dict())
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(nine.eval()(x)[0], eight(x)[0])
+    grouped = build_model(9, ModelConfig(**{**CONFIG.to_dict(), "n_kv_head": 2}))
+    assert grouped.h[0].attn.c_attn.weight.shape[0] < eight.h[0].attn.c_attn.weight.shape[0]
+
+
 def test_stage8_swiglu_matches_the_gelu_mlp_in_parameters():
     """hidden = round(8C/3): three C x hidden matrices against two C x 4C ones."""
     gelu = sum(p.numel() for p in MLP(CONFIG.n_embd, bias=False).parameters())
