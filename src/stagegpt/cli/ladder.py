@@ -1,10 +1,11 @@
-"""Train all five stages on one budget and compare them: the project's main demo.
+"""Train the stages on one budget and compare them: the project's main demo.
 
 Every stage gets the same data, seed, batch, context, width and budget (--max-steps, or
 --max-seconds per stage, converted to steps by timing a few steps first). Writes
 OUT/ladder.md and ladder.csv (stage, what it adds, parameters, FLOPs/token, train loss,
 val loss over the whole val split (up to 131,072 tokens, spread over a larger one), val
-perplexity, tokens/s, wall time), ladder.png (validation curves by step, or by training
+perplexity, the HellaSwag-style endings test's accuracy (see `stagegpt eval`), tokens/s,
+wall time, KV-cache bytes per token), ladder.png (validation curves by step, or by training
 seconds with --max-seconds; with the entropy rate and bigram floor for markov data),
 samples.md (one sample per stage from the same prompt and seed), and each stage's run
 in OUT/stage{N}, so `stagegpt sample --ckpt OUT/stage5` works. Interrupt it any time;
