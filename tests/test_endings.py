@@ -9,6 +9,7 @@ import torch
 from stagegpt import ModelConfig, TrainConfig, Trainer, build_model
 from stagegpt.cli import main
 from stagegpt.errors import StagegptError
+from stagegpt.interop import load_checkpoint
 from stagegpt.tools.endings import (
     CHOICES,
     ending_losses,
@@ -86,8 +87,17 @@ def test_eval_cli_prints_and_refuses(markov_data, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["items"] == 20 and result["chance"] == 0.25
     assert 0 <= result["accuracy"] <= 1 and result["val_loss"] > 0
+    assert main(["eval", "--ckpt", ckpt, "--data", str(data), "--items", "20", "--json",
+                 "--dtype", "bfloat16"]) == 0
+    bf16 = json.loads(capsys.readouterr().out)
+    assert bf16["val_loss"] != result["val_loss"]  # really computed in bfloat16
+    assert abs(bf16["val_loss"] - result["val_loss"]) < 0.02
     assert main(["eval", "--ckpt", ckpt, "--data", str(data), "--items", "20"]) == 0
     assert "length-normalized" in capsys.readouterr().out
+    assert main(["sample", "--ckpt", ckpt, "--dtype", "bfloat16", "--max-new-tokens", "5",
+                 "--seed", "0"]) == 0
+    with pytest.raises(StagegptError, match="^dtype must be one of float32, bfloat16"):
+        load_checkpoint(ckpt, dtype="float16")
     for flags, words in ((["--items", "0"], "--items must be"),
                          (["--ending-min", "9", "--ending-max", "3"], "--ending-min"),
                          (["--ending-max", "40"], "leave no context"),

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"longest ending in tokens (default: {DEFAULT_ENDING[1]})")
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="seed that picks the questions (default: 0)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="weights to evaluate with (default: float32)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise StagegptError(f"--ending-min and --ending-max must satisfy 1 <= min <= max, got "
                             f"{ending[0]} and {ending[1]}")
     result = evaluate_checkpoint(args.ckpt, args.data, args.items, args.context, ending,
-                                 args.seed)
+                                 args.seed, args.dtype)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -47,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"samples to draw, separated by a '{SEPARATOR}' line (default: 1)")
     parser.add_argument("--no-cache", action="store_true",
                         help="recompute the whole context every step instead of using a KV cache")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="weights to sample with: bfloat16 halves the bytes read per "
+                             "token (faster on most CPUs; docs/sampling.md has the measured "
+                             "speed and loss) (default: float32)")
     parser.add_argument("--no-fast", action="store_true",
                         help="decode through the plain model only (stagegpt.fast off; the same "
                              "tokens, slower)")
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from stagegpt.interop import load_checkpoint
 
-    ckpt = load_checkpoint(args.ckpt)
+    ckpt = load_checkpoint(args.ckpt, dtype=args.dtype)
     tokenizer = ckpt.tokenizer
     if tokenizer is None:
         raise StagegptError(f"checkpoint {args.ckpt} has no tokenizer, so its text cannot be "

@@ -19,8 +19,23 @@ from stagegpt.train.rundir import resolve_checkpoint_dir
 HF_LOADERS = {"gpt2": gpt2.load_hf_model, "llama": load_llama_model}  # model_type -> loader
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a stagegpt checkpoint (or run dir, or Hugging Face GPT-2 / Llama dir)."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    dtype: str = "float32") -> Checkpoint:
+    """Load a stagegpt checkpoint (or run dir, or Hugging Face GPT-2 / Llama dir).
+
+    dtype: "bfloat16" casts the weights for inference: half the bytes to read per token.
+    """
+    if dtype not in DTYPES:
+        raise StagegptError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", "dtype")
+    checkpoint = _load(path, device)
+    checkpoint.model.to(DTYPES[dtype])
+    return checkpoint
+
+
+def _load(path: str | Path, device: str | torch.device) -> Checkpoint:
     directory = resolve_checkpoint_dir(path)
     meta = read_json(directory / CONFIG_FILE, "checkpoint config")
     if not isinstance(meta, dict):

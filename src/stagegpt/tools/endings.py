@@ -144,10 +144,11 @@ def score_endings(model: LanguageModel, items: list[Item]) -> EndingsScore:
 
 def evaluate_checkpoint(ckpt_dir: str | Path, data_dir: str | Path, items: int = DEFAULT_ITEMS,
                         context: int = DEFAULT_CONTEXT,
-                        ending: tuple[int, int] = DEFAULT_ENDING, seed: int = 0) -> dict:
+                        ending: tuple[int, int] = DEFAULT_ENDING, seed: int = 0,
+                        dtype: str = "float32") -> dict:
     """Val loss and the endings test of a checkpoint on a data dir's val split."""
     check_item_args(items, context, ending)
-    ckpt = load_checkpoint(ckpt_dir)
+    ckpt = load_checkpoint(ckpt_dir, dtype=dtype)
     meta = read_meta(data_dir)
     same = ckpt.tokenizer is None or ckpt.tokenizer.to_spec() == meta["tokenizer"]
     if not same or meta["vocab_size"] > ckpt.model.config.vocab_size:
