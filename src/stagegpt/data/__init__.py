@@ -6,6 +6,8 @@
     train = load_split("data/shakespeare_char", "train")     # a read-only memmap of ids
     x, y = sample_batch(train, batch_size=12, block_size=64, generator=torch.Generator())
 
+    meta, records = read_finetune_dir("data/genre")  # a fine-tuning dir: JSONL records, checked
+
 These are what `stagegpt prepare` runs; an existing data dir is replaced only with
 `overwrite=True` (the CLI's --force).
 """
@@ -18,11 +20,17 @@ from stagegpt.data.datasets import (
     read_meta,
     sample_batch,
 )
+from stagegpt.data.finetune_records import (
+    read_finetune_dir,
+    read_finetune_split,
+    write_finetune_dir,
+)
 from stagegpt.data.prepare import prepare_corpus, prepare_markov
 from stagegpt.data.tokenizers import Tokenizer, get_tokenizer, load_tokenizer
 
 __all__ = [
     "Corpus", "TokenWindows", "Tokenizer", "get_tokenizer", "load_split", "load_tokenizer",
-    "load_tokenizer_from_data", "prepare_corpus", "prepare_markov", "read_meta",
-    "sample_batch", "shakespeare_corpus", "text_corpus",
+    "load_tokenizer_from_data", "prepare_corpus", "prepare_markov", "read_finetune_dir",
+    "read_finetune_split", "read_meta", "sample_batch", "shakespeare_corpus", "text_corpus",
+    "write_finetune_dir",
 ]
