@@ -38,9 +38,11 @@ CLASSIFY_KEYS = {"text", "label"}
 INSTRUCT_KEYS = {"messages", "kind", "answer"}
 
 
-def iter_jsonl(path: Path, max_records: int = MAX_RECORDS) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(path: Path, max_records: int | None = None) -> Iterator[tuple[int, Any]]:
     """(line number, parsed JSON) for each non-blank line of a UTF-8 JSONL file, with a
-    one-line error naming path:line for a line that is too long, not UTF-8 or not JSON."""
+    one-line error naming path:line for a line that is too long, not UTF-8 or not JSON, or
+    past `max_records` (default MAX_RECORDS) records."""
+    max_records = MAX_RECORDS if max_records is None else max_records
     count = 0
     if not Path(path).is_file():
         raise StagegptError(f"{path} is not a file; give the path of a JSONL file")
@@ -232,10 +234,12 @@ def read_finetune_dir(data_dir: str | Path) -> tuple[dict[str, Any], dict[str, l
 
 
 def write_finetune_dir(out: str | Path, meta: dict[str, Any],
-                       splits: dict[str, list[dict[str, Any]]], tokenizer: Tokenizer) -> None:
+                       splits: dict[str, list[dict[str, Any]]], tokenizer: Tokenizer
+                       ) -> dict[str, Any]:
     """Write meta.json (with the counts and tokenizer spec filled in), the three JSONL
     files and the tokenizer's files into `out`, replaced as a whole or not at all. Every
-    record is checked first, exactly as `read_finetune_dir` will check it."""
+    record is checked first, exactly as `read_finetune_dir` will check it. Returns the meta
+    written."""
     from stagegpt import __version__
 
     meta = {"stagegpt_version": __version__, **meta,
@@ -257,3 +261,4 @@ def write_finetune_dir(out: str | Path, meta: dict[str, Any],
                 f.writelines(lines[split])
         tokenizer.save(tmp)
         write_json(tmp / "meta.json", meta)
+    return meta
