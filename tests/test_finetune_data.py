@@ -18,7 +18,7 @@ from finetune_data import (
 from stagegpt.cli import main
 from stagegpt.data import genre, load_tokenizer_from_data, read_finetune_dir
 from stagegpt.data.chat_data import read_conversations
-from stagegpt.data.finetune_prepare import tokenizer_from_dir
+from stagegpt.data.finetune_prepare import base_context, tokenizer_from_dir
 from stagegpt.data.plays import Speech, passages, speeches
 from stagegpt.data.r8 import read_tab
 from stagegpt.data.tokenizers import CharTokenizer
@@ -335,7 +335,8 @@ def test_from_dir_reuses_a_checkpoint_run_or_data_dirs_tokenizer(tmp_path):
 
     step = tmp_path / "run" / "checkpoints" / "step_00000002"
     step.mkdir(parents=True)
-    (step / "config.json").write_text(json.dumps({"stage": 5, "tokenizer": CHARS.to_spec()}))
+    (step / "config.json").write_text(json.dumps({"stage": 5, "tokenizer": CHARS.to_spec(),
+                                                  "model": {"block_size": 12}}))
     (tmp_path / "run" / "checkpoints" / "step_00000001").mkdir()  # no config: not a ckpt
     assert tokenizer_from_dir(tmp_path / "run").chars == CHARS.chars
     assert tokenizer_from_dir(step).chars == CHARS.chars
@@ -345,6 +346,23 @@ def test_from_dir_reuses_a_checkpoint_run_or_data_dirs_tokenizer(tmp_path):
     assert tokenizer_from_dir(tmp_path / "cls").chars == CHARS.chars
     with pytest.raises(StagegptError, match="is not a checkpoint, run or data dir"):
         tokenizer_from_dir(tmp_path / "run" / "checkpoints" / "step_00000001")
+    assert base_context(f"from:{tmp_path / 'run'}") == 12
+    assert base_context(f"from:{tmp_path / 'cls'}") is None and base_context("char") is None
+
+
+def test_records_longer_than_the_base_context_are_counted(tmp_path, capsys):
+    step = tmp_path / "ckpt"
+    step.mkdir()
+    (step / "config.json").write_text(json.dumps({"stage": 5, "tokenizer": CHARS.to_spec(),
+                                                  "model": {"block_size": 12}}))
+    rows = [{"text": "short", "label": "a"}, {"text": "a much longer text", "label": "b"}] * 5
+    path = _user_file(tmp_path, "d.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["prepare", "labels", str(path), "--tokenizer", f"from:{step}", "--out",
+                 str(tmp_path / "o"), "--test-fraction", "0"]) == 0
+    meta = read_finetune_dir(tmp_path / "o")[0]
+    assert meta["base_block_size"] == 12
+    assert sum(n["longer"] for n in meta["token_lengths"].values()) == 5
+    assert "longer than the base checkpoint's context of 12 tokens" in capsys.readouterr().out
 
 
 def _user_file(tmp_path, name, text):

@@ -191,10 +191,16 @@ def report(meta: dict[str, Any], out: str) -> None:
         if "label_counts" in meta:
             line += "; " + ", ".join(f"{k} {v:,}" for k, v in meta["label_counts"][split].items())
         print(line)
+    longer = {s: n["longer"] for s, n in meta["token_lengths"].items() if n.get("longer")}
+    if longer:
+        print(f"  note: records longer than the base checkpoint's context of "
+              f"{meta['base_block_size']} tokens: "
+              f"{', '.join(f'{s} {n:,}' for s, n in longer.items())}; finetune checks them "
+              "against its context (a lower --max-chars shortens them)")
     unknown = meta["unknown_chars"]
     if unknown["count"]:
         done = {"drop": "dropped", "replace": "replaced by spaces"}[meta["settings"]
                                                                    ["unknown_chars"]]
         print(f"  {unknown['count']:,} characters outside the char vocabulary "
               f"({', '.join(unknown['examples'])}) were {done}; "
-              f"{unknown['dropped_records']:,} records left empty were dropped")
+              f"{unknown['dropped_records']:,} record(s) left empty were dropped")

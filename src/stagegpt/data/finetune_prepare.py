@@ -10,7 +10,8 @@ Every `stagegpt prepare genre|r8|chat|labels|instruct` ends in `prepare_finetune
    `unknown_chars` says "drop" (remove them) or "replace" (each becomes a space); a record
    left with no text is dropped;
 3. token lengths per split (max and median; an instruct record counts its messages'
-   contents, not the template finetune wraps them in) go into meta.json and the report.
+   contents, not the template finetune wraps them in) go into meta.json and the report,
+   with, for a from:DIR checkpoint, how many records are longer than its block size.
 """
 
 from __future__ import annotations
@@ -150,8 +151,22 @@ def handle_unknown_chars(splits: dict[str, list[dict]], tokenizer: Tokenizer,
     return mapped, report
 
 
-def token_lengths(splits: dict[str, list[dict]], tokenizer: Tokenizer) -> dict[str, dict]:
-    """{split: {"max", "median"}} of the records' token counts (contents only)."""
+def base_context(tokenizer: str) -> int | None:
+    """The block size of the checkpoint a from:DIR tokenizer comes from (None for others)."""
+    if not tokenizer.startswith("from:"):
+        return None
+    checkpoint = _checkpoint_in(readable_dir(Path(tokenizer[5:])))
+    if checkpoint is None:
+        return None
+    model = read_json(checkpoint / "config.json", "checkpoint config").get("model")
+    block = model.get("block_size") if isinstance(model, dict) else None
+    return block if isinstance(block, int) and not isinstance(block, bool) else None
+
+
+def token_lengths(splits: dict[str, list[dict]], tokenizer: Tokenizer,
+                  context: int | None = None) -> dict[str, dict]:
+    """{split: {"max", "median"}} of the records' token counts (contents only), and with
+    a `context`, "longer": how many records have more tokens than it."""
     stats = {}
     for split, records in splits.items():
         texts = ["\n".join(record_texts(r)) for r in records]
@@ -159,6 +174,8 @@ def token_lengths(splits: dict[str, list[dict]], tokenizer: Tokenizer) -> dict[s
                   else [len(ids) for ids in tokenizer.encode_batch(texts)])
         stats[split] = {"max": max(counts, default=0),
                         "median": int(statistics.median(counts)) if counts else 0}
+        if context is not None:
+            stats[split]["longer"] = sum(n > context for n in counts)
     return stats
 
 
@@ -172,7 +189,7 @@ def prepare_finetune(out: str | Path, meta: dict[str, Any], splits: dict[str, li
                      overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Write `splits` ({"train", "val", "test"}: records) with `meta` (task, source, labels,
     documents, settings) to `out`; returns the meta.json written, with "token_lengths",
-    "unknown_chars" and, for classify, "label_counts" added."""
+    "unknown_chars", "base_block_size" and, for classify, "label_counts" added."""
     check_replaceable(out, overwrite)
     tok = build_tokenizer(tokenizer, splits, progress)
     splits, unknown = handle_unknown_chars(splits, tok, unknown_chars)
@@ -180,8 +197,9 @@ def prepare_finetune(out: str | Path, meta: dict[str, Any], splits: dict[str, li
         if not splits[split]:
             raise StagegptError(f"the {split} split has no records; give more data or a larger "
                                 "split fraction")
+    context = base_context(tokenizer)
     meta = {**meta, "tokenizer_choice": tokenizer, "unknown_chars": unknown,
-            "token_lengths": token_lengths(splits, tok)}
+            "base_block_size": context, "token_lengths": token_lengths(splits, tok, context)}
     if meta["task"] == "classify":
         meta["label_counts"] = label_counts(splits)
     return write_finetune_dir(out, meta, {s: splits[s] for s in SPLITS}, tok)
