@@ -170,14 +170,18 @@ def play_questions(play: str, split_titles: list[str], rng: random.Random, per_p
     return records
 
 
-def shakespeare_chat_records(texts: dict[str, str], seed: int = 0, per_play: int = 50,
-                             max_chars: int = 120, min_chars: int = 30
-                             ) -> dict[str, list[dict]]:
+def _check_play_args(per_play: int, max_chars: int, min_chars: int) -> None:
     if per_play < 1:
         raise StagegptError(f"per_play must be at least 1, got {per_play}", "per_play")
     if not 1 <= min_chars <= max_chars:
         raise StagegptError(f"min_chars must be from 1 to max_chars ({max_chars}), got "
                             f"{min_chars}", "min_chars")
+
+
+def shakespeare_chat_records(texts: dict[str, str], seed: int = 0, per_play: int = 50,
+                             max_chars: int = 120, min_chars: int = 30
+                             ) -> dict[str, list[dict]]:
+    _check_play_args(per_play, max_chars, min_chars)
     rng = random.Random(seed)
     splits = {}
     for split, plays in play_splits().items():
@@ -205,6 +209,7 @@ def prepare_chat(out: str | Path, source: str, tokenizer: str, seed: int = 0,
         splits = chatterbot_records(chatterbot_files(), seed, val_fraction, test_fraction,
                                     max_chars or 300)
     elif source == "shakespeare":
+        _check_play_args(per_play, max_chars or 120, min_chars)
         splits = shakespeare_chat_records(play_texts(), seed, per_play, max_chars or 120,
                                           min_chars)
         meta["documents"] = play_splits()

@@ -158,7 +158,8 @@ def base_context(tokenizer: str) -> int | None:
     checkpoint = _checkpoint_in(readable_dir(Path(tokenizer[5:])))
     if checkpoint is None:
         return None
-    model = read_json(checkpoint / "config.json", "checkpoint config").get("model")
+    config = read_json(checkpoint / "config.json", "checkpoint config")
+    model = config.get("model") if isinstance(config, dict) else None
     block = model.get("block_size") if isinstance(model, dict) else None
     return block if isinstance(block, int) and not isinstance(block, bool) else None
 

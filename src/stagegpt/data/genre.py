@@ -102,15 +102,19 @@ def balance_labels(records: list[dict], rng: random.Random) -> list[dict]:
     return [r for i, r in enumerate(records) if i in keep]
 
 
-def genre_records(texts: dict[str, str], seed: int = 0, balance: bool = True,
-                  max_lines: int = 4, max_chars: int = 200, min_chars: int = 40
-                  ) -> dict[str, list[dict[str, str]]]:
-    """{split: [{"text": passage, "label": genre}, ...]}, shuffled with `seed`."""
+def check_passage_args(max_lines: int, max_chars: int, min_chars: int) -> None:
     if not 1 <= min_chars <= max_chars:
         raise StagegptError(f"min_chars must be from 1 to max_chars ({max_chars}), got "
                             f"{min_chars}", "min_chars")
     if max_lines < 1:
         raise StagegptError(f"max_lines must be at least 1, got {max_lines}", "max_lines")
+
+
+def genre_records(texts: dict[str, str], seed: int = 0, balance: bool = True,
+                  max_lines: int = 4, max_chars: int = 200, min_chars: int = 40
+                  ) -> dict[str, list[dict[str, str]]]:
+    """{split: [{"text": passage, "label": genre}, ...]}, shuffled with `seed`."""
+    check_passage_args(max_lines, max_chars, min_chars)
     rng = random.Random(seed)
     seen: set[str] = set()
     splits = {}
@@ -133,6 +137,7 @@ def prepare_genre(out: str | Path, tokenizer: str, seed: int = 0, balance: bool 
                   progress: bool = True, settings: dict[str, Any] | None = None
                   ) -> dict[str, Any]:
     """The genre classification dir in `out` (see the module docstring); returns its meta."""
+    check_passage_args(max_lines, max_chars, min_chars)
     splits = genre_records(play_texts(), seed, balance, max_lines, max_chars, min_chars)
     meta = {"task": "classify", "source": "genre", "labels": list(GENRES),
             "documents": play_splits(), "settings": settings or {}}
