@@ -1,6 +1,6 @@
 """Instruction data: chatterbot-corpus conversations, and questions made from the plays.
 
-chatterbot: the English YAML files of the `chatterbot-corpus` wheel (BSD-3-Clause;
+chatterbot: the English YAML files of the `chatterbot-corpus` wheel (BSD license;
 `chatterbot_corpus/data/english/*.yml`, 21 topics): each conversation is a list of lines
 spoken in turn, read as user, assistant, user, ... (a last unanswered line is dropped),
 cut to the whole turns that fit `max_chars` characters (300 by default; a conversation
