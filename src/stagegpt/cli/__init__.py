@@ -22,7 +22,8 @@ from stagegpt.errors import StagegptError
 # verb -> module in stagegpt.cli (`inspect_cmd`: no module may be named like the stdlib's)
 VERBS = {"prepare": "prepare", "train": "train", "sample": "sample", "ladder": "ladder",
          "inspect": "inspect_cmd", "attention": "attention", "convert": "convert",
-         "bench": "bench"}
+         "bench": "bench", "finetune": "finetune", "classify": "classify", "chat": "chat",
+         "merge": "merge"}
 
 
 def _available_verbs() -> dict[str, object]:
@@ -32,7 +33,8 @@ def _available_verbs() -> dict[str, object]:
     return modules
 
 
-THREADED = ("train", "sample", "ladder", "inspect", "attention", "convert")  # bench has its own
+THREADED = ("train", "sample", "ladder", "inspect", "attention", "convert", "finetune",
+            "classify", "chat", "merge")  # bench has its own
 
 
 class OneLineParser(argparse.ArgumentParser):
