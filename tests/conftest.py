@@ -32,3 +32,28 @@ def markov_data(tmp_path_factory):
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pretrained_char5(tmp_path_factory):
+    """A tiny stage 5 pretrained on a made-up genre corpus (tests/finetune_base.py), on one
+    thread (see one_thread)."""
+    from finetune_base import pretrain
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return pretrain(tmp_path_factory.mktemp("pretrained"))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a machine shared with other jobs
+    (two threads then spin-wait for each other); the previous setting comes back after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

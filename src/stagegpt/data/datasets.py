@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stagegpt.data.finetune_records import tokenizer_of_finetune_dir
 from stagegpt.data.tokenizers import Tokenizer, load_tokenizer
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import read_json
@@ -95,6 +96,12 @@ def load_split(data_dir: str | Path, split: str) -> np.memmap:
 
 
 def load_tokenizer_from_data(data_dir: str | Path) -> Tokenizer:
+    """The tokenizer of a token-bin data dir or of a fine-tuning data dir."""
+    meta_path = Path(data_dir) / "meta.json"
+    if meta_path.is_file():
+        meta = read_json(meta_path, "data meta file")
+        if isinstance(meta, dict) and "task" in meta:
+            return tokenizer_of_finetune_dir(data_dir)
     return load_tokenizer(read_meta(data_dir)["tokenizer"], data_dir)
 
 

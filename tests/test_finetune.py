@@ -1,0 +1,190 @@
+"""Fine-tuning: the loss mask, the classifier's last real token, exact resume of a LoRA
+run, merged == adapted, and full and LoRA fine-tunes beating the majority baseline."""
+
+import os
+import signal
+
+import pytest
+import torch
+from finetune_base import write_genre_dir, write_word_dir
+from finetune_data import chat_record
+from safetensors.torch import load_file
+
+from stagegpt import TrainConfig
+from stagegpt.data.tokenizers import get_tokenizer
+from stagegpt.finetune import FinetuneSettings, LoRAConfig, finetune, load_finetuned
+from stagegpt.finetune.classify import Classifier, pad_batch
+from stagegpt.finetune.templates import (
+    IGNORE,
+    ReplyEnd,
+    encode_dialog,
+    encode_prompt,
+    loss_targets,
+    template_for,
+)
+from stagegpt.interop import load_checkpoint
+from stagegpt.train.rundir import step_dirs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+QUICK = dict(batch_size=16, warmup_steps=2, eval_every=100, eval_batches=2, ckpt_every=100)
+
+
+@pytest.fixture(scope="module")
+def base(pretrained_char5):
+    return pretrained_char5
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base):
+    return load_checkpoint(base).tokenizer
+
+
+@pytest.fixture(scope="module")
+def genre(base, tokenizer, tmp_path_factory):
+    return write_genre_dir(tmp_path_factory.mktemp("genre") / "data", tokenizer)
+
+
+# ---- templates and the loss mask ----------------------------------------------------
+
+DIALOG = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+          {"role": "assistant", "content": "hello there"},
+          {"role": "user", "content": "and so"}, {"role": "assistant", "content": "bye"}]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return get_tokenizer("bpe:300", ["hello there, be brief and bye. " * 40])
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_loss_mask_covers_exactly_the_reply_tokens(kind, tokenizer, bpe):
+    tok = tokenizer if kind == "char" else bpe
+    template = template_for(tok)
+    ids, is_reply = encode_dialog(tok, template, DIALOG)
+    x, y = loss_targets(ids, is_reply)
+    trained = [i + 1 for i, t in enumerate(y) if t != IGNORE]  # positions in ids
+    assert trained == [i for i, r in enumerate(is_reply) if r]
+    assert [y[i - 1] for i in trained] == [ids[i] for i in trained]
+    replies = [tok.decode([ids[i] for i in trained if i <= len(ids) - 1])]
+    end = template.end_text if template.end_id is None else tok.decode([template.end_id])
+    assert replies == [f"hello there{end}bye{end}"]
+    prompt = encode_prompt(tok, template, DIALOG[:2])
+    assert ids[:len(prompt)] == prompt and not any(is_reply[:len(prompt)])
+
+
+def test_char_template_uses_only_the_vocabulary_and_gpt2_like_vocabs_end_specially(
+        tokenizer, bpe):
+    assert template_for(tokenizer).end_text == "\n\n"
+    assert template_for(bpe).end_id == bpe.eot_id
+    with pytest.raises(Exception, match="lacks"):
+        template_for(get_tokenizer("char", ["abc\n"]))
+
+
+def test_reply_end_holds_back_a_text_marker_split_across_pieces(tokenizer):
+    end = ReplyEnd(template_for(tokenizer))
+    shown = "".join(end.push(p) for p in ["kin", "g\n", "\nmore"])
+    assert shown == "king" and end.done
+
+
+# ---- the classifier -------------------------------------------------------------------
+
+def test_classifier_reads_the_last_real_token(base):
+    torch.manual_seed(0)
+    model = Classifier(load_checkpoint(base).model, 3).eval()
+    texts = [[5, 6, 7], [8, 9, 10, 11, 12], [3]]
+    with torch.no_grad():
+        ids, lengths = pad_batch(texts, 0)
+        padded = model(ids, lengths)
+        other_pad = model(*pad_batch(texts, 7))
+        alone = torch.cat([model(torch.tensor([t]), torch.tensor([len(t)])) for t in texts])
+        direct = model.head(model.lm.body(torch.tensor([texts[1]]))[:, -1])
+    assert torch.allclose(padded, alone, atol=1e-6)
+    assert torch.allclose(padded, other_pad, atol=1e-6)
+    assert torch.allclose(padded[1], direct[0], atol=1e-6)
+
+
+# ---- whole runs -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["all", "lora"])
+def test_full_and_lora_fine_tunes_beat_the_majority_baseline(mode, base, genre, tmp_path):
+    lora = LoRAConfig(4, 8.0) if mode == "lora" else None
+    settings = FinetuneSettings("classify", "all" if mode == "all" else None, lora)
+    lr = 1e-2 if mode == "lora" else 3e-3
+    results = finetune(base, genre, tmp_path / "run", settings,
+                       TrainConfig(max_steps=30, lr=lr, min_lr=lr / 10, **QUICK), progress=False)
+    assert results["majority_baseline"] == pytest.approx(0.5, abs=0.15)
+    assert results["test_accuracy"] > results["majority_baseline"] + 0.2
+    assert sum(map(sum, (r.values() for r in results["test_confusion"].values()))) == 90
+    if mode == "lora":
+        assert results["trainable_params"] == 4 * 1024 + 32 * 3 + 3  # adapters + head
+        assert not (tmp_path / "run" / "best" / "model.safetensors").exists()
+
+
+def test_lora_run_resumes_bit_exactly(base, genre, tmp_path):
+    settings = FinetuneSettings("classify", lora=LoRAConfig(2, 4.0, ("c_attn",)))
+    config = TrainConfig(max_steps=6, lr=3e-3, **{**QUICK, "eval_every": 2})
+    finetune(base, genre, tmp_path / "full", settings, config, progress=False)
+
+    def interrupt_at_3(trainer, row):
+        if row["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = finetune(base, genre, tmp_path / "split", settings, config, progress=False,
+                     on_step=interrupt_at_3)
+    assert first["interrupted"] and first["steps"] == 3
+    finetune(base, genre, tmp_path / "split", settings, config, resume=True, progress=False)
+    for name in ("adapters.safetensors", "head.safetensors"):
+        a = load_file(step_dirs(tmp_path / "full")[-1] / name)
+        b = load_file(step_dirs(tmp_path / "split")[-1] / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_merged_checkpoint_is_plain_and_gives_the_adapted_logits(base, genre, tmp_path):
+    from stagegpt.cli import main
+
+    settings = FinetuneSettings("classify", lora=LoRAConfig(4, 8.0))
+    finetune(base, genre, tmp_path / "run", settings,
+             TrainConfig(max_steps=5, lr=1e-2, **QUICK), progress=False)
+    assert main(["merge", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 0
+    adapted = load_finetuned(tmp_path / "run", merge=False)
+    merged = load_checkpoint(tmp_path / "m")  # what sample, convert and inspect read
+    x = torch.randint(0, merged.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        diff = (adapted.lm(x)[0] - merged.model(x)[0]).abs().max()
+        changed = (adapted.lm(x)[0] - load_checkpoint(base).model(x)[0]).abs().max()
+    assert diff < 1e-5 and changed > 1e-4
+    assert set(load_file(tmp_path / "m" / "model.safetensors")) == set(
+        load_file(step_dirs(base)[-1] / "model.safetensors"))
+
+
+def test_classify_cli_prints_label_and_probabilities(base, genre, tmp_path, capsys):
+    from stagegpt.cli import main
+
+    finetune(base, genre, tmp_path / "run", FinetuneSettings("classify"),
+             TrainConfig(max_steps=3, **QUICK), progress=False)
+    assert main(["classify", "--ckpt", str(tmp_path / "run"), "--text", "king war"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] in ("comedy", "history", "tragedy") and len(lines) == 4
+    assert sum(float(line.split()[-1]) for line in lines[1:]) == pytest.approx(1.0, abs=0.01)
+
+
+def test_instruct_run_reports_reply_loss_and_exact_match(base, tokenizer, tmp_path):
+    data = write_word_dir(tmp_path / "words", tokenizer)
+    results = finetune(base, data, tmp_path / "run", FinetuneSettings("instruct"),
+                       TrainConfig(max_steps=30, lr=3e-3, **QUICK), progress=False)
+    assert results["val_loss"] < results["base_val_loss"]
+    assert results["test_exact_match_records"] == 12
+    assert 0.0 <= results["test_exact_match_before"] <= 1.0
+    assert (tmp_path / "run" / "results.json").is_file()
+
+
+def test_record_longer_than_the_context_is_refused(base, tokenizer, tmp_path):
+    from stagegpt.errors import StagegptError
+
+    long = chat_record("tell " * 30, "king")
+    from finetune_data import write_instruct_dir
+
+    data = write_instruct_dir(tmp_path / "long", [long], tokenizer)
+    with pytest.raises(StagegptError, match=r"train.jsonl:1: .*more than the base's context"):
+        finetune(base, data, tmp_path / "run", FinetuneSettings("instruct"),
+                 TrainConfig(max_steps=1, **QUICK), progress=False)

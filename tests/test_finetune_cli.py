@@ -1,0 +1,103 @@
+"""The fine-tuning verbs from the command line: chat through a pipe, sample --chat, and
+hostile input (bad flags, a missing base, data for another tokenizer or task)."""
+
+import subprocess
+import sys
+
+import pytest
+from finetune_base import write_genre_dir, write_word_dir
+from finetune_data import write_classify_dir
+
+from stagegpt import TrainConfig
+from stagegpt.cli import main
+from stagegpt.data.tokenizers import get_tokenizer
+from stagegpt.finetune import FinetuneSettings, finetune
+from stagegpt.interop import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+QUICK = dict(batch_size=16, warmup_steps=2, eval_every=100, eval_batches=2, ckpt_every=100)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, pretrained_char5):
+    root = tmp_path_factory.mktemp("ftcli")
+    base = pretrained_char5
+    tokenizer = load_checkpoint(base).tokenizer
+    words = write_word_dir(root / "words", tokenizer)
+    genre = write_genre_dir(root / "genre", tokenizer)
+    finetune(base, words, root / "chat", FinetuneSettings("instruct"),
+             TrainConfig(max_steps=30, lr=3e-3, **QUICK), progress=False)
+    finetune(base, genre, root / "cls", FinetuneSettings("classify"),
+             TrainConfig(max_steps=2, **QUICK), progress=False)
+    return {"root": root, "base": base, "words": words, "genre": genre,
+            "chat": root / "chat", "cls": root / "cls", "tokenizer": tokenizer}
+
+
+def test_chat_reads_a_pipe_streams_replies_and_obeys_reset_and_quit(runs):
+    lines = "a comedy word\n/reset\na history word\n/quit\na tragedy word\n"
+    done = subprocess.run([sys.executable, "-m", "stagegpt", "chat", "--threads", "1",
+                           "--ckpt", str(runs["chat"]), "--temperature", "0",
+                           "--max-new-tokens", "12"],
+                          input=lines, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1000:]
+    out = done.stdout.splitlines()
+    replies = [line for line in out if line.startswith("bot> ")]
+    assert len(replies) == 2 and "(conversation reset)" in out  # nothing after /quit
+    assert all("USER" not in r and "\n" not in r for r in replies)
+
+
+def test_sample_chat_applies_the_template_and_stops_at_the_end(runs, capsys):
+    args = ["sample", "--ckpt", str(runs["chat"]), "--chat", "--prompt", "a comedy word",
+            "--temperature", "0", "--max-new-tokens", "12"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert first.endswith("\n") and first.count("\n") == 1  # one reply, cut at the blank line
+
+
+def finetune_args(runs, *extra, task="classify", data="genre"):
+    return ["finetune", "--task", task, "--base", str(runs["base"]), "--data",
+            str(runs[data]), "--out", str(runs["root"] / "bad"), "--max-steps", "1",
+            "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("extra,task,data,message", [
+    (["--train", "head"], "instruct", "words", "--train=head is for classify"),
+    (["--lora-rank", "0"], "classify", "genre", "--lora-rank must be"),
+    (["--lora-alpha", "4"], "classify", "genre", "need --lora-rank"),
+    (["--lora-rank", "2", "--train", "all"], "classify", "genre", "LoRA trains the adapters"),
+    (["--lora-rank", "2", "--lora-targets", "wte"], "classify", "genre", "unknown layer"),
+    ([], "instruct", "genre", "holds classify data"),
+])
+def test_bad_flags_are_one_line_errors(runs, capsys, extra, task, data, message):
+    assert main(finetune_args(runs, *extra, task=task, data=data)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_base_and_foreign_tokenizer_are_refused(runs, capsys, tmp_path):
+    args = finetune_args(runs)
+    args[args.index("--base") + 1] = str(tmp_path / "nowhere")
+    assert main(args) == 2
+    assert "nowhere" in capsys.readouterr().err
+    other = get_tokenizer("char", ["abcdefghijklmnopqrstuvwxyz \n"])
+    foreign = write_classify_dir(tmp_path / "foreign", [{"text": "a b", "label": "x"},
+                                                        {"text": "b a", "label": "y"}], other)
+    args = finetune_args(runs)
+    args[args.index("--data") + 1] = str(foreign)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "prepared for" in err and "--tokenizer from:BASE" in err
+
+
+def test_verbs_refuse_the_other_task_and_an_existing_merge_target(runs, capsys, tmp_path):
+    assert main(["classify", "--ckpt", str(runs["chat"]), "--text", "king"]) == 2
+    assert "not a classifier" in capsys.readouterr().err
+    assert main(["chat", "--ckpt", str(runs["cls"])]) == 2
+    assert "is a classifier" in capsys.readouterr().err
+    assert main(["classify", "--ckpt", str(runs["base"]), "--text", "king"]) == 2
+    assert "not a fine-tuned checkpoint" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("mine")
+    assert main(["merge", "--ckpt", str(runs["cls"]), "--out", str(tmp_path / "taken")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "x").read_text() == "mine"
