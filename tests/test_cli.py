@@ -76,4 +76,4 @@ def test_train_help_shows_each_default(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: 1000)" in out and "(default: 0.001)" in out and "n_head)" in out
+    assert "(default: 1000)" in out and "(default: 0.001)" in out and "(default: n_head / 2" in out

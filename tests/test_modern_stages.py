@@ -102,6 +102,9 @@ def test_stage9_caches_fewer_bytes_per_token():
     per_token = [sum(c.k.numel() + c.v.numel() for c in caches) * 4 / CONFIG.block_size
                  for caches in (eight, nine)]
     assert per_token == [2 * 2 * 48 * 4, 2 * 2 * 12 * 4]  # layers x (k, v) x width x fp32
+    by_default = build_model(9, CONFIG)  # two query heads per key/value head
+    assert by_default.h[0].attn.n_kv_head == CONFIG.n_head // 2 == CONFIG.kv_heads()
+    assert ModelConfig(n_embd=48, n_head=3).kv_heads() == 3  # odd: no grouping
 
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -42,7 +42,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dropout", type=float, help="dropout probability (stages 5-9)" + preset)
     group.add_argument("--n-kv-head", type=int,
                        help="key/value heads of stage 9's grouped-query attention "
-                            "(default: n_head)")
+                            "(default: n_head / 2, two query heads per key/value head; "
+                            "n_head when that is odd)")
     group.add_argument("--rope-theta", type=float,
                        help="base of stages 7-9's rotary frequencies (default: 10000)")
     group.add_argument("--mlp-hidden", type=int,

@@ -47,9 +47,9 @@ def llama_config(config: ModelConfig) -> dict[str, Any]:
     return {
         "model_type": "llama", "architectures": ["LlamaForCausalLM"],
         "vocab_size": config.vocab_size, "hidden_size": config.n_embd,
-        "intermediate_size": config.mlp_hidden or round(8 * config.n_embd / 3),
+        "intermediate_size": config.swiglu_hidden(),
         "num_hidden_layers": config.n_layer, "num_attention_heads": config.n_head,
-        "num_key_value_heads": config.n_kv_head or config.n_head,
+        "num_key_value_heads": config.kv_heads(),
         "max_position_embeddings": config.block_size, "rope_theta": config.rope_theta,
         "rms_norm_eps": RMS_EPS, "hidden_act": "silu", "attention_bias": False,
         "mlp_bias": False, "tie_word_embeddings": config.tie_head,
@@ -63,7 +63,7 @@ def weights_to_llama(model: LanguageModel) -> dict[str, Tensor]:
         raise StagegptError(f"only stage 9 has Llama's architecture; this model is stage "
                             f"{model.stage}", "model")
     c = model.config
-    kv = (c.n_kv_head or c.n_head) * (c.n_embd // c.n_head)
+    kv = c.kv_heads() * (c.n_embd // c.n_head)
     out = {}
     for name, tensor in unique_weights(model).items():
         tensor = tensor.detach().cpu()

@@ -26,7 +26,7 @@ class ModelConfig:
     n_head: int = 4
     dropout: float = 0.0
     bias: bool = True
-    n_kv_head: int | None = None  # stage 9's key/value heads (None: n_head, no sharing)
+    n_kv_head: int | None = None  # stage 9's key/value heads (None: see kv_heads)
     rope_theta: float = 10_000.0  # stages 7-9: the base of the rotary frequencies
     mlp_hidden: int | None = None  # stages 8-9's SwiGLU width (None: round(8 * n_embd / 3))
     tie_head: bool = True  # stage 9 may untie its head from wte
@@ -66,6 +66,18 @@ class ModelConfig:
             raise StagegptError(f"model rope_theta must be a number > 1, got {theta!r}",
                                 "rope_theta")
         self.rope_theta = float(theta)
+
+    def kv_heads(self) -> int:
+        """Stage 9's key/value heads: n_kv_head, or by default one per two query heads
+        (all n_head when that is odd). n_kv_head = n_head is plain multi-head attention."""
+        if self.n_kv_head is not None:
+            return self.n_kv_head
+        return self.n_head // 2 if self.n_head % 2 == 0 else self.n_head
+
+    def swiglu_hidden(self) -> int:
+        """Stages 8-9's SwiGLU width: mlp_hidden, or round(8C/3), which gives its three
+        matrices the 8C^2 parameters of the 4C GELU MLP's two."""
+        return self.mlp_hidden or round(8 * self.n_embd / 3)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:

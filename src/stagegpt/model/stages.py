@@ -311,12 +311,13 @@ class SwiGLULM(RotaryLM):
 
     def mlp(self) -> nn.Module:
         c = self.config
-        return SwiGLU(c.n_embd, c.mlp_hidden or round(8 * c.n_embd / 3), c.dropout)
+        return SwiGLU(c.n_embd, c.swiglu_hidden(), c.dropout)
 
 
 class Llama(SwiGLULM):
-    """Stage 9: grouped-query attention (`n_kv_head` key/value heads), and optionally a
-    head of its own (`tie_head=False`). This is the Llama architecture."""
+    """Stage 9: grouped-query attention (`config.kv_heads()` key/value heads: by default
+    each serves two query heads), and optionally a head of its own (`tie_head=False`).
+    This is the Llama architecture."""
 
     stage = 9
     idea = "grouped-query attention (the Llama architecture)"
@@ -324,7 +325,7 @@ class Llama(SwiGLULM):
     def attention(self) -> MultiHeadAttention:
         c = self.config
         return RotaryAttention(c.n_embd, c.n_head, c.dropout, bias=False,
-                               n_kv_head=c.n_kv_head, theta=c.rope_theta)
+                               n_kv_head=c.kv_heads(), theta=c.rope_theta)
 
     def tie_weights(self) -> None:
         if self.config.tie_head:
