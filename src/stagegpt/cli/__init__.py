@@ -22,7 +22,7 @@ from stagegpt.errors import StagegptError
 # verb -> module in stagegpt.cli (`inspect_cmd`: no module may be named like the stdlib's)
 VERBS = {"prepare": "prepare", "train": "train", "sample": "sample", "ladder": "ladder",
          "inspect": "inspect_cmd", "attention": "attention", "convert": "convert",
-         "bench": "bench"}
+         "bench": "bench", "play": "play"}
 
 
 def _available_verbs() -> dict[str, object]:
@@ -32,7 +32,8 @@ def _available_verbs() -> dict[str, object]:
     return modules
 
 
-THREADED = ("train", "sample", "ladder", "inspect", "attention", "convert")  # bench has its own
+# bench has its own --threads
+THREADED = ("train", "sample", "ladder", "inspect", "attention", "convert", "play")
 
 
 class OneLineParser(argparse.ArgumentParser):
