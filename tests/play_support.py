@@ -22,8 +22,8 @@ That flesh is heir to: 'tis a consummation
 Devoutly to be wish'd.
 """
 MODEL = ModelConfig(n_embd=32, n_layer=2, n_head=2, block_size=32)
-TRAIN = TrainConfig(max_steps=60, batch_size=8, lr=1e-2, min_lr=1e-3, warmup_steps=5,
-                    eval_every=30, eval_batches=2, ckpt_every=1000, weight_decay=0.0)
+TRAIN = TrainConfig(max_steps=120, batch_size=16, lr=1e-2, min_lr=1e-3, warmup_steps=5,
+                    eval_every=60, eval_batches=2, ckpt_every=1000, weight_decay=0.0)
 _made: dict[str, Path] = {}
 
 

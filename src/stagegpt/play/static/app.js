@@ -56,7 +56,9 @@ function addColumn(stage) {
   const column = document.createElement("div");
   column.className = "column";
   column.dataset.stage = stage;
-  column.innerHTML = `<h2>stage ${stage} <small>${describe(models[stage])}</small></h2><div class="chips"></div>`;
+  const model = models[stage];
+  const loss = model.val_loss === null ? "" : ` · val loss ${model.val_loss.toFixed(3)}`;
+  column.innerHTML = `<h2>stage ${stage}${loss} <small>${model.idea}</small></h2><div class="chips"></div>`;
   $("outputs").append(column);
   texts[stage] = [];
   return column;
