@@ -1,8 +1,10 @@
 """The playground's API through Starlette's test client, on a tiny trained ladder."""
 
 import csv
+import itertools
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from stagegpt.generation import generate, sample_next, sampling_probs
 from stagegpt.model.layers import reference_attention
 from stagegpt.play.catalog import load_served
 from stagegpt.play.server import create_app
-from stagegpt.play.worker import ModelWorker
+from stagegpt.play.worker import Busy, ModelWorker
 
 BASE = "http://127.0.0.1"
 
@@ -206,6 +208,19 @@ def test_a_full_worker_answers_503_and_recovers(served):
     worker.stop()
 
 
+def test_stopping_the_worker_ends_open_jobs_and_refuses_new_ones():
+    worker = ModelWorker(capacity=2)
+    received: queue.Queue = queue.Queue()
+    worker.submit(itertools.repeat({"event": "token"}), received.put)  # endless
+    assert received.get(timeout=60) == {"event": "token"}
+    worker.stop()
+    events = list(iter(received.get_nowait, None))
+    assert events[-1] == {"event": "error", "message": "the server stopped"}
+    assert set(map(json.dumps, events[:-1])) <= {'{"event": "token"}'}
+    with pytest.raises(Busy, match="the server is stopping"):
+        worker.submit(iter(()), received.put)
+
+
 def test_models_page_and_static_files(client, ladder):
     with open(ladder / "ladder.csv") as f:
         table = {int(r["stage"]): float(r["val_loss"]) for r in csv.DictReader(f)}
@@ -244,6 +259,8 @@ def test_play_cli_refuses_a_missing_ladder(tmp_path, capsys):
 
 
 def test_play_cli_serves_and_stops_cleanly_on_sigterm(ladder):
+    """SIGTERM in the middle of a stream: the stream ends with an event saying so (or has
+    just finished), the server exits 0 and prints no traceback."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-m", "stagegpt", "play", "--ladder", str(ladder),
                "--port", "0", "--threads", "1"]
@@ -255,9 +272,17 @@ def test_play_cli_serves_and_stops_cleanly_on_sigterm(ladder):
             url = line.split(" at ")[1].split()[0]
             with closing(urllib.request.urlopen(url + "api/models", timeout=30)) as response:
                 assert len(json.load(response)["models"]) == 2
-            server.send_signal(signal.SIGTERM)
+            body = json.dumps({"max_new_tokens": 1024}).encode()
+            request = urllib.request.Request(url + "api/generate", body, method="POST")
+            with closing(urllib.request.urlopen(request, timeout=30)) as stream:
+                assert stream.readline() == b"event: prompt\n"
+                server.send_signal(signal.SIGTERM)
+                rest = stream.read().decode()
             out, err = server.communicate(timeout=60)
         finally:
             server.kill()
-    assert server.returncode in (0, -signal.SIGTERM), err
+    assert rest.endswith('event: done\ndata: {"stage": 3}\n\n') or rest.endswith(
+        'event: error\ndata: {"message": "the server stopped"}\n\n'), rest[-200:]
+    assert server.returncode == 0, err
+    assert out.strip() == "stagegpt play: stopped"
     assert "Traceback" not in err and "error" not in err.lower(), err

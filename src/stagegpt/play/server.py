@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -42,6 +43,7 @@ HOST = "127.0.0.1"
 # Only these Host headers are answered: a web page elsewhere cannot reach the server
 # through a DNS name that it points at 127.0.0.1 (DNS rebinding).
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette:
@@ -148,14 +150,25 @@ def bind(port: int) -> socket.socket:
 
 
 def serve(served: dict[int, ServedModel], sock: socket.socket, capacity: int = 32) -> None:
-    """Serve until Ctrl-C or SIGTERM; uvicorn then ends the open streams and returns."""
+    """Serve until Ctrl-C or SIGTERM, which end the open streams; then return."""
     import uvicorn
 
     worker = ModelWorker(capacity)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            super().handle_exit(sig, frame)
+            worker.stop(timeout=None)  # open streams end now, so uvicorn need not cancel them
+
     config = uvicorn.Config(create_app(served, worker), log_level="warning", lifespan="off",
-                            timeout_graceful_shutdown=2)
+                            timeout_graceful_shutdown=5)
+    # uvicorn raises the stop signal again once it has shut down, into the handler that was
+    # there before it: make that one a no-op, so that a stop ends `serve` normally.
+    before = {sig: signal.signal(sig, lambda *_: None) for sig in STOP_SIGNALS}
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        Server(config).run(sockets=[sock])
     finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
         worker.stop()
         sock.close()

@@ -43,6 +43,7 @@ class ModelWorker:
             raise StagegptError(f"capacity must be >= 1, got {capacity}", "capacity")
         self.capacity = capacity
         self._admitted = 0
+        self._stopping = False
         self._lock = threading.Lock()
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="stagegpt-play-model",
@@ -52,6 +53,8 @@ class ModelWorker:
     def submit(self, events: Iterator[Event], deliver: Deliver) -> Job:
         """Queue a job; raise Busy when `capacity` jobs are admitted already."""
         with self._lock:
+            if self._stopping:
+                raise Busy("the server is stopping")
             if self._admitted >= self.capacity:
                 raise Busy(f"the model is busy with {self._admitted} requests; try again in a "
                            "moment")
@@ -60,10 +63,14 @@ class ModelWorker:
         self._inbox.put(job)
         return job
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """End every job (their requests get the end of their stream) and the thread."""
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """End every job (each gets an "error" event saying so, then its end) and the
+        thread; wait up to `timeout` seconds for it, or not at all with None."""
+        with self._lock:
+            self._stopping = True
         self._inbox.put(None)
-        self._thread.join(timeout)
+        if timeout is not None:
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         turns: deque[Job] = deque()
@@ -73,6 +80,7 @@ class ModelWorker:
                     job = self._inbox.get(block=not turns)
                     if job is None:
                         for waiting in turns:
+                            waiting.deliver({"event": "error", "message": "the server stopped"})
                             self._finish(waiting)
                         return
                     turns.append(job)
