@@ -252,10 +252,19 @@ def test_play_cli_checks_its_flags(ladder, capsys, flags, message):
     assert capsys.readouterr().err.strip() == f"stagegpt play: error: {message}"
 
 
-def test_play_cli_refuses_a_missing_ladder(tmp_path, capsys):
-    assert main(["play", "--ladder", str(tmp_path / "none")]) == 2
-    err = capsys.readouterr().err
-    assert f"--ladder dir {tmp_path / 'none'} does not exist" in err
+@pytest.mark.parametrize("table, message", [
+    (None, "--ladder dir {dir} does not exist"),
+    ("stage,val_loss\n", "ladder table {dir}/ladder.csv lists no stage"),
+    ("stage,val_loss\n5,nan\n", "ladder table {dir}/ladder.csv has a damaged row"),
+    ("stage,val_loss\n12,1.5\n", "ladder table {dir}/ladder.csv has a damaged row"),
+])
+def test_play_cli_refuses_a_missing_or_damaged_ladder(tmp_path, capsys, table, message):
+    ladder = tmp_path / "ladder"
+    if table is not None:
+        ladder.mkdir()
+        (ladder / "ladder.csv").write_text(table)
+    assert main(["play", "--ladder", str(ladder)]) == 2
+    assert f"stagegpt play: error: {message.format(dir=ladder)}" in capsys.readouterr().err
 
 
 def test_play_cli_serves_and_stops_cleanly_on_sigterm(ladder):

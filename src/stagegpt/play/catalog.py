@@ -77,11 +77,11 @@ def read_ladder_table(ladder_dir: Path) -> dict[int, float]:
         stage, val_loss = _number(row.get("stage"), int), _number(row.get("val_loss"), float)
         if stage not in STAGES or val_loss is None or not math.isfinite(val_loss):
             raise StagegptError(f"ladder table {path} has a damaged row ({dict(row)!r:.80}); "
-                                "rerun `stagegpt ladder --resume` to rewrite it", "ladder")
+                                "rerun `stagegpt ladder --resume` to rewrite it")
         losses[stage] = val_loss
     if not losses:
         raise StagegptError(f"ladder table {path} lists no stage; wait for the ladder to "
-                            "finish a stage", "ladder")
+                            "finish a stage")
     return losses
 
 

@@ -112,8 +112,10 @@ class ModelWorker:
         return True
 
     def _finish(self, job: Job) -> None:
+        close = getattr(job.events, "close", None)  # a generator frees its state now
         try:
-            job.events.close()  # type: ignore[attr-defined]  # generators free their state
+            if close is not None:
+                close()
         except Exception:
             log.exception("closing a playground job failed")
         job.deliver(None)
