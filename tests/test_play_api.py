@@ -8,6 +8,7 @@ import queue
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from contextlib import closing
 
@@ -191,20 +192,26 @@ def test_concurrent_streams_take_turns_and_never_mix(client, served):
 
 
 def test_a_full_worker_answers_503_and_recovers(served):
+    def endless():
+        while True:
+            time.sleep(0.001)
+            yield {"event": "token"}
+
     worker = ModelWorker(capacity=1)
     with TestClient(create_app(served, worker), base_url=BASE) as client:
-        body = {"stage": 5, "max_new_tokens": 1024, "seed": 0}
-        with client.stream("POST", "/api/generate", json=body) as busy:
-            next(busy.iter_lines())  # the stream has started: the worker is full
-            refused = client.post("/api/generate", json=body)
-            assert refused.status_code == 503 and "busy" in refused.json()["error"]
-            assert refused.headers["retry-after"] == "1"
-        # leaving the stream cancels its job; the worker takes requests again
-        for _ in range(200):
+        hog = worker.submit(endless(), lambda event: None)  # the worker is full
+        body = {"stage": 5, "max_new_tokens": 8, "seed": 0}
+        refused = client.post("/api/generate", json=body)
+        assert refused.status_code == 503 and "busy" in refused.json()["error"]
+        assert refused.headers["retry-after"] == "1"
+        assert client.post("/api/attention", json={"stage": 5, "ids": [1]}).status_code == 503
+        hog.cancelled.set()  # what a client that leaves its stream does; the job ends
+        for _ in range(1000):
             response = client.post("/api/attention", json={"stage": 5, "ids": [1, 2]})
             if response.status_code != 503:
                 break
         assert response.status_code == 200
+        assert [name for name, _ in stream_events(client, body)][-1] == "done"
     worker.stop()
 
 
