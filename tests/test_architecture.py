@@ -1,6 +1,6 @@
 """The package's shape: imports flow one way, and the plain model is plain.
 
-    model <- fast <- (data, train, generation, interop) <- tools <- cli
+    model <- fast <- (data, train, generation, interop) <- (tools, play) <- cli
 
 The import graph is read from the source with `ast` (no module is run).
 """
@@ -14,7 +14,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "stagegpt"
 LAYERS = {"errors": 0, "fileio": 0, "limits": 0, "model": 1, "fast": 2, "data": 3, "train": 4,
-          "generation": 4, "interop": 5, "finetune": 6, "tools": 6, "cli": 7, "__main__": 8}
+          "generation": 4, "interop": 5, "finetune": 6, "tools": 6, "play": 6, "cli": 7,
+          "__main__": 8}
 
 
 def module_name(path: Path) -> str:

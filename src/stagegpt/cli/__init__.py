@@ -23,7 +23,7 @@ from stagegpt.errors import StagegptError
 VERBS = {"prepare": "prepare", "train": "train", "sample": "sample", "ladder": "ladder",
          "inspect": "inspect_cmd", "attention": "attention", "convert": "convert",
          "eval": "eval_cmd", "bench": "bench", "finetune": "finetune",
-         "classify": "classify", "chat": "chat", "merge": "merge"}
+         "classify": "classify", "chat": "chat", "merge": "merge", "play": "play"}
 
 
 def _available_verbs() -> dict[str, object]:
@@ -35,7 +35,7 @@ def _available_verbs() -> dict[str, object]:
 
 # verbs that take --threads (bench sets its own)
 THREADED = ("train", "sample", "ladder", "inspect", "attention", "convert", "eval",
-            "finetune", "classify", "chat", "merge")
+            "finetune", "classify", "chat", "merge", "play")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -61,17 +61,19 @@ class PlainDecoder:
 
 def stream(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-           stop_ids: Iterable[int] = (), use_cache: bool = True,
-           fast: bool = True) -> Iterator[Tensor]:
+           stop_ids: Iterable[int] = (), use_cache: bool = True, fast: bool = True,
+           on_logits: Callable[[Tensor], object] | None = None) -> Iterator[Tensor]:
     """Yield each new column of token ids (B, 1) as soon as it is sampled.
 
     Arguments are those of `generate`. They are checked now, before the first token. The
     model is in eval mode until the iterator is exhausted or closed; its training flag is
     then restored. The yielded columns are views of one preallocated (B, T + n) buffer.
+    on_logits: called with the logits (B, V) each column is sampled from, just before the
+    draw (`sampling_probs` turns them into the distribution the draw uses).
     """
     out, T = _start(model, idx, max_new_tokens, temperature, top_k, top_p, seed)
     return _decode(model, out, T, max_new_tokens, temperature, top_k, top_p, seed, stop_ids,
-                   use_cache, fast)
+                   use_cache, fast, on_logits)
 
 
 def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -132,7 +134,8 @@ def _start(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: 
 
 def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: float,
             top_k: int | None, top_p: float | None, seed: int | None,
-            stop_ids: Iterable[int] | None, use_cache: bool, fast: bool) -> Iterator[Tensor]:
+            stop_ids: Iterable[int] | None, use_cache: bool, fast: bool,
+            on_logits: Callable[[Tensor], object] | None = None) -> Iterator[Tensor]:
     """The decoding loop: writes new ids into `out[:, T:]` and yields each column."""
     if n == 0:
         return
@@ -160,6 +163,8 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
                 elif t > T:  # no cache, or the window rolled: run the whole window
                     last = decoder.prefill(out[:, max(0, t - block_size):t], caches)
                 logits = decoder.head(last)  # (B, V): the head on the last position only
+                if on_logits is not None:
+                    on_logits(logits)
                 column = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
                 if len(stop):
                     column = torch.where(finished, out[:, t - 1:t], column)  # done rows repeat

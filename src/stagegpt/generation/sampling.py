@@ -51,6 +51,33 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     """
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    weights, ids = _candidates(logits, temperature, top_k, top_p)
+    choice = draw(weights, generator)  # (B, 1)
+    return choice if ids is None else ids.gather(-1, choice)
+
+
+def sampling_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None) -> Tensor:
+    """The distribution `sample_next` draws from, over the whole vocabulary: (B, V) -> (B, V).
+
+    Each row sums to 1 and is zero outside the tokens top-k and top-p keep; temperature 0
+    (greedy) puts all the mass on the argmax. It reads the same candidates `sample_next`
+    draws from, so a display of "what else the model considered" shows the real odds.
+    """
+    if temperature == 0:
+        best = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+        return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, best, 1.0)
+    weights, ids = _candidates(logits, temperature, top_k, top_p)
+    probs = weights / weights.sum(dim=-1, keepdim=True)  # (B, N)
+    if ids is None:
+        return probs
+    return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, ids, probs)  # (B, V)
+
+
+def _candidates(logits: Tensor, temperature: float, top_k: int | None,
+                top_p: float | None) -> tuple[Tensor, Tensor | None]:
+    """Non-negative weights (B, N) of the candidate tokens and their ids (B, N), or ids None
+    when the candidates are all V tokens in order. Temperature must be > 0."""
     logits = logits.float()
     if temperature != 1.0:  # shifted so the best is 0: a tiny temperature cannot overflow
         logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
@@ -60,12 +87,10 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
         probs = torch.softmax(logits, dim=-1)
         if nucleus:
             probs = probs.masked_fill_(~top_p_keep(probs, top_p), 0.0)
-    elif nucleus:
-        probs, ids = _nucleus(logits, top_p)
-    else:
-        probs, ids = torch.softmax(logits, dim=-1), None  # (B, V)
-    choice = draw(probs, generator)  # (B, 1)
-    return choice if ids is None else ids.gather(-1, choice)
+        return probs, ids
+    if nucleus:
+        return _nucleus(logits, top_p)
+    return torch.softmax(logits, dim=-1), None  # (B, V)
 
 
 def draw(weights: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -1,0 +1,1 @@
+"""The local web playground (`stagegpt play`): watch a model sample and attend."""

@@ -1,0 +1,174 @@
+"""The playground's web server: one page, its static files and a small JSON API.
+
+    GET  /                the page (static/index.html; its script and style are served
+                          from /static by the package itself: it works offline)
+    GET  /api/models      the stages served, with their val loss and attention shape
+    POST /api/generate    server-sent events: "prompt", "token" ..., "done" (or "error")
+    POST /api/attention   one head's attention weights over a list of token ids (JSON)
+
+A bad request gets HTTP 400 and {"error": one line}; a full worker gets HTTP 503. The
+model work runs on the `ModelWorker` thread; the event loop only parses and relays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from stagegpt.errors import StagegptError
+from stagegpt.play.catalog import ServedModel
+from stagegpt.play.events import attention_events, generation_events
+from stagegpt.play.requests import (
+    MAX_BODY_BYTES,
+    attention_request,
+    generate_request,
+    parse_body,
+)
+from stagegpt.play.worker import Busy, Event, Job, ModelWorker
+
+STATIC = Path(__file__).parent / "static"
+HOST = "127.0.0.1"
+# Only these Host headers are answered: a web page elsewhere cannot reach the server
+# through a DNS name that it points at 127.0.0.1 (DNS rebinding).
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette:
+    """The ASGI app serving `served` (loaded by the caller) through `worker`."""
+
+    async def index(_request: Request) -> Response:
+        return FileResponse(STATIC / "index.html")
+
+    async def models(_request: Request) -> Response:
+        return JSONResponse({"models": [model.describe() for model in served.values()]})
+
+    async def generate(request: Request) -> Response:
+        try:
+            checked = generate_request(parse_body(await read_body(request)), served)
+            job, inbox = submit(worker, generation_events(served[checked.stage], checked))
+        except StagegptError as err:
+            return error(400, str(err))
+        except Busy as err:
+            return error(503, str(err))
+        return StreamingResponse(server_sent_events(job, inbox), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    async def attention(request: Request) -> Response:
+        try:
+            checked = attention_request(parse_body(await read_body(request)), served)
+            job, inbox = submit(worker, attention_events(served[checked.stage], checked))
+        except StagegptError as err:
+            return error(400, str(err))
+        except Busy as err:
+            return error(503, str(err))
+        try:
+            result = await inbox.get()
+        finally:
+            job.cancelled.set()
+        if result is None or result["event"] == "error":
+            return error(500, "no attention" if result is None else result["message"])
+        return JSONResponse(result)
+
+    routes = [Route("/", index), Route("/api/models", models),
+              Route("/api/generate", generate, methods=["POST"]),
+              Route("/api/attention", attention, methods=["POST"]),
+              Mount("/static", StaticFiles(directory=STATIC), name="static")]
+    return Starlette(routes=routes,
+                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS)])
+
+
+def error(status: int, message: str) -> Response:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, read no further than MAX_BODY_BYTES + 1 bytes."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise StagegptError(f"request body is over {MAX_BODY_BYTES:,} bytes; the "
+                                "playground takes at most that")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def submit(worker: ModelWorker, events: Iterator[Event]) -> tuple[Job, asyncio.Queue]:
+    """Hand `events` to the worker; its events arrive in the returned queue (None: end)."""
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[Event | None] = asyncio.Queue()
+    job: Job | None = None
+
+    def deliver(event: Event | None) -> None:  # on the worker thread
+        try:
+            loop.call_soon_threadsafe(inbox.put_nowait, event)
+        except RuntimeError:  # the loop has closed: nobody is listening any more
+            if job is not None:
+                job.cancelled.set()
+
+    job = worker.submit(events, deliver)
+    return job, inbox
+
+
+async def server_sent_events(job: Job, inbox: asyncio.Queue) -> AsyncIterator[str]:
+    """The job's events as text/event-stream; a client that leaves cancels the job."""
+    try:
+        while (event := await inbox.get()) is not None:
+            name = event["event"]
+            data = json.dumps({k: v for k, v in event.items() if k != "event"})
+            yield f"event: {name}\ndata: {data}\n\n"
+    finally:
+        job.cancelled.set()
+
+
+def bind(port: int) -> socket.socket:
+    """A listening socket on 127.0.0.1:`port` (0: any free port), or a clear error."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((HOST, port))
+    except OSError as err:
+        sock.close()
+        raise StagegptError(f"port {port} on {HOST} cannot be used ({err.strerror}); stop what "
+                            "holds it or pass another --port", "port") from None
+    sock.listen(128)
+    return sock
+
+
+def serve(served: dict[int, ServedModel], sock: socket.socket, capacity: int = 32) -> None:
+    """Serve until Ctrl-C or SIGTERM, which end the open streams; then return."""
+    import uvicorn
+
+    worker = ModelWorker(capacity)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            super().handle_exit(sig, frame)
+            worker.stop(timeout=None)  # open streams end now, so uvicorn need not cancel them
+
+    config = uvicorn.Config(create_app(served, worker), log_level="warning", lifespan="off",
+                            timeout_graceful_shutdown=5)
+    # uvicorn raises the stop signal again once it has shut down, into the handler that was
+    # there before it: make that one a no-op, so that a stop ends `serve` normally.
+    before = {sig: signal.signal(sig, lambda *_: None) for sig in STOP_SIGNALS}
+    try:
+        Server(config).run(sockets=[sock])
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        worker.stop()
+        sock.close()
