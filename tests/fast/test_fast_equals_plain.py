@@ -92,6 +92,23 @@ def test_logits_loss_gradients_and_a_step_agree_in_fp32(stage, calls):
     assert calls["large"] >= (1 if stage >= 4 else 0)  # the MLP's c_fc
 
 
+def test_a_plain_training_loop_gets_the_fast_loss(calls):
+    """`_, loss = fast(x, y)`, the call a loop written for the plain model makes, computes
+    the loss without the logits; they come when asked for, and ignored targets (-100, as a
+    fine-tune's masked prompt) take the plain loss, which skips them."""
+    plain, _, fast = twins(5)
+    x, y = batch()
+    logits, loss = fast(x, y)
+    assert logits is None and calls["chunked"] == 1
+    torch.testing.assert_close(loss, plain(x, y)[1], rtol=0, atol=1e-5)
+    logits, loss = fast(x, y, return_logits=True)
+    assert logits.shape == (*x.shape, CONFIG.vocab_size) and calls["chunked"] == 1
+    y[:, :5] = -100
+    _, masked = fast(x, y)
+    torch.testing.assert_close(masked, plain(x, y)[1], rtol=0, atol=1e-5)
+    assert calls["chunked"] == 1
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_loss_and_gradients_agree_under_bf16_autocast(stage, calls):
     plain, other, fast = twins(stage)

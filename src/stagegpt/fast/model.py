@@ -4,9 +4,11 @@ A `FastModel` wraps a plain `LanguageModel` and changes how it computes, never w
 
 - its `nn.Linear` layers are swapped for `OneDNNLinear`s holding the same parameters
   (`stagegpt.fast.linear`), put back by `close()`;
-- the training loss (`fast(x, y, return_logits=False)` or `fast.loss(x, y)`) runs the head
-  and the cross-entropy chunk by chunk without ever holding the (B*T, V) logits
-  (`stagegpt.fast.loss`), in a workspace the `FastModel` owns.
+- given targets, `fast(x, y)` (or `fast.loss(x, y)`) runs the head and the cross-entropy
+  chunk by chunk without ever holding the (B*T, V) logits (`stagegpt.fast.loss`), in a
+  workspace the `FastModel` owns, and returns (None, loss): a training loop written for
+  the plain model (`_, loss = model(x, y)`) gets the fast loss as it is. Ask for the
+  logits with `return_logits=True`.
 
 Its parameters, `state_dict` and outputs are the plain model's (`tests/fast`). Use it as
 a context manager, or call `close()` when done:
@@ -36,11 +38,11 @@ class FastModel(nn.Module):
         self.swap: LinearSwap | None = LinearSwap(model)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None,
-                return_logits: bool = True) -> tuple[Tensor | None, Tensor | None]:
-        """The plain model's (logits, loss). With targets and `return_logits=False` the loss
-        alone, computed without the full logits; (None, loss) is returned."""
-        if targets is None or return_logits:
-            return self.model(idx, targets)
+                return_logits: bool = False) -> tuple[Tensor | None, Tensor | None]:
+        """The plain model's (logits, loss). With targets, the loss alone unless
+        `return_logits`: computed without the full logits, and (None, loss) returned."""
+        if targets is None or return_logits or bool((targets < 0).any()):
+            return self.model(idx, targets)  # ignored targets (-100): the plain loss skips them
         self.model.check_length(idx)
         hidden = self.model.body(idx)  # (B, T, C)
         head = self.model.lm_head
@@ -49,7 +51,7 @@ class FastModel(nn.Module):
         return None, loss
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
-        return self(idx, targets, return_logits=False)[1]
+        return self(idx, targets)[1]
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return self.model.state_dict(*args, **kwargs)  # the plain model's keys
