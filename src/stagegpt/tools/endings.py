@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from stagegpt.data.datasets import load_split, read_meta
 from stagegpt.errors import StagegptError
@@ -102,31 +103,30 @@ def items_for_window(tokens: np.ndarray, block_size: int, seed: int = 0) -> list
     return make_items(tokens, DEFAULT_ITEMS, context, ending, seed)
 
 
-def ending_losses(model: LanguageModel, context: list[int],
-                  endings: list[list[int]]) -> torch.Tensor:
-    """Summed next-token loss of each ending after `context` -> (CHOICES,) tensor.
+def ending_losses(model: LanguageModel, pairs: list[tuple[list[int], list[int]]]) -> Tensor:
+    """Summed next-token loss of each (context, ending) pair's ending -> (N,) tensor.
 
-    The context is cropped from the left to fit the model's window; the endings are
+    Each context is cropped from the left to fit the model's window; the rows are
     right-padded to one length and the padding's loss is masked out.
     """
-    longest = max(map(len, endings))
-    context = context[-(model.config.block_size - longest):]
-    rows = [context + e + [0] * (longest - len(e)) for e in endings]
-    idx = torch.tensor(rows, device=next(model.parameters()).device)  # (4, T)
-    logits, _ = model(idx[:, :-1])  # (4, T-1, V)
-    targets = idx[:, 1:]  # (4, T-1)
-    losses = F.cross_entropy(logits.float().transpose(1, 2), targets,
-                             reduction="none")  # (4, T-1)
-    first = len(context) - 1  # position whose target is the ending's first token
+    longest = max(len(e) for _, e in pairs)
+    pairs = [(c[-(model.config.block_size - longest):], e) for c, e in pairs]
+    width = max(len(c) + len(e) for c, e in pairs)
+    rows = [c + e + [0] * (width - len(c) - len(e)) for c, e in pairs]
+    idx = torch.tensor(rows, device=next(model.parameters()).device)  # (N, T)
+    logits, _ = model(idx[:, :-1])  # (N, T-1, V)
+    losses = F.cross_entropy(logits.float().transpose(1, 2), idx[:, 1:],
+                             reduction="none")  # (N, T-1)
     mask = torch.zeros_like(losses)
-    for row, ending in enumerate(endings):
+    for row, (context, ending) in enumerate(pairs):
+        first = len(context) - 1  # the position whose target is the ending's first token
         mask[row, first:first + len(ending)] = 1
-    return (losses * mask).sum(dim=1)  # (4,)
+    return (losses * mask).sum(dim=1)  # (N,)
 
 
 @torch.no_grad()
-def score_endings(model: LanguageModel, items: list[Item]) -> EndingsScore:
-    """How often `model` ranks each item's true ending first."""
+def score_endings(model: LanguageModel, items: list[Item], batch: int = 32) -> EndingsScore:
+    """How often `model` ranks each item's true ending first (`batch` items per forward)."""
     longest = max(len(e) for item in items for e in item.endings)
     if longest >= model.config.block_size:
         raise StagegptError(f"endings of {longest} tokens leave no context in the model's "
@@ -134,11 +134,15 @@ def score_endings(model: LanguageModel, items: list[Item]) -> EndingsScore:
                             "ending")
     correct = correct_norm = 0
     with eval_mode(model):
-        for item in items:
-            summed = ending_losses(model, item.context, item.endings)  # (4,)
-            lengths = torch.tensor([len(e) for e in item.endings], device=summed.device)
-            correct += int(summed.argmin()) == item.answer
-            correct_norm += int((summed / lengths).argmin()) == item.answer
+        for first in range(0, len(items), batch):
+            chunk = items[first:first + batch]
+            pairs = [(item.context, e) for item in chunk for e in item.endings]
+            summed = ending_losses(model, pairs).view(len(chunk), CHOICES)  # (b, 4)
+            lengths = torch.tensor([[len(e) for e in item.endings] for item in chunk],
+                                   device=summed.device)  # (b, 4)
+            answers = torch.tensor([item.answer for item in chunk], device=summed.device)
+            correct += int((summed.argmin(dim=1) == answers).sum())
+            correct_norm += int(((summed / lengths).argmin(dim=1) == answers).sum())
     return EndingsScore(correct / len(items), correct_norm / len(items), len(items))
 
 
