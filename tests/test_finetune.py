@@ -188,3 +188,22 @@ def test_record_longer_than_the_context_is_refused(base, tokenizer, tmp_path):
     with pytest.raises(StagegptError, match=r"train.jsonl:1: .*more than the base's context"):
         finetune(base, data, tmp_path / "run", FinetuneSettings("instruct"),
                  TrainConfig(max_steps=1, **QUICK), progress=False)
+
+
+def test_adapters_refuse_a_base_whose_weights_changed(base, genre, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from stagegpt.errors import StagegptError
+
+    own_base = tmp_path / "base"
+    shutil.copytree(step_dirs(base)[-1], own_base)
+    finetune(own_base, genre, tmp_path / "run", FinetuneSettings("classify"),
+             TrainConfig(max_steps=1, **QUICK), progress=False)
+    assert load_finetuned(tmp_path / "run").head is not None
+    weights = load_file(own_base / "model.safetensors")
+    weights["ln_f.weight"] = weights["ln_f.weight"] * 2
+    save_file(weights, own_base / "model.safetensors")
+    with pytest.raises(StagegptError, match="changed since"):
+        load_finetuned(tmp_path / "run")
