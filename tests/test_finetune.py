@@ -207,3 +207,22 @@ def test_adapters_refuse_a_base_whose_weights_changed(base, genre, tmp_path):
     save_file(weights, own_base / "model.safetensors")
     with pytest.raises(StagegptError, match="changed since"):
         load_finetuned(tmp_path / "run")
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / "lora.json").write_text('{"rank": "8", "alpha": 16, "targets": []}'),
+     "lora.json is damaged"),
+    (lambda d: (d / "adapters.safetensors").write_bytes(b"\0" * 10), "not a readable"),
+    (lambda d: (d / "head.safetensors").unlink(), "head.safetensors is missing"),
+])
+def test_a_damaged_lora_checkpoint_is_one_line_error(base, genre, tmp_path, capsys, damage,
+                                                     message):
+    from stagegpt.cli import main
+
+    finetune(base, genre, tmp_path / "run", FinetuneSettings("classify", lora=LoRAConfig(2, 4.0)),
+             TrainConfig(max_steps=1, **QUICK), progress=False)
+    damage(step_dirs(tmp_path / "run")[-1])
+    capsys.readouterr()
+    assert main(["classify", "--ckpt", str(tmp_path / "run"), "--text", "king"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
