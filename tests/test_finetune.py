@@ -226,3 +226,22 @@ def test_a_damaged_lora_checkpoint_is_one_line_error(base, genre, tmp_path, caps
     assert main(["classify", "--ckpt", str(tmp_path / "run"), "--text", "king"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_reply_stops_at_the_special_end_token(bpe):
+    from stagegpt import ModelConfig, build_model
+    from stagegpt.finetune.reply import reply
+
+    model = build_model(1, ModelConfig(vocab_size=bpe.vocab_size, block_size=32, n_embd=8,
+                                       n_layer=1, n_head=1)).eval()
+    template = template_for(bpe)
+    prompt = encode_prompt(bpe, template, [{"role": "user", "content": "hello"}])
+    word = bpe.encode("hello")[0]
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[word] = 10.0  # always "hello": runs to max_new_tokens
+    assert reply(model, bpe, template, prompt, 3) == bpe.decode([word] * 3)
+    with torch.no_grad():
+        model.lm_head.bias[template.end_id] = 20.0  # now the end comes first
+    assert reply(model, bpe, template, prompt, 3) == ""
