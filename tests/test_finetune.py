@@ -188,3 +188,60 @@ def test_record_longer_than_the_context_is_refused(base, tokenizer, tmp_path):
     with pytest.raises(StagegptError, match=r"train.jsonl:1: .*more than the base's context"):
         finetune(base, data, tmp_path / "run", FinetuneSettings("instruct"),
                  TrainConfig(max_steps=1, **QUICK), progress=False)
+
+
+def test_adapters_refuse_a_base_whose_weights_changed(base, genre, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from stagegpt.errors import StagegptError
+
+    own_base = tmp_path / "base"
+    shutil.copytree(step_dirs(base)[-1], own_base)
+    finetune(own_base, genre, tmp_path / "run", FinetuneSettings("classify"),
+             TrainConfig(max_steps=1, **QUICK), progress=False)
+    assert load_finetuned(tmp_path / "run").head is not None
+    weights = load_file(own_base / "model.safetensors")
+    weights["ln_f.weight"] = weights["ln_f.weight"] * 2
+    save_file(weights, own_base / "model.safetensors")
+    with pytest.raises(StagegptError, match="changed since"):
+        load_finetuned(tmp_path / "run")
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / "lora.json").write_text('{"rank": "8", "alpha": 16, "targets": []}'),
+     "lora.json is damaged"),
+    (lambda d: (d / "adapters.safetensors").write_bytes(b"\0" * 10), "not a readable"),
+    (lambda d: (d / "head.safetensors").unlink(), "head.safetensors is missing"),
+])
+def test_a_damaged_lora_checkpoint_is_one_line_error(base, genre, tmp_path, capsys, damage,
+                                                     message):
+    from stagegpt.cli import main
+
+    finetune(base, genre, tmp_path / "run", FinetuneSettings("classify", lora=LoRAConfig(2, 4.0)),
+             TrainConfig(max_steps=1, **QUICK), progress=False)
+    damage(step_dirs(tmp_path / "run")[-1])
+    capsys.readouterr()
+    assert main(["classify", "--ckpt", str(tmp_path / "run"), "--text", "king"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_reply_stops_at_the_special_end_token(bpe):
+    from stagegpt import ModelConfig, build_model
+    from stagegpt.finetune.reply import reply
+
+    model = build_model(1, ModelConfig(vocab_size=bpe.vocab_size, block_size=32, n_embd=8,
+                                       n_layer=1, n_head=1)).eval()
+    template = template_for(bpe)
+    prompt = encode_prompt(bpe, template, [{"role": "user", "content": "hello"}])
+    word = bpe.encode("hello")[0]
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[word] = 10.0  # always "hello": runs to max_new_tokens
+    assert reply(model, bpe, template, prompt, 3) == bpe.decode([word] * 3)
+    with torch.no_grad():
+        model.lm_head.bias[template.end_id] = 20.0  # now the end comes first
+    assert reply(model, bpe, template, prompt, 3) == ""

@@ -125,3 +125,20 @@ def test_bad_lora_settings_are_refused(kwargs, match):
 def test_a_target_the_stage_lacks_is_refused():
     with pytest.raises(StagegptError, match="c_gate"):
         attach_lora(build_model(5, CONFIG), LoRAConfig(2, 4.0, ("c_gate",)))
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("head", set()), ("all", None),
+    ("last-block", {"h.1.", "ln_f."}),
+])
+def test_train_modes_unfreeze_what_they_say(mode, expected):
+    from stagegpt.finetune.trainer import freeze_for
+
+    model = build_model(5, CONFIG)
+    freeze_for(model, mode)
+    learning = {n for n, p in model.named_parameters() if p.requires_grad}
+    if expected is None:
+        assert learning == {n for n, _ in model.named_parameters()}
+    else:
+        assert {n for n in learning if not any(n.startswith(e) for e in expected)} == set()
+        assert all(any(n.startswith(e) for n in learning) for e in expected)

@@ -22,7 +22,7 @@ CELL_TIMEOUT = 90  # seconds
 def test_the_notebooks_in_order():
     assert [p.stem for p in NOTEBOOKS] == [
         "01_minimal_lm", "02_positional_lm", "03_attention_lm", "04_block_lm",
-        "05_gpt_decoder", "06_modern_decoder",
+        "05_gpt_decoder", "06_modern_decoder", "07_finetune",
     ]
 
 

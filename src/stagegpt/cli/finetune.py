@@ -31,6 +31,14 @@ FLAGS = {"base": "--base", "data": "--data", "ckpt": "--base"}
 FINETUNE_DEFAULTS = {"max_steps": 300, "warmup_steps": 20, "batch_size": 16,
                      "eval_every": 50, "ckpt_every": 100, "eval_batches": 10}
 
+TRAIN_HELP = {"max_steps": "optimizer steps", "batch_size": "records per batch",
+              "lr": "peak learning rate (the minimum is a tenth)",
+              "warmup_steps": "linear warmup steps", "eval_every": "steps between val passes",
+              "eval_batches": "val batches per pass", "ckpt_every": "steps between checkpoints",
+              "seed": "seed for the head's and adapters' init, data order and dropout",
+              "weight_decay": "AdamW decay on matrices", "grad_clip": "clip the gradient norm",
+              "max_seconds": "also stop after this much training"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, choices=["classify", "instruct"])
@@ -56,13 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lora.add_argument("--lora-targets", metavar="NAMES",
                       help="comma-separated linear layers to adapt: c_attn, c_proj, c_fc, "
                            "c_gate (default: c_attn,c_proj,c_fc)")
-    group = parser.add_argument_group("training")
-    for name in ("max_steps", "batch_size", "lr", "warmup_steps", "eval_every", "eval_batches",
-                 "ckpt_every", "seed", "weight_decay", "grad_clip", "max_seconds"):
+    group = parser.add_argument_group("training (as in stagegpt train)")
+    for name, what in TRAIN_HELP.items():
         kind = float if name in ("lr", "weight_decay", "grad_clip", "max_seconds") else int
         default = FINETUNE_DEFAULTS.get(name, getattr(TrainConfig(), name))
+        if name == "lr":
+            default = "1e-3 for head and LoRA runs, 3e-4 when base weights learn"
         group.add_argument("--" + name.replace("_", "-"), type=kind,
-                           help=f"as in stagegpt train (default: {default})")
+                           help=f"{what} (default: {default})")
     group.add_argument("--device", choices=["cpu", "cuda", "mps", "auto"])
 
 

@@ -157,9 +157,13 @@ def read_head(directory: Path, lm: LanguageModel, labels: list[str]) -> nn.Linea
 
 
 def read_lora(directory: Path) -> LoRAConfig | None:
-    if not (directory / LORA_FILE).is_file():
+    path = directory / LORA_FILE
+    if not path.is_file():
         return None
-    return LoRAConfig.from_dict(read_json(directory / LORA_FILE, "LoRA settings"))
+    try:
+        return LoRAConfig.from_dict(read_json(path, "LoRA settings"))
+    except StagegptError as err:
+        raise StagegptError(f"{path} is damaged ({err}); fine-tune again or restore it") from None
 
 
 def load_finetuned(path: str | Path, merge: bool = True) -> Finetuned:

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from stagegpt.fileio import write_json
-from stagegpt.finetune.classify import majority_baseline, predict, scores
+from stagegpt.finetune.classify import majority_baseline, pad_batch, predict, scores
 from stagegpt.finetune.lora import merge_lora, trainable_count
 from stagegpt.finetune.reply import reply
-from stagegpt.finetune.templates import encode_prompt
+from stagegpt.finetune.templates import IGNORE, encode_prompt
 from stagegpt.finetune.trainer import FinetuneSettings, FinetuneTrainer
 from stagegpt.model import LanguageModel
 from stagegpt.model.layers import eval_mode
@@ -55,17 +55,15 @@ def classify_results(trainer: FinetuneTrainer) -> dict[str, Any]:
 @torch.no_grad()
 def reply_loss(lm: LanguageModel, items: list[tuple], pad: int, batch_size: int) -> float:
     """Mean cross-entropy per reply token over `items` (inputs, targets)."""
-    from stagegpt.finetune.classify import pad_batch
-    from stagegpt.finetune.templates import IGNORE
-
     total, count = 0.0, 0
     with eval_mode(lm):
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             x, _ = pad_batch([x for x, _ in chunk], pad)
             y, _ = pad_batch([y for _, y in chunk], IGNORE)
-            logits, _ = lm(x)  # (B, T, V)
-            total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(),
+            device = next(lm.parameters()).device
+            logits, _ = lm(x.to(device))  # (B, T, V)
+            total += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(),
                                      reduction="sum").item()
             count += int((y != IGNORE).sum())
     return total / count if count else math.nan
