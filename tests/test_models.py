@@ -167,3 +167,25 @@ def test_unknown_stage_and_preset(tiny_config):
         build_model(True, tiny_config)
     with pytest.raises(StagegptError, match="preset"):
         ModelConfig.from_preset("gpt5")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_save_and_load_round_trip(stage, tiny_config, tmp_path):
+    """A checkpoint gives back the same stage, config and logits (stage 9 untied too)."""
+    from stagegpt.interop import load_checkpoint
+    from stagegpt.train.checkpoints import save_checkpoint
+
+    configs = [tiny_config]
+    if stage == 9:
+        configs.append(ModelConfig(**{**tiny_config.to_dict(), "tie_head": False}))
+    for i, config in enumerate(configs):
+        torch.manual_seed(stage)
+        model = build_model(stage, config).eval()
+        save_checkpoint(tmp_path / f"ckpt{i}", model, None)
+        loaded = load_checkpoint(tmp_path / f"ckpt{i}")
+        assert loaded.stage == stage and loaded.config == config
+        idx = random_batch(config, B=2)
+        with torch.no_grad():
+            assert torch.equal(loaded.model(idx)[0], model(idx)[0])
+        tied = loaded.model.lm_head.weight is loaded.model.wte.weight
+        assert tied == (stage != 1 and config.tie_head)
