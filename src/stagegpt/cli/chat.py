@@ -19,7 +19,6 @@ from stagegpt.errors import StagegptError
 from stagegpt.generation import check_sampling_args
 
 HELP = "chat with an instruction-tuned checkpoint (streamed replies, /reset, /quit)"
-FLAGS = {"ckpt": "--ckpt"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 from stagegpt.errors import StagegptError
 
 HELP = "label a text with a fine-tuned classifier (prints label and probabilities)"
-FLAGS = {"ckpt": "--ckpt"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     tuned = load_finetuned(args.ckpt)
     if tuned.head is None:
         raise StagegptError(f"{args.ckpt} is an instruction model, not a classifier; use "
-                            "stagegpt chat or sample --chat with it", "ckpt")
+                            "stagegpt chat or sample --chat with it")
     ids = tuned.tokenizer.encode(text)[:tuned.lm.config.block_size]
     if not ids:
         raise StagegptError("the text is empty; give --text some words")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 
 HELP = "fold LoRA adapters into the weights: a plain checkpoint for sample/convert/inspect"
-FLAGS = {"ckpt": "--ckpt", "overwrite": "--overwrite"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

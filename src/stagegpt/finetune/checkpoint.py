@@ -124,7 +124,7 @@ def read_config(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]
     info = meta.get("finetune") if isinstance(meta, dict) else None
     if not isinstance(info, dict) or info.get("task") not in ("classify", "instruct"):
         raise StagegptError(f"{directory} is not a fine-tuned checkpoint; make one with "
-                            "stagegpt finetune", "ckpt")
+                            "stagegpt finetune")
     return directory, meta, info
 
 
@@ -139,11 +139,11 @@ def load_base(directory: Path, meta: dict, info: dict) -> LanguageModel:
     base_dir = Path(base["path"])
     if not base_dir.is_dir():
         raise StagegptError(f"{directory} adapts the base checkpoint {base_dir}, which is gone; "
-                            "restore it there (or run stagegpt merge while it exists)", "ckpt")
+                            "restore it there (or run stagegpt merge while it exists)")
     if base.get("sha256") is not None and weights_sha256(base_dir) != base["sha256"]:
         raise StagegptError(f"the base checkpoint {base_dir} changed since {directory} was "
                             "fine-tuned from it (its weights' sha256 differs); the adapters "
-                            "and head only fit the original base", "ckpt")
+                            "and head only fit the original base")
     lm = load_checkpoint(base_dir).model
     if lm.stage != meta.get("stage") or lm.config.to_dict() != meta.get("model"):
         raise StagegptError(f"the base {base_dir} is not the model {directory} was tuned from")
@@ -208,9 +208,9 @@ def load_for_chat(path: str | Path) -> tuple[LanguageModel, Any]:
     if isinstance(meta, dict) and isinstance(meta.get("finetune"), dict):
         tuned = load_finetuned(directory)
         if tuned.head is not None:
-            raise StagegptError(f"{path} is a classifier; use stagegpt classify with it", "ckpt")
+            raise StagegptError(f"{path} is a classifier; use stagegpt classify with it")
         return tuned.lm, tuned.tokenizer
     ckpt = load_checkpoint(directory)
     if ckpt.tokenizer is None:
-        raise StagegptError(f"{path} has no tokenizer to encode a conversation with", "ckpt")
+        raise StagegptError(f"{path} has no tokenizer to encode a conversation with")
     return ckpt.model, ckpt.tokenizer

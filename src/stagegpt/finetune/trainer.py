@@ -100,7 +100,7 @@ class FinetuneTrainer(Trainer):
         self.base = load_checkpoint(self.base_dir)
         if self.base.tokenizer is None:
             raise StagegptError(f"the base {base} has no tokenizer; fine-tune a checkpoint "
-                                "saved with its tokenizer", "base")
+                                "saved with its tokenizer")
         self.base_sha256 = weights_sha256(self.base_dir)
         super().__init__(self.base.stage, self.base.config, train_config, data_dir, out_dir,
                          resume, progress, on_step, fast=False)
@@ -113,12 +113,12 @@ class FinetuneTrainer(Trainer):
         task = self.settings.task
         if self.meta["task"] != task:
             raise StagegptError(f"{self.data_dir} holds {self.meta['task']} data, not {task}; "
-                                f"prepare {task} data or use --task {self.meta['task']}", "data")
+                                f"prepare {task} data or use --task {self.meta['task']}")
         if self.meta["tokenizer"] != self.tokenizer.to_spec():
             raise StagegptError(
                 f"{self.data_dir} was prepared for the {self.meta['tokenizer'].get('name')} "
                 f"tokenizer, but the base {self.base_dir} uses {self.tokenizer.name}'s "
-                "(another vocabulary); prepare the data with --tokenizer from:BASE", "data")
+                "(another vocabulary); prepare the data with --tokenizer from:BASE")
         self.labels = self.meta.get("labels")
         self.template = template_for(self.tokenizer) if task == "instruct" else None
         self.records = records
@@ -141,15 +141,15 @@ class FinetuneTrainer(Trainer):
                     item = loss_targets(*encode_dialog(self.tokenizer, self.template,
                                                        record["messages"]))
             except StagegptError as err:
-                raise StagegptError(f"{where}: {err}", "data") from None
+                raise StagegptError(f"{where}: {err}") from None
             no_reply = self.settings.task == "instruct" and all(t == IGNORE for t in item[1])
             if not item[0] or no_reply:
-                raise StagegptError(f"{where}: the record has no tokens to learn from", "data")
+                raise StagegptError(f"{where}: the record has no tokens to learn from")
             if len(item[0]) > T:
                 advice = ("pass --truncate to keep the first block_size tokens"
                           if self.settings.task == "classify" else "shorten the record")
                 raise StagegptError(f"{where}: the record has {len(item[0])} tokens, more "
-                                    f"than the base's context of {T}; {advice}", "data")
+                                    f"than the base's context of {T}; {advice}")
             out.append(item)
         return out
 
