@@ -77,3 +77,13 @@ def test_train_help_shows_each_default(capsys):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: 1000)" in out and "(default: 0.001)" in out and "(default: n_head / 2" in out
+
+
+def test_an_error_names_the_flag_only_where_it_names_the_parameter():
+    from stagegpt.errors import StagegptError
+
+    assert StagegptError("max_new_tokens must be >= 0", "max_new_tokens").for_flags() == (
+        "--max-new-tokens must be >= 0")
+    assert StagegptError("items: too many", "items").for_flags() == "--items: too many"
+    for text in ("data/genre is not a data dir", "data_dir is missing", "datasets differ"):
+        assert StagegptError(text, "data").for_flags() == text  # a path or another word

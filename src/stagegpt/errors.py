@@ -19,7 +19,9 @@ class StagegptError(Exception):
         """The message with its leading parameter named as the CLI flag that sets it
         (`flags` maps parameters to flags; by default max_new_tokens -> --max-new-tokens)."""
         text = str(self)
-        if self.param is None or not text.startswith(self.param):
+        rest = text[len(self.param):] if self.param is not None else ""
+        if (self.param is None or not text.startswith(self.param)
+                or rest[:1].isalnum() or rest[:1] in ("_", "/", ".")):  # "data/x" is a path
             return text
         flag = (flags or {}).get(self.param, "--" + self.param.replace("_", "-"))
-        return flag + text[len(self.param):]
+        return flag + rest
