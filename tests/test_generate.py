@@ -56,17 +56,17 @@ def counter_model(vocab_size=10):
                          ids=["short", "past-block", "full-prompt", "long-prompt",
                               "transposed-head"])
 def test_greedy_with_cache_equals_without_cache(stage, T, n, tiny_config):
-    """Token for token, including generation that rolls the window past block_size (16).
+    """Token for token, including generation that rolls the window past block_size (16),
+    at every stage's full depth.
 
-    Stages 7-9 slide a full cache along instead of running the window again, which keeps
-    the deeper layers' keys and values of tokens that saw the dropped one: past
-    block_size they equal the window's run only with one layer (tests/test_modern_stages).
+    By default stages 7-9 slide a full cache along instead of running the window again,
+    which keeps the deeper layers' keys and values of tokens that saw the dropped one:
+    that equals the window's run only with one layer (tests/test_modern_stages). With
+    `slide=False` they run the window again, like stages 1-6, exactly.
     """
-    if stage >= 7 and T + n > tiny_config.block_size:
-        tiny_config = ModelConfig(**{**tiny_config.to_dict(), "n_layer": 1})
     model = peaky_model(stage, tiny_config)
     idx = prompts(tiny_config, T=T)
-    cached = generate(model, idx, n, temperature=0)
+    cached = generate(model, idx, n, temperature=0, slide=False)
     uncached = generate(model, idx, n, temperature=0, use_cache=False)
     assert cached.shape == (2, T + n)
     assert torch.equal(cached[:, :T], idx)

@@ -256,3 +256,20 @@ def test_past_block_size_a_rotary_cache_slides_along_without_a_prefill(stage):
     assert lengths == [5] + [1] * 39  # no window is ever run again
     assert torch.equal(cached, generate(model, prompt, 40, temperature=0, use_cache=False))
     assert len(set(cached[0, 16:].tolist())) > 3  # varied: the comparison is not vacuous
+
+
+@pytest.mark.parametrize("stage", [7, 8, 9])
+def test_with_more_layers_sliding_is_streaming_and_refilling_is_exact(stage):
+    """Two layers: the sliding cache keeps what deeper layers computed while the dropped
+    token was visible, so past block_size its tokens may differ from the window's run;
+    slide=False runs the window again and equals decoding without a cache exactly."""
+    from helpers import peaky_model
+
+    model = peaky_model(stage, ModelConfig(**{**CONFIG.to_dict(), "n_kv_head": 2}), seed=1)
+    prompt = ids(B=2, T=5)
+    uncached = generate(model, prompt, 40, temperature=0, use_cache=False)
+    for fast in (True, False):
+        refilled = generate(model, prompt, 40, temperature=0, slide=False, fast=fast)
+        assert torch.equal(refilled, uncached)
+        slid = generate(model, prompt, 40, temperature=0, fast=fast)
+        assert torch.equal(slid[:, :CONFIG.block_size + 1], uncached[:, :CONFIG.block_size + 1])

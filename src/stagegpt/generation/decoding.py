@@ -62,7 +62,8 @@ class PlainDecoder:
 def stream(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
            stop_ids: Iterable[int] = (), use_cache: bool = True, fast: bool = True,
-           on_logits: Callable[[Tensor], object] | None = None) -> Iterator[Tensor]:
+           on_logits: Callable[[Tensor], object] | None = None,
+           slide: bool = True) -> Iterator[Tensor]:
     """Yield each new column of token ids (B, 1) as soon as it is sampled.
 
     Arguments are those of `generate`. They are checked now, before the first token. The
@@ -73,13 +74,13 @@ def stream(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: 
     """
     out, T = _start(model, idx, max_new_tokens, temperature, top_k, top_p, seed)
     return _decode(model, out, T, max_new_tokens, temperature, top_k, top_p, seed, stop_ids,
-                   use_cache, fast, on_logits)
+                   use_cache, fast, on_logits, slide)
 
 
 def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              stop_ids: Iterable[int] = (), use_cache: bool = True, fast: bool = True,
-             on_token: Callable[[Tensor], object] | None = None) -> Tensor:
+             on_token: Callable[[Tensor], object] | None = None, slide: bool = True) -> Tensor:
     """Continue the prompts `idx` (B, T) by up to `max_new_tokens`; return (B, T + n).
 
     temperature: 0 is greedy; otherwise logits are divided by it before sampling.
@@ -93,6 +94,10 @@ def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature
         False runs the plain model's modules on every step. Either way module hooks fire
         on every step: a model with hooks decodes plainly.
     on_token: called with each new column of ids (B, 1) as it is produced.
+    slide: past block_size, a model with relative positions (stages 7-9) slides its full
+        cache along, one step per token (streaming: deeper layers keep what they computed
+        while the dropped token was visible); False runs the whole window again, as stages
+        1-6 must, which gives exactly the tokens of decoding without a cache.
 
     Prompts longer than `block_size` are cropped to their last `block_size` tokens, and
     so is the context once generation runs past it (see the module docstring).
@@ -100,7 +105,7 @@ def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature
     out, T = _start(model, idx, max_new_tokens, temperature, top_k, top_p, seed)
     n = 0
     with closing(_decode(model, out, T, max_new_tokens, temperature, top_k, top_p, seed,
-                         stop_ids, use_cache, fast)) as columns:
+                         stop_ids, use_cache, fast, slide=slide)) as columns:
         for column in columns:
             n += 1
             if on_token is not None:
@@ -135,7 +140,8 @@ def _start(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: 
 def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: float,
             top_k: int | None, top_p: float | None, seed: int | None,
             stop_ids: Iterable[int] | None, use_cache: bool, fast: bool,
-            on_logits: Callable[[Tensor], object] | None = None) -> Iterator[Tensor]:
+            on_logits: Callable[[Tensor], object] | None = None,
+            slide: bool = True) -> Iterator[Tensor]:
     """The decoding loop: writes new ids into `out[:, T:]` and yields each column."""
     if n == 0:
         return
@@ -158,7 +164,7 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
                 if t > T and use_cache and pos < block_size:  # one new token, cache the rest
                     last = decoder.step(out[:, t - 1:t], caches, pos)  # (B, C)
                     pos += 1
-                elif t > T and use_cache and model.roll_cache(caches):  # relative positions
+                elif t > T and use_cache and slide and model.roll_cache(caches):  # relative
                     last = decoder.step(out[:, t - 1:t], caches, block_size - 1)
                 elif t > T:  # no cache, or the window rolled: run the whole window
                     last = decoder.prefill(out[:, max(0, t - block_size):t], caches)
