@@ -48,6 +48,7 @@ from typing import Any
 from stagegpt.cli.prepare_finetune import (
     FINETUNE_SOURCES,
     add_finetune_sources,
+    add_output_flags,
     finetune_settings,
     run_finetune,
 )
@@ -77,12 +78,7 @@ def _common(parser: argparse.ArgumentParser, tokenizer: bool) -> None:
                             help=f"local GPT-2 table (r50k_base.tiktoken); same as ${RANKS_ENV}")
     parser.add_argument("--min-val-tokens", type=int, default=DEFAULT_MIN_VAL_TOKENS,
                         metavar="N", help="fewest tokens per split (default: %(default)s)")
-    parser.add_argument("--if-missing", action="store_true",
-                        help="do nothing if DIR already holds this dataset")
-    parser.add_argument("--force", action="store_true", help="replace a dataset in DIR")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show full tracebacks instead of one-line errors")
+    add_output_flags(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

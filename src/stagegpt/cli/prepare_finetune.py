@@ -44,6 +44,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="seed for shuffling and choosing records (default: 0)")
     parser.add_argument("--gpt2-ranks", metavar="FILE",
                         help=f"local GPT-2 table (r50k_base.tiktoken); same as ${RANKS_ENV}")
+    add_output_flags(parser)
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """What every prepare source takes about its output dir and its run."""
     parser.add_argument("--if-missing", action="store_true",
                         help="do nothing if DIR already holds this dataset")
     parser.add_argument("--force", action="store_true", help="replace a dataset in DIR")

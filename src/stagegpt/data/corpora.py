@@ -48,6 +48,14 @@ def normalize_text(text: str) -> str:
     return text + "\n" if text else ""
 
 
+def cut_words(text: str, max_chars: int) -> str:
+    """`text` cut at the last space at or before `max_chars` characters."""
+    if len(text) <= max_chars:
+        return text
+    cut = text.rfind(" ", 0, max_chars + 1)
+    return text[: cut if cut > 0 else max_chars]
+
+
 def join_documents(texts: Iterable[str]) -> str:
     """Documents in order, each ending in a newline, separated by one blank line."""
     return "\n".join(t if t.endswith("\n") else t + "\n" for t in texts)

