@@ -111,6 +111,14 @@ def test_eval_cli_prints_and_refuses(markov_data, tmp_path, capsys):
     assert "another tokenizer" in capsys.readouterr().err
 
 
+def test_the_python_api_names_its_parameters():
+    for kwargs, words in ((dict(items=0), "^items must be"),
+                          (dict(ending=(9, 3)), "^ending must be"),
+                          (dict(seed=-1), r"^seed must be an integer in \[0, 2\^63\)")):
+        with pytest.raises(StagegptError, match=words):
+            make_items(TOKENS, **kwargs)
+
+
 def test_a_split_too_short_is_refused():
     with pytest.raises(StagegptError, match="needs at least"):
         make_items(TOKENS[:100], items=5, context=48, ending=(8, 16))

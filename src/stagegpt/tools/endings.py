@@ -48,7 +48,7 @@ class EndingsScore:
     chance: float = 1 / CHOICES
 
 
-def check_item_args(items: int, context: int, ending: tuple[int, int]) -> None:
+def check_item_args(items: int, context: int, ending: tuple[int, int], seed: int = 0) -> None:
     if isinstance(items, bool) or not isinstance(items, int) or not 1 <= items <= MAX_ITEMS:
         raise StagegptError(f"items must be an integer in [1, {MAX_ITEMS:,}], got {items!r}",
                             "items")
@@ -59,12 +59,14 @@ def check_item_args(items: int, context: int, ending: tuple[int, int]) -> None:
             1 <= low <= high):
         raise StagegptError(f"ending must be two lengths 1 <= low <= high, got {ending!r}",
                             "ending")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise StagegptError(f"seed must be an integer in [0, 2^63), got {seed!r}", "seed")
 
 
 def make_items(tokens: np.ndarray, items: int = DEFAULT_ITEMS, context: int = DEFAULT_CONTEXT,
                ending: tuple[int, int] = DEFAULT_ENDING, seed: int = 0) -> list[Item]:
     """`items` questions from `tokens` (a split), the same for the same tokens and seed."""
-    check_item_args(items, context, ending)
+    check_item_args(items, context, ending, seed)
     low, high = ending
     span = context + high
     if len(tokens) < 4 * span:
@@ -151,7 +153,7 @@ def evaluate_checkpoint(ckpt_dir: str | Path, data_dir: str | Path, items: int =
                         ending: tuple[int, int] = DEFAULT_ENDING, seed: int = 0,
                         dtype: str = "float32") -> dict:
     """Val loss and the endings test of a checkpoint on a data dir's val split."""
-    check_item_args(items, context, ending)
+    check_item_args(items, context, ending, seed)  # before the checkpoint is loaded
     ckpt = load_checkpoint(ckpt_dir, dtype=dtype)
     meta = read_meta(data_dir)
     same = ckpt.tokenizer is None or ckpt.tokenizer.to_spec() == meta["tokenizer"]
