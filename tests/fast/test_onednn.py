@@ -79,3 +79,59 @@ def test_fused_loss_on_the_onednn_path_equals_plain_path(with_bias):
     for a, c in zip(torch.autograd.grad(fused, inputs), torch.autograd.grad(plain, inputs),
                     strict=True):
         assert torch.allclose(a, c, atol=1e-5)
+
+
+@pytest.mark.parametrize("vendor, machine, pays", [
+    ("AuthenticAMD", "x86_64", True), ("GenuineIntel", "x86_64", False),
+    ("", "aarch64", False), ("AuthenticAMD", "aarch64", False)])
+def test_onednn_is_preferred_only_where_mkl_runs_its_slower_code(vendor, machine, pays,
+                                                                  monkeypatch):
+    monkeypatch.setattr(onednn, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(onednn.platform, "machine", lambda: machine)
+    monkeypatch.setattr(onednn, "PREFERRED", None)
+    onednn.pays_on_this_cpu.cache_clear()
+    try:
+        assert onednn.pays_on_this_cpu() is pays
+        assert onednn.preferred() is (pays and onednn.available())
+        assert onednn.applies(torch.randn(100, 16), torch.randn(8, 16)) is onednn.preferred()
+    finally:
+        onednn.pays_on_this_cpu.cache_clear()
+
+
+def test_cpu_vendor_reads_this_machine():
+    assert isinstance(onednn.cpu_vendor(), str)
+
+
+def test_where_onednn_does_not_pay_the_fast_layer_keeps_plain_products(monkeypatch):
+    """No swap and no decoding copies; the chunked loss and the lean step still run and
+    still equal the plain model."""
+    from helpers import peaky_model
+
+    from stagegpt import generate
+    from stagegpt.fast import FastDecoder
+    from stagegpt.generation.decoding import PlainDecoder
+
+    monkeypatch.setattr(onednn, "PREFERRED", False)
+    config = ModelConfig(vocab_size=9_000, block_size=32, n_embd=64, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    model = build_model(5, config)
+    idx = torch.randint(0, 9_000, (8, 32))
+    with accelerate(model) as fast:
+        assert fast.swap is None
+        assert all(type(m) is torch.nn.Linear for m in model.modules()
+                   if isinstance(m, torch.nn.Linear))
+        torch.testing.assert_close(fast.loss(idx, idx), model.loss(idx, idx), rtol=0, atol=1e-5)
+    small = ModelConfig(vocab_size=97, block_size=16, n_embd=32, n_layer=2, n_head=2)
+    peaky = peaky_model(5, small, seed=5)
+    decoder = FastDecoder(peaky, 64)
+    assert not decoder.products and decoder.head_mode == "plain" and decoder.lean
+    prompt = torch.randint(0, 97, (2, 4))
+    with torch.inference_mode():
+        caches, plain_caches = peaky.make_kv_cache(2), peaky.make_kv_cache(2)
+        decoder.prefill(prompt[:, :3], caches)
+        PlainDecoder(peaky).prefill(prompt[:, :3], plain_caches)
+        got = decoder.step(prompt[:, 3:], caches, 3)
+        want = PlainDecoder(peaky).step(prompt[:, 3:], plain_caches, 3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(generate(peaky, prompt, 40, temperature=0),
+                       generate(peaky, prompt, 40, temperature=0, fast=False))

@@ -2,7 +2,8 @@
 
 A `FastModel` wraps a plain `LanguageModel` and changes how it computes, never what:
 
-- its `nn.Linear` layers are swapped for `OneDNNLinear`s holding the same parameters
+- on a CPU where oneDNN's products beat the default BLAS (`onednn.preferred()`), its
+  `nn.Linear` layers are swapped for `OneDNNLinear`s holding the same parameters
   (`stagegpt.fast.linear`), put back by `close()`;
 - given targets, `fast(x, y)` (or `fast.loss(x, y)`) runs the head and the cross-entropy
   chunk by chunk without ever holding the (B*T, V) logits (`stagegpt.fast.loss`), in a
@@ -23,19 +24,21 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from stagegpt.fast import onednn
 from stagegpt.fast.linear import LinearSwap
 from stagegpt.fast.loss import Workspace, chunked_cross_entropy
 from stagegpt.model.stages import LanguageModel
 
 
 class FastModel(nn.Module):
-    """`model` with oneDNN products and the chunked head + loss, until `close()`."""
+    """`model` with the chunked head + loss (and oneDNN products where they pay), until
+    `close()`."""
 
     def __init__(self, model: LanguageModel):
         super().__init__()
         self.model = model
         self.workspace = Workspace()
-        self.swap: LinearSwap | None = LinearSwap(model)
+        self.swap: LinearSwap | None = LinearSwap(model) if onednn.preferred() else None
 
     def forward(self, idx: Tensor, targets: Tensor | None = None,
                 return_logits: bool = False) -> tuple[Tensor | None, Tensor | None]:

@@ -2,7 +2,10 @@
 
 PyTorch's fp32 `mm`/`addmm`/`F.linear` call MKL, which on AMD CPUs runs its AVX2 code;
 oneDNN, also inside every PyTorch CPU build, uses AVX-512 there and measures about twice
-as fast on the products of training (the `stagegpt bench` ceilings show both). It is
+as fast on the products of training (the `stagegpt bench` ceilings show both). On Intel
+CPUs MKL runs its AVX-512 code itself, and there the conversions below are pure cost
+(a stage 5 training step took 1.36x longer at the seed shape, 1.59x at the char shape,
+measured on a 2-core Xeon), so the path is taken only where it pays (`preferred()`). It is
 reached through public APIs only: `F.linear` on an input converted with
 `Tensor.to_mkldnn()`, the result converted back with `Tensor.to_dense()`. Each
 conversion is a plain copy, small next to the product it feeds.
@@ -12,17 +15,23 @@ products are left to PyTorch's own (C++) autograd of the oneDNN product; from
 LARGE_MACS multiply-adds up, `_Linear` does the backward itself, faster: the gradients
 as two more oneDNN products. It falls back to `F.linear` whenever the path does not
 apply or would not pay: fewer than MIN_ROWS rows (decoding), anything but fp32 on a
-CPU, under autocast (bf16 products already go to oneDNN), under `torch.compile`, or
-with `ENABLED = False`.
+CPU, under autocast (bf16 products already go to oneDNN), under `torch.compile`, on a
+CPU where MKL is fast itself, or with `ENABLED = False`. `PREFERRED = True` (or False)
+overrides the choice by CPU, as the tests do to run this path on any machine.
 """
 
 from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 ENABLED = True
+PREFERRED: bool | None = None  # None: by CPU (see `pays_on_this_cpu`); True/False force it
 MIN_ROWS = 64  # below this (e.g. one token while decoding) the conversions do not pay
 LARGE_MACS = 1 << 26  # from here on `_Linear`'s backward beats PyTorch's
 
@@ -32,10 +41,33 @@ def available() -> bool:
     return ENABLED and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor id as Linux reports it ("GenuineIntel", "AuthenticAMD"), or ""."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("vendor_id"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def pays_on_this_cpu() -> bool:
+    """oneDNN beats MKL where MKL runs its AVX2 code on an AVX-512 CPU: AMD's x86 CPUs.
+    Elsewhere (Intel, where MKL uses AVX-512; ARM, where it is not MKL) it does not."""
+    return platform.machine().lower() in ("x86_64", "amd64") and cpu_vendor() == "AuthenticAMD"
+
+
+def preferred() -> bool:
+    """oneDNN is available and, on this CPU (or by `PREFERRED`), faster than the default."""
+    return available() and (pays_on_this_cpu() if PREFERRED is None else PREFERRED)
+
+
 def applies(x: Tensor, weight: Tensor) -> bool:
     """True if `x @ weight.T` should go through oneDNN here."""
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and x.numel() >= MIN_ROWS * x.size(-1) and available()
+            and x.numel() >= MIN_ROWS * x.size(-1) and preferred()
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
