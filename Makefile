@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/user_run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

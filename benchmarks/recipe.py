@@ -84,17 +84,15 @@ def batch(data: np.ndarray, B: int, T: int, g: torch.Generator):
     return torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
 
 
-def lr_at(step: int) -> float:
-    r = RECIPE
+def lr_at(step: int, r: dict = RECIPE) -> float:
     if step < r["warmup_steps"]:
         return r["lr"] * (step + 1) / r["warmup_steps"]
     p = (step - r["warmup_steps"]) / (r["steps"] - r["warmup_steps"])
     return r["min_lr"] + 0.5 * (1 + math.cos(math.pi * p)) * (r["lr"] - r["min_lr"])
 
 
-def initial_plain_model(vocab: int, seed: int, own_init: bool) -> PlainGPT:
+def initial_plain_model(vocab: int, seed: int, own_init: bool, r: dict = RECIPE) -> PlainGPT:
     """PlainGPT drawing its own GPT-2 init, or holding stagegpt's initial weights for `seed`."""
-    r = RECIPE
     torch.manual_seed(seed)
     model = PlainGPT(vocab, r["block_size"], r["n_embd"], r["n_layer"], r["n_head"])
     if own_init:
@@ -117,9 +115,9 @@ def initial_plain_model(vocab: int, seed: int, own_init: bool) -> PlainGPT:
     return model
 
 
-def train_plain(data_dir: Path, vocab: int, seed: int, own_init: bool) -> tuple[nn.Module, float]:
-    r = RECIPE
-    model = initial_plain_model(vocab, seed, own_init)
+def train_plain(data_dir: Path, vocab: int, seed: int, own_init: bool,
+                r: dict = RECIPE) -> tuple[nn.Module, float]:
+    model = initial_plain_model(vocab, seed, own_init, r)
     if own_init:  # nanoGPT decays every matrix, embeddings included
         decay = [p for p in model.parameters() if p.dim() >= 2]
         other = [p for p in model.parameters() if p.dim() < 2]
@@ -133,7 +131,7 @@ def train_plain(data_dir: Path, vocab: int, seed: int, own_init: bool) -> tuple[
     start = time.perf_counter()
     for step in range(r["steps"]):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step, r)
         x, y = batch(train, r["batch_size"], r["block_size"], g)
         loss = model(x, y)
         loss.backward()
@@ -143,25 +141,28 @@ def train_plain(data_dir: Path, vocab: int, seed: int, own_init: bool) -> tuple[
     return model, time.perf_counter() - start
 
 
-def train_stagegpt(data_dir: Path, out: Path, seed: int) -> float:
-    r = RECIPE
-    args = ["train", "--stage", "5", "--data", str(data_dir), "--out", str(out),
+def stagegpt_train_args(data_dir: Path, out: Path, seed: int, r: dict = RECIPE) -> list[str]:
+    """`stagegpt train` at recipe `r`: stage 5, evals every 500 steps, checkpoints every 1000."""
+    return ["train", "--stage", "5", "--data", str(data_dir), "--out", str(out),
             "--preset", "small", "--n-layer", str(r["n_layer"]), "--n-head", str(r["n_head"]),
             "--n-embd", str(r["n_embd"]), "--block-size", str(r["block_size"]),
             "--batch-size", str(r["batch_size"]), "--dropout", "0", "--lr", str(r["lr"]),
             "--min-lr", str(r["min_lr"]), "--warmup-steps", str(r["warmup_steps"]),
             "--max-steps", str(r["steps"]), "--eval-every", "500", "--ckpt-every", "1000",
             "--seed", str(seed), "--no-progress"]
+
+
+def train_stagegpt(data_dir: Path, out: Path, seed: int) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "stagegpt", *args], check=True)
+    subprocess.run([sys.executable, "-m", "stagegpt", *stagegpt_train_args(data_dir, out, seed)],
+                   check=True)
     return time.perf_counter() - start
 
 
 @torch.no_grad()
-def val_loss(loss_fn, data_dir: Path, batches: int = 200) -> float:
+def val_loss(loss_fn, data_dir: Path, batches: int = 200, r: dict = RECIPE) -> float:
     val = load_split(data_dir, "val")
     g = torch.Generator().manual_seed(7)
-    r = RECIPE
     losses = [loss_fn(*batch(val, r["batch_size"], r["block_size"], g)).item()
               for _ in range(batches)]
     return sum(losses) / len(losses)

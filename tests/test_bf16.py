@@ -37,3 +37,24 @@ def test_bf16_loss_curve_follows_fp32(markov, tmp_path):
     assert bf16.val_loss == pytest.approx(fp32.val_loss, rel=0.01)
     # autocast computes in bf16 but the weights (and the checkpoint) stay fp32
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_products_says_so_once(native, markov, tmp_path,
+                                                             monkeypatch, capsys):
+    """Emulated bf16 products are hundreds of times slower than fp32: training and loading
+    in bf16 say so (once per process), and only where it is true."""
+    from stagegpt.fast import cpu
+    from stagegpt.interop import load_checkpoint
+
+    monkeypatch.setattr(cpu, "native_bf16", lambda: native)
+    cpu.note_slow_bf16.cache_clear()
+    try:
+        run(markov, tmp_path / "bf16", "bfloat16")
+        load_checkpoint(tmp_path / "bf16", dtype="bfloat16")
+        load_checkpoint(tmp_path / "bf16", dtype="float32")
+    finally:
+        cpu.note_slow_bf16.cache_clear()
+    err = capsys.readouterr().err
+    assert err.count("no native bf16 matrix products") == (0 if native else 1)
+    assert not cpu.bf16_is_slow("meta") and cpu.bf16_is_slow("cpu") is (not native)

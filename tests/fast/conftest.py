@@ -1,11 +1,13 @@
-"""Every fast path runs in these tests, on any CPU: oneDNN is taken where it pays (AMD's
-CPUs), so here it is forced on; `test_onednn.py` checks the choice by CPU itself."""
+"""Every fast path runs in these tests, on any CPU: oneDNN's products and the decoding
+copies are taken only where they pay (`stagegpt.fast.cpu`), so here both are forced on;
+`test_onednn.py` checks the choice by CPU itself."""
 
 import pytest
 
-from stagegpt.fast import onednn
+from stagegpt.fast import decode, onednn
 
 
 @pytest.fixture(autouse=True)
-def onednn_preferred(monkeypatch):
+def every_fast_path(monkeypatch):
     monkeypatch.setattr(onednn, "PREFERRED", True)
+    monkeypatch.setattr(decode, "COPIES", True)

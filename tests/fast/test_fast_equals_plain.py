@@ -20,7 +20,7 @@ from helpers import peaky_model
 from stagegpt import ModelConfig, build_model, generate
 from stagegpt.fast import FastDecoder, accelerate, onednn
 from stagegpt.fast import loss as fast_loss
-from stagegpt.fast.linear import OneDNNLinear
+from stagegpt.fast.swap import OneDNNLinear
 from stagegpt.generation.decoding import PlainDecoder
 from stagegpt.train.optim import param_groups
 
@@ -231,3 +231,4 @@ def test_hooks_see_every_decoding_step_even_when_fast():
     generate(model, torch.zeros(1, 3, dtype=torch.long), 12, temperature=0)
     handle.remove()
     assert seen == [3] + [1] * 11  # the prompt, then one new token per step
+

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from stagegpt import ModelConfig, build_model
-from stagegpt.fast import accelerate, onednn
+from stagegpt.fast import accelerate, cpu, decode, onednn
 from stagegpt.fast.loss import chunked_cross_entropy
+from stagegpt.fast.swap import OneDNNLinear
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
                                   reason="this PyTorch build has no oneDNN")
@@ -81,25 +82,33 @@ def test_fused_loss_on_the_onednn_path_equals_plain_path(with_bias):
         assert torch.allclose(a, c, atol=1e-5)
 
 
-@pytest.mark.parametrize("vendor, machine, pays", [
-    ("AuthenticAMD", "x86_64", True), ("GenuineIntel", "x86_64", False),
-    ("", "aarch64", False), ("AuthenticAMD", "aarch64", False)])
-def test_onednn_is_preferred_only_where_mkl_runs_its_slower_code(vendor, machine, pays,
-                                                                  monkeypatch):
-    monkeypatch.setattr(onednn, "cpu_vendor", lambda: vendor)
-    monkeypatch.setattr(onednn.platform, "machine", lambda: machine)
+@pytest.mark.parametrize("vendor, machine, capability, products, copies", [
+    ("AuthenticAMD", "x86_64", "AVX512", True, True),  # Zen 4: MKL's AVX2 code is slower
+    ("AuthenticAMD", "x86_64", "AVX2", False, True),  # Zen 3: MKL's products win
+    ("GenuineIntel", "x86_64", "AVX512", False, False),
+    ("", "aarch64", "DEFAULT", False, False), ("AuthenticAMD", "aarch64", "SVE256", False, False)])
+def test_each_fast_path_is_taken_only_on_the_cpus_where_it_pays(
+        vendor, machine, capability, products, copies, monkeypatch):
+    monkeypatch.setattr(cpu, "vendor", lambda: vendor)
+    monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr(onednn, "PREFERRED", None)
+    monkeypatch.setattr(decode, "COPIES", None)
+    cpu.amd_x86.cache_clear()
     onednn.pays_on_this_cpu.cache_clear()
     try:
-        assert onednn.pays_on_this_cpu() is pays
-        assert onednn.preferred() is (pays and onednn.available())
+        assert onednn.pays_on_this_cpu() is products
+        assert onednn.preferred() is (products and onednn.available())
         assert onednn.applies(torch.randn(100, 16), torch.randn(8, 16)) is onednn.preferred()
+        assert decode.copies_pay() is copies
     finally:
+        cpu.amd_x86.cache_clear()
         onednn.pays_on_this_cpu.cache_clear()
 
 
-def test_cpu_vendor_reads_this_machine():
-    assert isinstance(onednn.cpu_vendor(), str)
+def test_cpu_facts_read_this_machine():
+    assert isinstance(cpu.vendor(), str)
+    assert isinstance(cpu.native_bf16(), bool)
 
 
 def test_where_onednn_does_not_pay_the_fast_layer_keeps_plain_products(monkeypatch):
@@ -112,12 +121,14 @@ def test_where_onednn_does_not_pay_the_fast_layer_keeps_plain_products(monkeypat
     from stagegpt.generation.decoding import PlainDecoder
 
     monkeypatch.setattr(onednn, "PREFERRED", False)
+    monkeypatch.setattr(decode, "COPIES", False)
     config = ModelConfig(vocab_size=9_000, block_size=32, n_embd=64, n_layer=2, n_head=2)
     torch.manual_seed(0)
     model = build_model(5, config)
     idx = torch.randint(0, 9_000, (8, 32))
     with accelerate(model) as fast:
-        assert fast.swap is None
+        assert fast.swap is not None and not any(
+            isinstance(m, OneDNNLinear) for m in model.modules())
         assert all(type(m) is torch.nn.Linear for m in model.modules()
                    if isinstance(m, torch.nn.Linear))
         torch.testing.assert_close(fast.loss(idx, idx), model.loss(idx, idx), rtol=0, atol=1e-5)
@@ -135,3 +146,12 @@ def test_where_onednn_does_not_pay_the_fast_layer_keeps_plain_products(monkeypat
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert torch.equal(generate(peaky, prompt, 40, temperature=0),
                        generate(peaky, prompt, 40, temperature=0, fast=False))
+
+
+def test_configure_process_keeps_freed_memory_where_glibc_allows():
+    import platform
+
+    from stagegpt.fast import configure_process
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert configure_process() is expected

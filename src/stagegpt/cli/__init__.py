@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.verb in (*THREADED, "bench"):  # the verbs that run a model
+        from stagegpt.fast import configure_process
+
+        configure_process()
     try:
         return int(args.run(args) or 0)
     except StagegptError as err:

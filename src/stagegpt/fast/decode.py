@@ -1,23 +1,23 @@
 """Faster decoding steps on a CPU: the same logits as the plain model, sooner.
 
 At one new token per row every product is a matrix-vector product, bound by reading the
-weights, and every module call costs as much as the arithmetic of a small model. On CPUs
-where MKL (PyTorch's default) runs its slower code (AMD's; `onednn.preferred()` tells),
-it runs such a product on one thread and reads the (out, in) `nn.Linear` layout slowly,
-but its batched product gives each thread one matrix of the batch. So there a
-`FastDecoder` (for generations long enough to repay a copy, about what 20 tokens save)
-keeps
+weights, and every module call costs as much as the arithmetic of a small model. On AMD
+CPUs MKL (PyTorch's default) runs such a product on one thread and reads the (out, in)
+`nn.Linear` layout slowly, but its batched product gives each thread one matrix of the
+batch. So there (`copies_pay()`) a `FastDecoder` (for generations long enough to repay
+a copy, about what 20 tokens save) keeps
 
 - each block layer's weight transposed and cut into one block of output columns per
   thread, (k, in, out / k), within DECODE_COPY_BYTES in all (`ColumnBlocks`);
 - the head, the largest matrix, through oneDNN, which shares a matrix-vector product among
   threads by itself (on one thread: against a transposed copy);
 
-Where MKL is fast itself (Intel) the copies cost more than they save (measured on a
-2-core Xeon: 275 tokens/s with them, 298 without the head's, 288 without the blocks'),
-so none are made. Everywhere a `FastDecoder` runs a cached step of a stage 4-5 model as
-one function (`lean_step`): the blocks'
-products and norms called directly, q/k/v split by one view, no module calls. The copies
+measured at the seed shape on a 2-core EPYC (Zen 3): 130 tokens/s with the copies, 80
+without. Where MKL is fast itself (Intel) the copies cost more than they save (measured
+on a 2-core Xeon: 275 tokens/s with them, 298 without the head's, 288 without the
+blocks'), so none are made. Everywhere a `FastDecoder` runs a cached step of a stage 4-5
+model as one function (`lean_step`): the blocks' products and norms called directly,
+q/k/v split by one view, no module calls. The copies
 belong to the decoder and go with it; a weight changed after they were made (its version
 moved) sends the decoder back to the plain path. Module hooks fire only on the plain
 path, so a model with hooks, or attention set to `explicit`, always decodes plainly.
@@ -29,12 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stagegpt.fast import onednn
+from stagegpt.fast import cpu, onednn
 from stagegpt.model.layers import MLP, KVCache, MultiHeadAttention, TransformerBlock
 from stagegpt.model.stages import LanguageModel
 
 DECODE_COPY_BYTES = 256 << 20  # at most this much in weight copies per decoder
 MIN_STEPS = 32  # fewer steps than this do not repay the copies
+COPIES: bool | None = None  # None: by CPU (`copies_pay`); True/False force it (tests)
+
+
+def copies_pay() -> bool:
+    """Weight copies speed decoding up where MKL's matrix-vector products are slow."""
+    return cpu.amd_x86() if COPIES is None else COPIES
 
 
 class ColumnBlocks:
@@ -90,11 +96,11 @@ class FastDecoder:
 
     @staticmethod
     def applies(model: LanguageModel, steps: int) -> bool:
-        """Whether copies pay: fp32 weights on a CPU whose default BLAS is the slower
-        one, no autocast, enough steps."""
+        """Whether copies pay: fp32 weights on a CPU where MKL's matrix-vector products
+        are slow, no autocast, enough steps."""
         weight = model.lm_head.weight
         return (weight.device.type == "cpu" and weight.dtype == torch.float32
-                and onednn.preferred()
+                and copies_pay()
                 and not torch.is_autocast_enabled("cpu") and steps >= MIN_STEPS)
 
     def _copy_weights(self) -> None:
@@ -102,7 +108,7 @@ class FastDecoder:
         threads = torch.get_num_threads()
         head = self.model.lm_head
         self._watch(head.weight)
-        if threads > 1:
+        if threads > 1 and onednn.available():
             self.head_mode = "onednn"
         else:
             budget -= head.weight.numel() * head.weight.element_size()

@@ -5,7 +5,8 @@ oneDNN, also inside every PyTorch CPU build, uses AVX-512 there and measures abo
 as fast on the products of training (the `stagegpt bench` ceilings show both). On Intel
 CPUs MKL runs its AVX-512 code itself, and there the conversions below are pure cost
 (a stage 5 training step took 1.36x longer at the seed shape, 1.59x at the char shape,
-measured on a 2-core Xeon), so the path is taken only where it pays (`preferred()`). It is
+measured on a 2-core Xeon); on AMD CPUs without AVX-512 MKL's AVX2 code is the faster
+one (`stagegpt.fast.cpu`). So the path is taken only where it pays (`preferred()`). It is
 reached through public APIs only: `F.linear` on an input converted with
 `Tensor.to_mkldnn()`, the result converted back with `Tensor.to_dense()`. Each
 conversion is a plain copy, small next to the product it feeds.
@@ -16,19 +17,19 @@ LARGE_MACS multiply-adds up, `_Linear` does the backward itself, faster: the gra
 as two more oneDNN products. It falls back to `F.linear` whenever the path does not
 apply or would not pay: fewer than MIN_ROWS rows (decoding), anything but fp32 on a
 CPU, under autocast (bf16 products already go to oneDNN), under `torch.compile`, on a
-CPU where MKL is fast itself, or with `ENABLED = False`. `PREFERRED = True` (or False)
+CPU where MKL is as fast, or with `ENABLED = False`. `PREFERRED = True` (or False)
 overrides the choice by CPU, as the tests do to run this path on any machine.
 """
 
 from __future__ import annotations
 
 import functools
-import platform
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from stagegpt.fast import cpu
 
 ENABLED = True
 PREFERRED: bool | None = None  # None: by CPU (see `pays_on_this_cpu`); True/False force it
@@ -41,22 +42,11 @@ def available() -> bool:
     return ENABLED and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor id as Linux reports it ("GenuineIntel", "AuthenticAMD"), or ""."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("vendor_id"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return ""
-
-
 @functools.cache
 def pays_on_this_cpu() -> bool:
-    """oneDNN beats MKL where MKL runs its AVX2 code on an AVX-512 CPU: AMD's x86 CPUs.
-    Elsewhere (Intel, where MKL uses AVX-512; ARM, where it is not MKL) it does not."""
-    return platform.machine().lower() in ("x86_64", "amd64") and cpu_vendor() == "AuthenticAMD"
+    """oneDNN beats MKL where MKL runs its AVX2 code on an AVX-512 CPU: AMD's recent ones.
+    Elsewhere (Intel, AMD without AVX-512, ARM) it does not (`stagegpt.fast.cpu`)."""
+    return cpu.amd_x86() and cpu.avx512()
 
 
 def preferred() -> bool:

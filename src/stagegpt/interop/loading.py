@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from stagegpt.errors import StagegptError
+from stagegpt.fast import cpu
 from stagegpt.fileio import read_json
 from stagegpt.interop import gpt2
 from stagegpt.interop.llama import load_llama_model
@@ -31,6 +32,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     if dtype not in DTYPES:
         raise StagegptError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", "dtype")
     checkpoint = _load(path, device)
+    cpu.note_if_slow_bf16(dtype, device)
     checkpoint.model.to(DTYPES[dtype])
     return checkpoint
 

@@ -14,7 +14,9 @@ forward, backward, grad-norm clip 1.0, AdamW from `stagegpt.train.optim.make_opt
 zero_grad. Ours runs its training forward (`model(x, y, return_logits=False)`, as
 `Trainer` does); Hugging Face's is `model(input_ids=x, labels=x)`. The bf16 rows run ours
 under `torch.autocast` (bf16), as `TrainConfig(dtype="bfloat16")` does, and compare it
-with Hugging Face in fp32.
+with Hugging Face in fp32; they run only on CPUs with native bf16 products (AVX-512 BF16
+or AMX: `stagegpt.fast.cpu.native_bf16`), since elsewhere PyTorch emulates them hundreds
+of times slower than fp32 and a round would take hours.
 
 Achieved GFLOP/s counts 6N + 12*L*T*C FLOPs per token (`stagegpt.tools.inspection.flops_per_token`)
 and is set against matmul ceilings measured in the same rounds: a 2048^3 fp32 `torch.mm`
@@ -45,7 +47,7 @@ import torch
 from stagegpt import ModelConfig, TrainConfig, build_model, generate
 from stagegpt.data.corpora import text_corpus
 from stagegpt.data.prepare import prepare_corpus
-from stagegpt.fast import accelerate
+from stagegpt.fast import accelerate, cpu
 from stagegpt.tools.bench_report import DECODE_TOKENS, Trials, report, to_json
 from stagegpt.tools.inspection import flops_per_token
 from stagegpt.train.optim import make_optimizer
@@ -146,8 +148,9 @@ def matmul_probes(n: int = 2048) -> dict[str, Callable[[], float]]:
         probes["fp32 oneDNN"] = lambda: torch.nn.functional.linear(am, bt)
     except RuntimeError:  # a build without oneDNN
         pass
-    ab, bb = a.bfloat16(), b.bfloat16()
-    probes["bf16 torch.mm"] = lambda: torch.mm(ab, bb)
+    if cpu.native_bf16():  # emulated, one 2048^3 product would take ~30 s
+        ab, bb = a.bfloat16(), b.bfloat16()
+        probes["bf16 torch.mm"] = lambda: torch.mm(ab, bb)
 
     def timed(fn):
         def measure() -> float:
@@ -235,7 +238,7 @@ def interleaved_trials(shapes: list[str], rounds: int, log: Callable[[str], None
         flops[shape] = flops_per_token(ours)["train"]
         tokens = batch * config.block_size
         steps = 1 if shape == "seed" else 40  # keep each trial at least ~1 s
-        for dtype in ("fp32", "bf16") if shape == "seed" else ("fp32",):
+        for dtype in ("fp32", "bf16") if shape == "seed" and cpu.native_bf16() else ("fp32",):
             dt = "bfloat16" if dtype == "bf16" else "float32"
             for side, forward in (("stagegpt", ours_forward), ("plain", plain_forward)):
                 model = copy_of(ours)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from stagegpt.fast import cpu
+
 DECODE_TOKENS = 256
 
 
@@ -48,6 +50,10 @@ def report(results: dict, args: argparse.Namespace) -> str:
                   "ratio | stagegpt GFLOP/s | of fp32 mm | of fp32 oneDNN | of bf16 mm |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for shape, dtype in (("seed", "fp32"), ("seed", "bf16"), ("char", "fp32")):
+            if f"{shape} {dtype} stagegpt" not in t.values:
+                lines.append(f"| {shape} {dtype} | not run: this CPU has no native bf16 "
+                             "products |||||||||")
+                continue
             ours, hf = t.median(f"{shape} {dtype} stagegpt"), t.median(f"{shape} fp32 HF")
             plain = t.median(f"{shape} {dtype} plain")
             gflops = ours * flops[shape] / 1e9
@@ -99,13 +105,17 @@ def report(results: dict, args: argparse.Namespace) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    name = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
                 break
-    return f"{cpu}, {os.cpu_count()} cores, no GPU" if not torch.cuda.is_available() else cpu
+    kernels = (f"{torch.backends.cpu.get_cpu_capability()} kernels, bf16 products "
+               f"{'native' if cpu.native_bf16() else 'emulated'}")
+    if torch.cuda.is_available():
+        return f"{name}, {kernels}"
+    return f"{name}, {os.cpu_count()} cores, no GPU, {kernels}"
 
 
 def to_json(results: dict) -> dict:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from stagegpt.data.datasets import load_split, load_tokenizer_from_data, read_meta, sample_batch
 from stagegpt.errors import StagegptError
-from stagegpt.fast import FastModel, accelerate
+from stagegpt.fast import FastModel, accelerate, cpu
 from stagegpt.fileio import read_json, write_text
 from stagegpt.limits import check_fits
 from stagegpt.model import LanguageModel, ModelConfig, build_model
@@ -179,9 +179,8 @@ class Trainer:
         # Dropout draws from the global RNG; each rank gets its own stream.
         if self.resume_from is None:
             torch.manual_seed(self.tc.seed + self.rank)
-        self.scorer: LanguageModel | FastModel = self.model  # what computes losses
-        if self.fast:
-            self.scorer = accelerate(self.model)
+        # what computes losses
+        self.scorer: LanguageModel | FastModel = accelerate(self.model) if self.fast else self.model
         self.runner = self.scorer
         if self.tc.compile:
             self.runner = torch.compile(self.scorer)
@@ -288,6 +287,7 @@ class Trainer:
                     tqdm.write(f"note: warmup_steps ({self.tc.warmup_steps}) >= max_steps "
                                f"({self.tc.max_steps}): the learning rate never reaches its "
                                "peak", file=sys.stderr)
+                cpu.note_if_slow_bf16(self.tc.dtype, self.device)
             return self._fit()
         finally:
             self.lock.release()
