@@ -44,7 +44,7 @@ from stagegpt.data.datasets import read_meta
 from stagegpt.interop import load_checkpoint
 
 SEED_SHAPE = dict(RECIPE, n_layer=12, n_head=4, n_embd=256, block_size=256, batch_size=8,
-                  lr=6e-4, min_lr=6e-5, warmup_steps=2, steps=6)
+                  lr=6e-4, min_lr=6e-5, warmup_steps=2, steps=20)
 DATA = {"char": ("data/shakespeare_full_char", "char"),
         "seed": ("data/shakespeare_full_gpt2", "gpt2")}
 

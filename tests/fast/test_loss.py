@@ -39,8 +39,8 @@ def test_confidently_wrong_rows_keep_an_exact_loss():
     assert torch.allclose(fused, plain.mean(), rtol=1e-5)
     grads = torch.autograd.grad(fused, [hidden, weight, bias])
     want = torch.autograd.grad(plain.mean(), [hidden, weight, bias])
-    for got, ref in zip(grads, want, strict=True):
-        assert torch.allclose(got, ref, atol=1e-5)
+    for got, ref in zip(grads, want, strict=True):  # logits ~1,000: relative to the scale
+        assert torch.allclose(got, ref, atol=1e-5 * ref.abs().max().item())
 
 
 def test_bf16_autocast_stays_close_to_fp32():
