@@ -15,3 +15,18 @@ def peaky_model(stage, config, seed=0):
             if p.dim() >= 2:
                 p.normal_(0.0, 1.0)
     return model.eval()
+
+
+def last_step_both_ways(decoder, model, prompt):
+    """The hidden states (fast, plain) of `prompt`'s last token, each after a prefill of the
+    tokens before it: `decoder` against `model`'s own plain decoding path."""
+    from stagegpt.generation.decoding import PlainDecoder
+
+    T = prompt.size(1)
+    states = []
+    with torch.inference_mode():
+        for steps in (decoder, PlainDecoder(model)):
+            caches = model.make_kv_cache(prompt.size(0))
+            steps.prefill(prompt[:, :T - 1], caches)
+            states.append(steps.step(prompt[:, T - 1:], caches, T - 1))
+    return tuple(states)

@@ -15,7 +15,7 @@ gradients within 2e-2 relative of their norm.
 
 import pytest
 import torch
-from helpers import peaky_model
+from helpers import last_step_both_ways, peaky_model
 
 from stagegpt import ModelConfig, build_model, generate
 from stagegpt.fast import FastDecoder, accelerate, onednn
@@ -217,12 +217,7 @@ def test_a_weight_change_mid_stream_sends_the_decoder_back_to_the_plain_path():
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(-1.0)
-    with torch.inference_mode():
-        caches, plain_caches = model.make_kv_cache(1), model.make_kv_cache(1)
-        decoder.prefill(idx[:, :2], caches)
-        PlainDecoder(model).prefill(idx[:, :2], plain_caches)
-        got = decoder.step(idx[:, 2:], caches, 2)
-        want = PlainDecoder(model).step(idx[:, 2:], plain_caches, 2)
+    got, want = last_step_both_ways(decoder, model, idx)
     assert not decoder.products and decoder.head_mode == "plain"
     torch.testing.assert_close(got, want)
 

@@ -114,11 +114,10 @@ def test_cpu_facts_read_this_machine():
 def test_where_onednn_does_not_pay_the_fast_layer_keeps_plain_products(monkeypatch):
     """No swap and no decoding copies; the chunked loss and the lean step still run and
     still equal the plain model."""
-    from helpers import peaky_model
+    from helpers import last_step_both_ways, peaky_model
 
     from stagegpt import generate
     from stagegpt.fast import FastDecoder
-    from stagegpt.generation.decoding import PlainDecoder
 
     monkeypatch.setattr(onednn, "PREFERRED", False)
     monkeypatch.setattr(decode, "COPIES", False)
@@ -137,12 +136,7 @@ def test_where_onednn_does_not_pay_the_fast_layer_keeps_plain_products(monkeypat
     decoder = FastDecoder(peaky, 64)
     assert not decoder.products and decoder.head_mode == "plain" and decoder.lean
     prompt = torch.randint(0, 97, (2, 4))
-    with torch.inference_mode():
-        caches, plain_caches = peaky.make_kv_cache(2), peaky.make_kv_cache(2)
-        decoder.prefill(prompt[:, :3], caches)
-        PlainDecoder(peaky).prefill(prompt[:, :3], plain_caches)
-        got = decoder.step(prompt[:, 3:], caches, 3)
-        want = PlainDecoder(peaky).step(prompt[:, 3:], plain_caches, 3)
+    got, want = last_step_both_ways(decoder, peaky, prompt)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert torch.equal(generate(peaky, prompt, 40, temperature=0),
                        generate(peaky, prompt, 40, temperature=0, fast=False))
