@@ -20,9 +20,13 @@ so backward is only a scale by the incoming gradient. What makes it fast on a CP
 - the group buffer and the transposed weight are allocated once and kept in a
   `Workspace` that the caller owns (a `FastModel` keeps one for its lifetime): fresh
   tensors of 50-130 MB every step cost a page fault per 4 KB;
-- in fp32 on a CPU, the logits and grad_h products run in oneDNN (`stagegpt.onednn`),
-  chunk by chunk while P is in cache; chunks stay under 32 MB so that their buffers
-  are recycled by the allocator instead of page-faulted in afresh;
+- in fp32 on a CPU where oneDNN is preferred (`stagegpt.fast.onednn`), the logits and
+  grad_h products run in oneDNN, chunk by chunk while P is in cache; chunks stay under
+  32 MB so that their buffers are recycled by the allocator instead of page-faulted in
+  afresh;
+- in fp32 on a CPU with MKL's products, each chunk's logits are held as columns,
+  Q = W @ h.T of shape (V, m), and soft-maxed down the columns: the orientation in which
+  MKL runs all three products fastest (`_column_chunks`);
 - under `torch.autocast` (bf16) the matmuls run in bf16 and P is kept in bf16; the
   softmax kernel computes in fp32 internally, as autocast's own fp32 softmax would.
 
