@@ -20,7 +20,7 @@ from helpers import last_step_both_ways, peaky_model
 from stagegpt import ModelConfig, build_model, generate
 from stagegpt.fast import FastDecoder, accelerate, onednn
 from stagegpt.fast import loss as fast_loss
-from stagegpt.fast.swap import OneDNNLinear
+from stagegpt.fast.linear import OneDNNLinear
 from stagegpt.generation.decoding import PlainDecoder
 from stagegpt.train.optim import param_groups
 

@@ -4,7 +4,7 @@ A `FastModel` wraps a plain `LanguageModel` and changes how it computes, never w
 
 - on a CPU where oneDNN's products beat the default BLAS (`onednn.preferred()`), its
   `nn.Linear` layers are swapped for `OneDNNLinear`s holding the same parameters
-  (`stagegpt.fast.swap`), put back by `close()`;
+  (`stagegpt.fast.linear`), put back by `close()`;
 - given targets, `fast(x, y)` (or `fast.loss(x, y)`) runs the head and the cross-entropy
   chunk by chunk without ever holding the (B*T, V) logits (`stagegpt.fast.loss`), in a
   workspace the `FastModel` owns, and returns (None, loss): a training loop written for
@@ -25,8 +25,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from stagegpt.fast import onednn
+from stagegpt.fast.linear import LinearSwap
 from stagegpt.fast.loss import Workspace, chunked_cross_entropy
-from stagegpt.fast.swap import ModuleSwap, OneDNNLinear, share
 from stagegpt.model.stages import LanguageModel
 
 
@@ -38,7 +38,7 @@ class FastModel(nn.Module):
         super().__init__()
         self.model = model
         self.workspace = Workspace()
-        self.swap: ModuleSwap | None = ModuleSwap(model, stand_in)
+        self.swap: LinearSwap | None = LinearSwap(model) if onednn.preferred() else None
 
     def forward(self, idx: Tensor, targets: Tensor | None = None,
                 return_logits: bool = False) -> tuple[Tensor | None, Tensor | None]:
@@ -74,13 +74,6 @@ class FastModel(nn.Module):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def stand_in(module: nn.Module) -> nn.Module | None:
-    """The faster twin of a layer, sharing its state; None to keep the layer as it is."""
-    if type(module) is nn.Linear and onednn.preferred():
-        return share(OneDNNLinear, module)
-    return None
 
 
 def accelerate(model: LanguageModel) -> FastModel:
