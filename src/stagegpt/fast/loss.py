@@ -109,6 +109,17 @@ def _exact_loss(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor) -> Tens
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+def _target_loss(p_target: Tensor, h: Tensor, w: Tensor, b: Tensor | None,
+                 targets: Tensor, start: int) -> Tensor:
+    """-sum log p_target of one chunk's rows (its first is row `start`); where a target
+    probability underflowed fp32, the exact loss from freshly computed logits instead."""
+    loss = -p_target.clamp_min(TINY).log().sum()
+    if bool((p_target < TINY).any()):  # rare: replace -log(TINY) by the truth
+        bad = (p_target < TINY).nonzero().squeeze(1) + start
+        loss = loss + _exact_loss(h[bad], w, b, targets[bad]) + LOG_TINY * len(bad)
+    return loss
+
+
 def _row_chunks(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor, rows: int,
                 group: int | None, workspace: Workspace) -> tuple[Tensor, tuple]:
     """The summed loss and the unscaled gradients, chunk by chunk of (m, V) logits."""
@@ -137,12 +148,8 @@ def _row_chunks(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor, rows: i
                 _logits_into(p, h[s:e], w, b)
             torch.softmax(p, dim=-1, out=p)  # in place
             idx = (torch.arange(e - s, device=p.device), targets[s:e])
-            p_target = p[idx].float()  # (m,)
-            total -= p_target.clamp_min(TINY).log().sum()
+            total += _target_loss(p[idx].float(), h, w, b, targets, s)
             p[idx] -= 1.0  # softmax - one_hot: the gradient of the summed loss
-            if bool((p_target < TINY).any()):  # rare: replace -log(TINY) by the truth
-                bad = (p_target < TINY).nonzero().squeeze(1) + s
-                total += _exact_loss(h[bad], w, b, targets[bad]) + LOG_TINY * len(bad)
             if fast:  # while the chunk is still in cache
                 grad_h[s:e] = onednn.matmul_nt(p, w_t)  # (m, C)
         pg = P[:g1 - g0]  # (G, V)
@@ -183,12 +190,8 @@ def _column_chunks(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor, rows
             torch.addmm(b[:, None], w, h[s:e].t(), out=q)
         torch.softmax(q, dim=0, out=q)  # in place: each column is one row's distribution
         idx = (targets[s:e], torch.arange(e - s, device=q.device))
-        p_target = q[idx]  # (m,)
-        total -= p_target.clamp_min(TINY).log().sum()
+        total += _target_loss(q[idx], h, w, b, targets, s)
         q[idx] -= 1.0  # softmax - one_hot, as columns
-        if bool((p_target < TINY).any()):  # rare: replace -log(TINY) by the truth
-            bad = (p_target < TINY).nonzero().squeeze(1) + s
-            total += _exact_loss(h[bad], w, b, targets[bad]) + LOG_TINY * len(bad)
         torch.mm(q.t(), w, out=grad_h[s:e])  # (m, C)
         if s == 0:
             torch.mm(q, h[s:e], out=grad_w)  # (V, C)
