@@ -26,15 +26,20 @@ from pathlib import Path
 import torch
 
 
-def vendor() -> str:
-    """The CPU's vendor id as Linux reports it ("GenuineIntel", "AuthenticAMD"), or ""."""
+def cpuinfo(field: str) -> str:
+    """A field of the first CPU in Linux's /proc/cpuinfo ("vendor_id", "model name"), or ""."""
     try:
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("vendor_id"):
+            if line.startswith(field):
                 return line.partition(":")[2].strip()
     except OSError:
         pass
     return ""
+
+
+def vendor() -> str:
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD"), or ""."""
+    return cpuinfo("vendor_id")
 
 
 @functools.cache

@@ -4,12 +4,10 @@ come from."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -105,12 +103,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
 
 
 def machine() -> str:
-    name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+    name = cpu.cpuinfo("model name") or platform.processor() or platform.machine()
     kernels = (f"{torch.backends.cpu.get_cpu_capability()} kernels, bf16 products "
                f"{'native' if cpu.native_bf16() else 'emulated'}")
     if torch.cuda.is_available():
