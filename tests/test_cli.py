@@ -87,3 +87,20 @@ def test_an_error_names_the_flag_only_where_it_names_the_parameter():
     assert StagegptError("items: too many", "items").for_flags() == "--items: too many"
     for text in ("data/genre is not a data dir", "data_dir is missing", "datasets differ"):
         assert StagegptError(text, "data").for_flags() == text  # a path or another word
+
+
+@pytest.mark.parametrize("argv, configured", [
+    (["sample", "--ckpt", "no/such/run"], True),
+    (["prepare", "text", "no/such/file.txt", "--tokenizer", "char", "--out", "no/out"], False)])
+def test_verbs_that_run_a_model_configure_the_process_first(argv, configured, monkeypatch,
+                                                            tmp_path, capsys):
+    """`configure_process()` (the allocator settings of stagegpt.fast) runs before the verb,
+    even one that then fails on its input; verbs that run no model leave the process be."""
+    import stagegpt.fast
+
+    calls = []
+    monkeypatch.setattr(stagegpt.fast, "configure_process", lambda: calls.append(1) or True)
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert calls == ([1] if configured else [])
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
