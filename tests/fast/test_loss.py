@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from stagegpt.fast import onednn
 from stagegpt.fast.loss import chunked_cross_entropy
 
 
@@ -14,10 +15,14 @@ def _problem(with_bias: bool, N: int = 50, C: int = 24, V: int = 301, scale: flo
     return hidden, weight, bias, targets
 
 
+@pytest.mark.parametrize("preferred", [True, False], ids=["onednn", "mkl"])
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize(("rows", "group"), [(1, None), (7, None), (7, 14), (7, 20), (64, None),
                                              (1000, None), (3, 3)])
-def test_chunked_loss_and_gradients_equal_plain_path(with_bias, rows, group):
+def test_chunked_loss_and_gradients_equal_plain_path(with_bias, rows, group, preferred,
+                                                     monkeypatch):
+    """Through oneDNN's products and through MKL's (PyTorch's default)."""
+    monkeypatch.setattr(onednn, "PREFERRED", preferred)
     hidden, weight, bias, targets = _problem(with_bias)
     plain = F.cross_entropy(F.linear(hidden, weight, bias), targets)
     inputs = [hidden, weight] + ([bias] if with_bias else [])

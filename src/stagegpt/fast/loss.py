@@ -15,8 +15,8 @@ so backward is only a scale by the incoming gradient. What makes it fast on a CP
 - one in-place softmax per chunk (the fused, vectorized kernel) instead of logsumexp,
   subtract, exp and divide passes, each over the whole chunk;
 - bf16 gradient matmuls run over groups of up to GROUP_BYTES of P, not chunk by chunk:
-  bf16 products need many rows per call to run at full speed (fp32 ones do not, so an
-  fp32 group is one chunk and the buffer stays small);
+  bf16 products need many rows per call to run at full speed (in fp32 a group is one
+  chunk);
 - the group buffer and the transposed weight are allocated once and kept in a
   `Workspace` that the caller owns (a `FastModel` keeps one for its lifetime): fresh
   tensors of 50-130 MB every step cost a page fault per 4 KB;
@@ -24,9 +24,9 @@ so backward is only a scale by the incoming gradient. What makes it fast on a CP
   grad_h products run in oneDNN, chunk by chunk while P is in cache; chunks stay under
   32 MB so that their buffers are recycled by the allocator instead of page-faulted in
   afresh;
-- in fp32 on a CPU with MKL's products, each chunk's logits are held as columns,
-  Q = W @ h.T of shape (V, m), and soft-maxed down the columns: the orientation in which
-  MKL runs all three products fastest (`_column_chunks`);
+- in fp32 on a CPU with MKL's products, chunks of about 500 rows (MKL_CHUNK_ELEMENTS):
+  MKL's products of a 256-wide hidden state need that many rows to run at speed (a seed
+  step took 2.98 s with them, 3.45 s with 250-row chunks held as columns, on an EPYC Zen 3);
 - under `torch.autocast` (bf16) the matmuls run in bf16 and P is kept in bf16; the
   softmax kernel computes in fp32 internally, as autocast's own fp32 softmax would.
 
@@ -46,18 +46,20 @@ from stagegpt.fast import onednn
 
 CHUNK_ELEMENTS = 6 << 20  # logits per softmax chunk: 24 MB in fp32 (125 rows at V = 50,257)
 GROUP_BYTES = 128 << 20  # P held for one round of gradient matmuls (bf16)
-COLUMN_ELEMENTS = 12 << 20  # logits per chunk as columns: 48 MB (250 rows at V = 50,257)
+MKL_CHUNK_ELEMENTS = 24 << 20  # fp32 with MKL's products: 96 MB (500 rows at V = 50,257)
 SMALL_LOGITS = 1 << 20  # up to 4 MB of fp32 logits: not worth chunking
 TINY = 1e-30  # below this the target probability is recomputed from the logits
 LOG_TINY = math.log(TINY)
 
 
-def chunk_rows(vocab_size: int) -> int:
-    return max(1, CHUNK_ELEMENTS // vocab_size)
+def chunk_rows(vocab_size: int, mkl: bool = False) -> int:
+    """Rows per softmax chunk: CHUNK_ELEMENTS logits, or MKL_CHUNK_ELEMENTS with `mkl`."""
+    return max(1, (MKL_CHUNK_ELEMENTS if mkl else CHUNK_ELEMENTS) // vocab_size)
 
 
-def column_rows(vocab_size: int) -> int:
-    return max(1, COLUMN_ELEMENTS // vocab_size)
+def uses_mkl(h: Tensor, w: Tensor) -> bool:
+    """fp32 products on a CPU that runs them in MKL (PyTorch's default), not oneDNN."""
+    return h.dtype == torch.float32 and h.device.type == "cpu" and not onednn.applies(h, w)
 
 
 def group_rows(vocab_size: int, rows: int, dtype: torch.dtype) -> int:
@@ -171,37 +173,6 @@ def _row_chunks(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor, rows: i
     return total, (grad_h, grad_w, grad_b)
 
 
-def _column_chunks(h: Tensor, w: Tensor, b: Tensor | None, targets: Tensor, rows: int,
-                   workspace: Workspace) -> tuple[Tensor, tuple]:
-    """The same for fp32 on a CPU with MKL's products: each chunk's logits as columns,
-    Q = W @ h_chunk.T (V, m), the orientation in which MKL runs all three products
-    fastest (1.28 vs 1.59 s for the seed shape's head, measured on an EPYC Zen 3)."""
-    n, V = h.size(0), w.size(0)
-    grad_h = torch.empty_like(h)  # (N, C)
-    grad_w = torch.empty_like(w)  # (V, C)
-    grad_b = None if b is None else torch.zeros_like(b)
-    total = torch.zeros((), dtype=torch.float32, device=h.device)
-    for s in range(0, n, rows):
-        e = min(s + rows, n)
-        q = workspace.get("Q", V, e - s, h.dtype, h.device)  # (V, m)
-        if b is None:
-            torch.mm(w, h[s:e].t(), out=q)
-        else:
-            torch.addmm(b[:, None], w, h[s:e].t(), out=q)
-        torch.softmax(q, dim=0, out=q)  # in place: each column is one row's distribution
-        idx = (targets[s:e], torch.arange(e - s, device=q.device))
-        total += _target_loss(q[idx], h, w, b, targets, s)
-        q[idx] -= 1.0  # softmax - one_hot, as columns
-        torch.mm(q.t(), w, out=grad_h[s:e])  # (m, C)
-        if s == 0:
-            torch.mm(q, h[s:e], out=grad_w)  # (V, C)
-        else:
-            grad_w.addmm_(q, h[s:e])
-        if grad_b is not None:
-            grad_b += q.sum(1)
-    return total, (grad_h, grad_w, grad_b)
-
-
 class LinearCrossEntropy(torch.autograd.Function):
     """mean_i CE(hidden_i @ weight.T + bias, targets_i), with gradients built in forward."""
 
@@ -213,12 +184,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)  # (N, C), (V, C)
             b = None if bias is None else bias.to(dtype)
-            if dtype == torch.float32 and h.device.type == "cpu" and not onednn.applies(h, w):
-                total, grads = _column_chunks(h, w, b, targets, rows or column_rows(V),
-                                              workspace)
-            else:
-                total, grads = _row_chunks(h, w, b, targets, rows or chunk_rows(V), group,
-                                           workspace)
+            rows = rows or chunk_rows(V, uses_mkl(h, w))
+            total, grads = _row_chunks(h, w, b, targets, rows, group, workspace)
         ctx.grads = grads
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.n = n
@@ -240,13 +207,15 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy_loss(hidden: Tensor, weight: Tensor, bias: Tensor | None,
-                              targets: Tensor, rows: int, workspace: Workspace) -> Tensor:
+                              targets: Tensor, rows: int | None,
+                              workspace: Workspace) -> Tensor:
     """The loss alone (no gradients), chunk by chunk: for evaluation under no_grad."""
     n, V = hidden.size(0), weight.size(0)
     dtype = _compute_dtype(hidden)
     with torch.autocast(hidden.device.type, enabled=False):
         h, w = hidden.detach().to(dtype), weight.detach().to(dtype)
         b = None if bias is None else bias.detach().to(dtype)
+        rows = rows or chunk_rows(V, uses_mkl(h, w))
         buf = workspace.get("P", min(rows, n), V, torch.float32, hidden.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for s in range(0, n, rows):
@@ -268,7 +237,7 @@ def chunked_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None,
                           workspace: Workspace | None = None) -> Tensor:
     """Mean cross-entropy of `hidden (N, C) @ weight (V, C).T + bias` against `targets (N,)`.
 
-    rows: rows per softmax chunk (default: CHUNK_ELEMENTS logits); group: rows per round
+    rows: rows per softmax chunk (default: `chunk_rows`); group: rows per round
     of gradient matmuls (default: see `group_rows`). Left to choose, logits of at most
     SMALL_LOGITS elements (a small vocabulary) take the plain path, which is faster there.
     workspace: where the chunk buffers are kept between calls (default: a fresh one).
@@ -279,5 +248,4 @@ def chunked_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None,
     inputs = (hidden, weight) if bias is None else (hidden, weight, bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         return LinearCrossEntropy.apply(hidden, weight, bias, targets, rows, group, workspace)
-    return linear_cross_entropy_loss(hidden, weight, bias, targets,
-                                     rows or chunk_rows(weight.size(0)), workspace)
+    return linear_cross_entropy_loss(hidden, weight, bias, targets, rows, workspace)
