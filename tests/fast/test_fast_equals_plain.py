@@ -20,6 +20,7 @@ from helpers import last_step_both_ways, peaky_model
 from stagegpt import ModelConfig, build_model, generate
 from stagegpt.fast import FastDecoder, accelerate, onednn
 from stagegpt.fast import loss as fast_loss
+from stagegpt.fast.decode import ColumnBlocks
 from stagegpt.fast.linear import OneDNNLinear
 from stagegpt.generation.decoding import PlainDecoder
 from stagegpt.train.optim import param_groups
@@ -163,6 +164,19 @@ def peaky(stage):
     return peaky_model(stage, DECODE, seed=stage)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("out", [12, 13])
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_column_blocks_equal_the_linear_layer(bias, out, k, rows):
+    """One block of output columns per thread, the last padded with zero columns where
+    k does not divide the width (the head: 50,257 columns): the layer's own product."""
+    torch.manual_seed(out * k)
+    layer = torch.nn.Linear(10, out, bias=bias)
+    x = torch.randn(rows, 10)
+    torch.testing.assert_close(ColumnBlocks(layer, k)(x), layer(x), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("preferred", [True, False], ids=["onednn", "mkl"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("stage", STAGES)
@@ -179,7 +193,7 @@ def test_fast_decoder_steps_equal_the_plain_ones(stage, threads, preferred, monk
         with torch.inference_mode():
             fast, plain = FastDecoder(model, 64), PlainDecoder(model)
             assert bool(fast.products) == (stage >= 3)
-            assert fast.head_mode == ("onednn" if threads > 1 and preferred else "copy")
+            assert fast.head_mode == ("onednn" if threads > 1 and preferred else "blocks")
             caches = [model.make_kv_cache(2), model.make_kv_cache(2)]
             for decoder, cache in zip((fast, plain), caches, strict=True):
                 decoder.prefill(idx[:, :4], cache)

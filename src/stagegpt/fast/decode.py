@@ -7,21 +7,22 @@ CPUs MKL (PyTorch's default) runs such a product on one thread and reads the (ou
 batch. So there (`copies_pay()`) a `FastDecoder` (for generations long enough to repay
 a copy, about what 20 tokens save) keeps
 
-- each block layer's weight transposed and cut into one block of output columns per
-  thread, (k, in, out / k), within DECODE_COPY_BYTES in all (`ColumnBlocks`);
-- the head, the largest matrix, as a transposed copy (MKL reads it at ~30 GB/s: 1.7 ms
-  per token against 2.4 through oneDNN on an EPYC Zen 3), or, on the AMD CPUs where
-  oneDNN's products are preferred (`onednn.preferred()`), through oneDNN, which shares
-  a matrix-vector product among threads by itself;
+- each layer's weight transposed and cut into one block of output columns per thread,
+  (k, in, out / k), within DECODE_COPY_BYTES in all (`ColumnBlocks`);
+- the head, the largest matrix, the same way (it reads at ~40 GB/s so: 1.3 ms per token
+  against 2.1 as one transposed copy and 2.4 through oneDNN on an EPYC Zen 3; in a
+  whole decode, 146 against 125 tokens/s), or, on the AMD CPUs where oneDNN's products
+  are preferred (`onednn.preferred()`), through oneDNN, which shares a matrix-vector
+  product among threads by itself;
 
-measured at the seed shape on a 2-core EPYC (Zen 3): 130 tokens/s with the copies, 80
-without. Where MKL is fast itself (Intel) the copies cost more than they save (measured
-on a 2-core Xeon: 275 tokens/s with them, 298 without the head's, 288 without the
-blocks'), so none are made. Everywhere a `FastDecoder` runs a cached step of a stage 4-5
-model as one function (`lean_step`): the blocks' products and norms called directly,
-q/k/v split by one view, no module calls. The copies
-belong to the decoder and go with it; a weight changed after they were made (its version
-moved) sends the decoder back to the plain path. Module hooks fire only on the plain
+measured at the seed shape on a 2-core EPYC (Zen 3): 130 tokens/s with the block copies
+and the head's transposed copy, 80 without. Where MKL is fast itself (Intel) the copies
+cost more than they save (measured on a 2-core Xeon: 275 tokens/s with them, 298 without
+the head's, 288 without the blocks'), so none are made. Everywhere a `FastDecoder` runs
+a cached step of a stage 4-5 model as one function (`lean_step`): the blocks' products
+and norms called directly, q/k/v split by one view, no module calls. The copies belong
+to the decoder and go with it; a weight changed after they were made (its version moved)
+sends the decoder back to the plain path. Module hooks fire only on the plain
 path, so a model with hooks, or attention set to `explicit`, always decodes plainly.
 """
 
@@ -47,23 +48,27 @@ def copies_pay() -> bool:
 
 class ColumnBlocks:
     """`F.linear(x, weight, bias)` for a few rows x (B, in), as a batched product over
-    k blocks of output columns: one block per thread."""
+    k blocks of output columns: one block per thread. Where k does not divide the
+    output width, the last block ends in zero columns, cut off the result."""
 
     def __init__(self, layer: nn.Linear, k: int):
         out = layer.out_features
-        w_t = layer.weight.detach().t()  # (in, out)
-        self.weight = w_t.reshape(-1, k, out // k).transpose(0, 1).contiguous()  # (k, in, out/k)
+        width = -(-out // k)  # columns per block, rounded up
+        pad = width * k - out
+        w_t = F.pad(layer.weight.detach().t(), (0, pad))  # (in, k * width)
+        self.weight = w_t.reshape(-1, k, width).transpose(0, 1).contiguous()  # (k, in, width)
         bias = layer.bias
-        self.bias = None if bias is None else bias.detach().view(k, 1, out // k)
+        self.bias = None if bias is None else F.pad(bias.detach(), (0, pad)).view(k, 1, width)
         self.out = out
 
     def __call__(self, x: Tensor) -> Tensor:
-        xs = x.expand(self.weight.size(0), -1, -1)  # (k, B, in): the same rows for each block
+        k, _, width = self.weight.shape
+        xs = x.expand(k, -1, -1)  # (k, B, in): the same rows for each block
         if self.bias is None:
-            y = torch.bmm(xs, self.weight)  # (k, B, out / k)
+            y = torch.bmm(xs, self.weight)  # (k, B, width)
         else:
             y = torch.baddbmm(self.bias, xs, self.weight)
-        return y.transpose(0, 1).reshape(x.size(0), self.out)  # (B, out)
+        return y.transpose(0, 1).reshape(x.size(0), k * width)[:, :self.out]  # (B, out)
 
 
 def has_plain_blocks(model: LanguageModel) -> bool:
@@ -90,8 +95,8 @@ class FastDecoder:
         self.model = model
         self.lean = has_plain_blocks(model)
         self.products: dict[nn.Module, ColumnBlocks] = {}
-        self.head_mode = "plain"  # or "onednn", or "copy" (against head_weight_t)
-        self.head_weight_t: Tensor | None = None
+        self.head_mode = "plain"  # or "onednn", or "blocks" (head_blocks)
+        self.head_blocks: ColumnBlocks | None = None
         self.versions: list[tuple[Tensor, int]] = []
         if self.applies(model, steps):
             self._copy_weights()
@@ -116,14 +121,13 @@ class FastDecoder:
             budget -= head.weight.numel() * head.weight.element_size()
             if budget < 0:
                 return
-            self.head_mode, self.head_weight_t = "copy", head.weight.detach().t().contiguous()
+            self.head_mode, self.head_blocks = "blocks", ColumnBlocks(head, threads)
         for layer in self.model.modules():
             if isinstance(layer, nn.Linear) and layer is not head:
                 budget -= layer.weight.numel() * layer.weight.element_size()
                 if budget < 0:
                     break
-                k = threads if layer.out_features % threads == 0 else 1
-                self.products[layer] = ColumnBlocks(layer, k)
+                self.products[layer] = ColumnBlocks(layer, threads)
                 self._watch(layer.weight)
 
     def _watch(self, weight: Tensor) -> None:
@@ -135,7 +139,7 @@ class FastDecoder:
         plain products are right whatever happens. Runs before each token's products."""
         if torch.is_autocast_enabled("cpu") or any(w._version != v for w, v in self.versions):
             self.products, self.versions = {}, []
-            self.head_mode, self.head_weight_t = "plain", None
+            self.head_mode, self.head_blocks = "plain", None
 
     # ---- the three operations decoding needs ------------------------------------------
 
@@ -156,10 +160,8 @@ class FastDecoder:
         head = self.model.lm_head
         if self.head_mode == "onednn":
             return onednn.matmul_nt(hidden, head.weight.detach(), head.bias)
-        if self.head_mode == "copy":
-            if head.bias is None:
-                return hidden @ self.head_weight_t  # (B, V)
-            return torch.addmm(head.bias, hidden, self.head_weight_t)
+        if self.head_blocks is not None:
+            return self.head_blocks(hidden)  # (B, V)
         return F.linear(hidden, head.weight, head.bias)
 
     # ---- the lean step ------------------------------------------------------------------
