@@ -52,11 +52,12 @@ class ColumnBlocks:
     output width, the last block ends in zero columns, cut off the result."""
 
     def __init__(self, layer: nn.Linear, k: int):
-        out = layer.out_features
+        out, weight = layer.out_features, layer.weight.detach()  # (out, in)
         width = -(-out // k)  # columns per block, rounded up
         pad = width * k - out
-        w_t = F.pad(layer.weight.detach().t(), (0, pad))  # (in, k * width)
-        self.weight = w_t.reshape(-1, k, width).transpose(0, 1).contiguous()  # (k, in, width)
+        self.weight = weight.new_zeros(k, layer.in_features, width)  # (k, in, width)
+        for block, rows in zip(self.weight, weight.split(width), strict=False):
+            block[:, :rows.size(0)] = rows.t()  # one transposing copy per block
         bias = layer.bias
         self.bias = None if bias is None else F.pad(bias.detach(), (0, pad)).view(k, 1, width)
         self.out = out
