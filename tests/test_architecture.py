@@ -128,3 +128,13 @@ def test_every_module_reads_in_one_sitting():
     long = {module_name(p): n for p in SRC.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 420}
     assert long == {}
+
+
+def test_starting_a_command_does_not_import_the_compiler():
+    """Importing torch._dynamo adds over a second to every `stagegpt` process; only
+    --compile needs it (`FastModel.compiled`)."""
+    code = ("import sys, stagegpt.cli, stagegpt.fast; stagegpt.cli.build_parser(); "
+            "print('torch._dynamo' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"

@@ -230,7 +230,6 @@ def linear_cross_entropy_loss(hidden: Tensor, weight: Tensor, bias: Tensor | Non
     return total / n
 
 
-@torch.compiler.disable  # hand-scheduled already; runs eagerly inside a compiled model
 def chunked_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None,
                           targets: Tensor, rows: int | None = None,
                           group: int | None = None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from stagegpt.fast import onednn
@@ -39,6 +40,7 @@ class FastModel(nn.Module):
         self.model = model
         self.workspace = Workspace()
         self.swap: LinearSwap | None = LinearSwap(model) if onednn.preferred() else None
+        self.head_loss = chunked_cross_entropy
 
     def forward(self, idx: Tensor, targets: Tensor | None = None,
                 return_logits: bool = False) -> tuple[Tensor | None, Tensor | None]:
@@ -49,12 +51,19 @@ class FastModel(nn.Module):
         self.model.check_length(idx)
         hidden = self.model.body(idx)  # (B, T, C)
         head = self.model.lm_head
-        loss = chunked_cross_entropy(hidden.flatten(0, 1), head.weight, head.bias,
-                                     targets.flatten(), workspace=self.workspace)
+        loss = self.head_loss(hidden.flatten(0, 1), head.weight, head.bias,
+                              targets.flatten(), workspace=self.workspace)
         return None, loss
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         return self(idx, targets)[1]
+
+    def compiled(self) -> nn.Module:
+        """`torch.compile(self)`, the chunked head + loss left out of the graph (it is
+        hand-scheduled already and runs eagerly inside the compiled model). Marked here,
+        not where it is defined: importing torch._dynamo costs over a second of start-up."""
+        self.head_loss = torch.compiler.disable(chunked_cross_entropy)
+        return torch.compile(self)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return self.model.state_dict(*args, **kwargs)  # the plain model's keys

@@ -183,7 +183,7 @@ class Trainer:
         self.scorer: LanguageModel | FastModel = accelerate(self.model) if self.fast else self.model
         self.runner = self.scorer
         if self.tc.compile:
-            self.runner = torch.compile(self.scorer)
+            self.runner = self.scorer.compiled() if self.fast else torch.compile(self.scorer)
         if self.world > 1:
             self.runner = torch.nn.parallel.DistributedDataParallel(self.runner)
         self.val_batches = self._fixed_val_batches()
