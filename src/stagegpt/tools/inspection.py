@@ -27,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 from stagegpt.errors import StagegptError
 from stagegpt.interop import load_checkpoint
 from stagegpt.limits import check_fits
-from stagegpt.model import ModelConfig, build_model
+from stagegpt.model import ModelConfig
 from stagegpt.model.layers import (
     MultiHeadAttention,
     TransformerBlock,
@@ -36,6 +36,7 @@ from stagegpt.model.layers import (
     explicit_attention,
 )
 from stagegpt.model.stages import LanguageModel
+from stagegpt.train.checkpoints import meta_model
 
 COMPONENTS = ("embeddings", "attention", "mlp", "norms", "head")
 
@@ -336,9 +337,7 @@ def model_to_inspect(stage: int | None, preset: str | None = None,
     if stage is None:
         raise StagegptError("stage is needed to build a model from a preset (or give a "
                             "checkpoint)", "stage")
-    config = ModelConfig.from_preset(preset or "small")
-    with torch.device("meta"):
-        return build_model(stage, config)
+    return meta_model(stage, ModelConfig.from_preset(preset or "small"))
 
 
 def inspect_model(model: LanguageModel, batch: int = 1, seq: int = 8,

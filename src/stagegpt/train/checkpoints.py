@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch.overrides import TorchFunctionMode
 
 from stagegpt.data.tokenizers import load_tokenizer
 from stagegpt.errors import StagegptError
@@ -162,11 +163,31 @@ def read_checkpoint(directory: Path, meta: dict[str, Any],
     return Checkpoint(directory, meta["stage"], config, model.to(device).eval(), tokenizer, state)
 
 
+class _NoFills(TorchFunctionMode):
+    """Skips the init functions' fills: for a model whose values are loaded next, or that
+    lives on the meta device (there the first normal_ would import PyTorch's Python
+    decompositions, and `to_empty` its Python references: 1.6 s of a command's start)."""
+
+    FILLS = {torch.nn.init.normal_, torch.nn.init.zeros_, torch.nn.init.ones_,
+             torch.nn.init.uniform_, torch.nn.init.kaiming_uniform_, torch.Tensor.normal_,
+             torch.Tensor.zero_, torch.Tensor.fill_, torch.Tensor.uniform_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.FILLS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def meta_model(stage: int, config: ModelConfig) -> LanguageModel:
+    """`stage`'s model with `config` on the meta device: shapes only, no memory, no init."""
+    with torch.device("meta"), _NoFills():
+        return build_model(stage, config)
+
+
 def model_bytes(stage: int, config: ModelConfig) -> int:
-    """The bytes of `stage`'s fp32 weights with `config` (built on the meta device: free)."""
-    with torch.device("meta"):
-        model = build_model(stage, config)
-    return 4 * sum(t.numel() for t in model.state_dict().values())
+    """The bytes of `stage`'s fp32 weights with `config` (counted on the meta device)."""
+    return 4 * sum(t.numel() for t in meta_model(stage, config).state_dict().values())
 
 
 def training_bytes(stage: int, model_config: ModelConfig, train_config: TrainConfig) -> int:
@@ -179,15 +200,12 @@ def training_bytes(stage: int, model_config: ModelConfig, train_config: TrainCon
 
 
 def empty_model(stage: int, config: ModelConfig) -> LanguageModel:
-    """A model of `stage` and `config` with uninitialized weights, to load values into: built
-    on the meta device (no memory, no random init), then given real storage if it fits."""
+    """A model of `stage` and `config` with uninitialized weights, to load values into:
+    its size checked on the meta device first, then built on the CPU without init."""
     check_fits(model_bytes(stage, config), f"a stage {stage} model of {config.to_dict()}",
                "is its config.json right?")
-    with torch.device("meta"):
-        model = build_model(stage, config)
-    model = model.to_empty(device="cpu")
-    model.tie_weights()  # to_empty gives the head its own storage; share wte's again
-    return model
+    with _NoFills():
+        return build_model(stage, config)
 
 
 def rng_to_str(state: torch.Tensor) -> str:
