@@ -238,11 +238,13 @@ def chunked_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None,
 
     rows: rows per softmax chunk (default: `chunk_rows`); group: rows per round
     of gradient matmuls (default: see `group_rows`). Left to choose, logits of at most
-    SMALL_LOGITS elements (a small vocabulary) take the plain path, which is faster there.
+    SMALL_LOGITS elements (a small vocabulary) take the plain path, which is faster there;
+    so do ignored targets (-100, as a fine-tune's masked prompt), which it skips.
     workspace: where the chunk buffers are kept between calls (default: a fresh one).
     """
     workspace = workspace if workspace is not None else Workspace()
-    if rows is None and hidden.size(0) * weight.size(0) <= SMALL_LOGITS:
+    small = rows is None and hidden.size(0) * weight.size(0) <= SMALL_LOGITS
+    if small or bool((targets < 0).any()):
         return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets)
     inputs = (hidden, weight) if bias is None else (hidden, weight, bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):

@@ -46,8 +46,8 @@ class FastModel(nn.Module):
                 return_logits: bool = False) -> tuple[Tensor | None, Tensor | None]:
         """The plain model's (logits, loss). With targets, the loss alone unless
         `return_logits`: computed without the full logits, and (None, loss) returned."""
-        if targets is None or return_logits or bool((targets < 0).any()):
-            return self.model(idx, targets)  # ignored targets (-100): the plain loss skips them
+        if targets is None or return_logits:
+            return self.model(idx, targets)
         self.model.check_length(idx)
         hidden = self.model.body(idx)  # (B, T, C)
         head = self.model.lm_head
