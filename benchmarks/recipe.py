@@ -152,9 +152,10 @@ def stagegpt_train_args(data_dir: Path, out: Path, seed: int, r: dict = RECIPE) 
             "--seed", str(seed), "--no-progress"]
 
 
-def train_stagegpt(data_dir: Path, out: Path, seed: int) -> float:
+def train_stagegpt(data_dir: Path, out: Path, seed: int, r: dict = RECIPE) -> float:
+    """Seconds of a `stagegpt train` process at recipe `r`, from start to exit."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "stagegpt", *stagegpt_train_args(data_dir, out, seed)],
+    subprocess.run([sys.executable, "-m", "stagegpt", *stagegpt_train_args(data_dir, out, seed, r)],
                    check=True)
     return time.perf_counter() - start
 
