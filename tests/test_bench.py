@@ -47,3 +47,26 @@ def test_the_report_says_why_bf16_rows_were_not_run():
     text = report(results, argparse.Namespace(threads=2, rounds=1))
     assert "| seed bf16 | not run: this CPU has no native bf16 products" in text
     assert "| seed fp32 | 100 | 101 | 102 | **0.98x** |" in text
+
+
+def test_the_report_pairs_rounds_and_states_the_fp32_bound():
+    """The paired ratio is the median of per-round ratios (not a ratio of medians), and
+    the fp32 bound is the fastest fp32 ceiling over HF's achieved GFLOP/s."""
+    import argparse
+
+    from stagegpt.tools.bench_report import Trials, report
+
+    trials = Trials({"seed fp32 stagegpt": [100.0, 300.0, 250.0],
+                     "seed fp32 plain": [90.0, 90.0, 90.0],
+                     "seed fp32 HF": [100.0, 100.0, 200.0],  # rounds: 1x, 3x, 1.25x
+                     "fp32 torch.mm": [40.0, 40.0, 40.0], "fp32 oneDNN": [30.0, 30.0, 30.0]})
+    results = {"train": {"trials": trials, "flops": {"seed": 1e8}, "char_ratios": [],
+                         "faults": Trials(), "losses": {}},
+               "decode": {"trials": Trials({"stagegpt": [10.0, 30.0], "plain": [5.0, 5.0],
+                                            "HF": [10.0, 10.0]}), "same_tokens": True},
+               "load": {"train": (0.5, 0.6)}}
+    text = report(results, argparse.Namespace(threads=2, rounds=3))
+    assert "| seed fp32 | 250 | 90 | 100 | **2.50x** |" in text  # ratio of medians
+    assert "per-round stagegpt/HF ratios): seed fp32 1.25x" in text
+    assert "would be 4.00x HF" in text  # 40 GFLOP/s against HF's 100 tokens/s x 1e8 FLOPs
+    assert "paired ratio (median of the per-round ratios): 2.00x" in text  # decode: 1x, 3x

@@ -1,7 +1,7 @@
 """Speed beside the plain model: it changes how a model computes, never what.
 
-    accelerate(model)   a `FastModel` (training): the chunked head + loss, oneDNN
-                        products where they pay
+    accelerate(model)   a `FastModel` (training): the chunked head + loss; oneDNN
+                        products and a sigmoid-form tanh GELU where they pay
     FastDecoder         decoding steps with weight copies and a lean cached step
     configure_process() process-wide settings (the allocator); every `stagegpt` command
                         calls it, Python users call it once

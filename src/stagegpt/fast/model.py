@@ -4,7 +4,8 @@ A `FastModel` wraps a plain `LanguageModel` and changes how it computes, never w
 
 - on a CPU where oneDNN's products beat the default BLAS (`onednn.preferred()`), its
   `nn.Linear` layers are swapped for `OneDNNLinear`s holding the same parameters
-  (`stagegpt.fast.linear`), put back by `close()`;
+  (`stagegpt.fast.linear`), and where PyTorch's tanh is slow (`activation.pays()`) its
+  tanh GELUs for `SigmoidGELU`s (`stagegpt.fast.activation`); `close()` puts them back;
 - given targets, `fast(x, y)` (or `fast.loss(x, y)`) runs the head and the cross-entropy
   chunk by chunk without ever holding the (B*T, V) logits (`stagegpt.fast.loss`), in a
   workspace the `FastModel` owns, and returns (None, loss): a training loop written for
@@ -25,21 +26,32 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stagegpt.fast import onednn
-from stagegpt.fast.linear import LinearSwap
+from stagegpt.fast import activation, onednn
+from stagegpt.fast.activation import SigmoidGELU
+from stagegpt.fast.linear import OneDNNLinear
 from stagegpt.fast.loss import Workspace, chunked_cross_entropy
+from stagegpt.fast.swap import ModuleSwap
 from stagegpt.model.stages import LanguageModel
 
 
+def stand_in(layer: nn.Module) -> nn.Module | None:
+    """The faster stand-in for `layer` on this CPU, or None to keep it."""
+    if type(layer) is nn.Linear and onednn.preferred():
+        return OneDNNLinear.sharing(layer)
+    if activation.replaces(layer):
+        return SigmoidGELU.sharing(layer)
+    return None
+
+
 class FastModel(nn.Module):
-    """`model` with the chunked head + loss (and oneDNN products where they pay), until
+    """`model` with the chunked head + loss (and the stand-ins where they pay), until
     `close()`."""
 
     def __init__(self, model: LanguageModel):
         super().__init__()
         self.model = model
         self.workspace = Workspace()
-        self.swap: LinearSwap | None = LinearSwap(model) if onednn.preferred() else None
+        self.swap: ModuleSwap | None = ModuleSwap(model, stand_in)
         self.head_loss = chunked_cross_entropy
 
     def forward(self, idx: Tensor, targets: Tensor | None = None,

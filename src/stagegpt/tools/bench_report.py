@@ -30,6 +30,12 @@ class Trials:
     def median(self, name: str) -> float:
         return statistics.median(self.values[name])
 
+    def paired(self, name: str, other: str) -> float:
+        """The median of the per-round ratios name/other: rounds are interleaved, so each
+        pair ran under the same load, and this is steadier than a ratio of medians."""
+        pairs = zip(self.values[name], self.values[other], strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
     def spread(self, name: str) -> str:
         v = sorted(self.values[name])
         return f"{v[0]:,.0f}-{v[-1]:,.0f}"
@@ -61,7 +67,15 @@ def report(results: dict, args: argparse.Namespace) -> str:
                          f"| **{ours / hf:.2f}x** | {plain / hf:.2f}x | {gflops:,.0f} | "
                          + " | ".join(fracs) + " |")
         hf_gflops = t.median("seed fp32 HF") * flops["seed"] / 1e9
-        lines.append(f"\nHF seed fp32: {hf_gflops:,.0f} GFLOP/s; spreads (min-max tokens/s): "
+        lines.append("\npaired ratios (median of the per-round stagegpt/HF ratios): " + ", ".join(
+            f"{shape} {dtype} {t.paired(f'{shape} {dtype} stagegpt', f'{shape} fp32 HF'):.2f}x"
+            for shape, dtype in (("seed", "fp32"), ("seed", "bf16"), ("char", "fp32"))
+            if f"{shape} {dtype} stagegpt" in t.values))
+        fp32_ceiling = max(v for k, v in ceilings.items() if k.startswith("fp32"))
+        lines.append(f"fp32 bound: a seed step run wholly at {fp32_ceiling:,.0f} GFLOP/s (this "
+                     f"CPU's fastest fp32 product) would be {fp32_ceiling / hf_gflops:.2f}x HF, "
+                     "the largest lead fp32 training can have here")
+        lines.append(f"HF seed fp32: {hf_gflops:,.0f} GFLOP/s; spreads (min-max tokens/s): "
                      + ", ".join(f"{k} {t.spread(k)}" for k in t.values if "GFLOP" not in k
                                  and "mm" not in k and "oneDNN" not in k))
         ratios = results["train"]["char_ratios"]
@@ -84,7 +98,9 @@ def report(results: dict, args: argparse.Namespace) -> str:
                   "|---|---|---|---|---|---|",
                   f"| tokens/s | {ours:,.1f} | {plain:,.1f} | {hf:,.1f} | **{ours / hf:.2f}x** "
                   f"| {plain / hf:.2f}x |",
-                  f"\nsame greedy tokens (stagegpt, --no-fast, HF): "
+                  f"\npaired ratio (median of the per-round ratios): "
+                  f"{t.paired('stagegpt', 'HF'):.2f}x; same greedy tokens (stagegpt, "
+                  "--no-fast, HF): "
                   f"{results['decode']['same_tokens']}; spreads: stagegpt {t.spread('stagegpt')},"
                   f" --no-fast {t.spread('plain')}, HF {t.spread('HF')}"]
     if "rss" in results:
