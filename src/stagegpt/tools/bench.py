@@ -6,7 +6,10 @@
 
 Every comparison runs both sides in one process, alternating trial by trial (ours, then
 Hugging Face's, then ours again, ...), so load from other processes hits both alike; each
-figure is the median over the rounds. The char shape runs in 5 fresh processes, their
+figure is the median over the rounds, and each ratio the ratio of two such medians; the
+report adds the paired ratios (the median of the per-round ratios, steadier on a shared
+host) and the fp32 bound (the lead over Hugging Face a step run wholly at this CPU's
+fastest fp32 product would have). The char shape runs in 5 fresh processes, their
 trials pooled: how fast a process runs its short steps varies from process to process.
 The models are random-init stage 5 `GPT` and `transformers.GPT2LMHeadModel` (sdpa
 attention) of the same shape holding the same weights, each trained with the same step:
