@@ -29,8 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from stagegpt.fast.swap import sharing
-
 C1 = 2 * math.sqrt(2 / math.pi)
 C2 = 0.044715 * C1
 PREFERRED: bool | None = None  # None: by CPU (`pays`); True/False force it (tests)
@@ -50,11 +48,6 @@ def replaces(layer: nn.Module) -> bool:
 
 class SigmoidGELU(nn.GELU):
     """`nn.GELU(approximate="tanh")` as x * sigmoid(z), forward and backward."""
-
-    @classmethod
-    def sharing(cls, gelu: nn.GELU) -> SigmoidGELU:
-        """A stand-in for `gelu` that shares its hooks and training flag."""
-        return sharing(cls, gelu)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != torch.float32 or x.device.type != "cpu" or torch.compiler.is_compiling():

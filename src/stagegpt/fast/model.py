@@ -30,16 +30,16 @@ from stagegpt.fast import activation, onednn
 from stagegpt.fast.activation import SigmoidGELU
 from stagegpt.fast.linear import OneDNNLinear
 from stagegpt.fast.loss import Workspace, chunked_cross_entropy
-from stagegpt.fast.swap import ModuleSwap
+from stagegpt.fast.swap import ModuleSwap, sharing
 from stagegpt.model.stages import LanguageModel
 
 
 def stand_in(layer: nn.Module) -> nn.Module | None:
     """The faster stand-in for `layer` on this CPU, or None to keep it."""
     if type(layer) is nn.Linear and onednn.preferred():
-        return OneDNNLinear.sharing(layer)
+        return sharing(OneDNNLinear, layer)
     if activation.replaces(layer):
-        return SigmoidGELU.sharing(layer)
+        return sharing(SigmoidGELU, layer)
     return None
 
 
