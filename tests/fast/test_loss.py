@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stagegpt.fast import onednn
+from stagegpt.fast import cpu, loss, onednn
 from stagegpt.fast.loss import chunked_cross_entropy
 
 
@@ -16,13 +16,16 @@ def _problem(with_bias: bool, N: int = 50, C: int = 24, V: int = 301, scale: flo
 
 
 @pytest.mark.parametrize("preferred", [True, False], ids=["onednn", "mkl"])
+@pytest.mark.parametrize("vocab_block", [64, 512], ids=["blocks", "one-block"])
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize(("rows", "group"), [(1, None), (7, None), (7, 14), (7, 20), (64, None),
                                              (1000, None), (3, 3)])
 def test_chunked_loss_and_gradients_equal_plain_path(with_bias, rows, group, preferred,
-                                                     monkeypatch):
-    """Through oneDNN's products and through MKL's (PyTorch's default)."""
+                                                     vocab_block, monkeypatch):
+    """Through oneDNN's products and through MKL's (PyTorch's default), MKL's logits in
+    column blocks (64 of the 301: four whole, one ragged) or in one."""
     monkeypatch.setattr(onednn, "PREFERRED", preferred)
+    monkeypatch.setattr(loss, "VOCAB_BLOCK", vocab_block)
     hidden, weight, bias, targets = _problem(with_bias)
     plain = F.cross_entropy(F.linear(hidden, weight, bias), targets)
     inputs = [hidden, weight] + ([bias] if with_bias else [])
@@ -76,3 +79,24 @@ def test_under_no_grad_parameters_get_no_graph():
     assert loss.grad_fn is None
     want = F.cross_entropy(F.linear(hidden, weight, bias), targets)
     assert torch.allclose(loss, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_logits_in_column_blocks_equal_one_product(with_bias, monkeypatch):
+    """Each block writes its own columns of the chunk in place, the ragged last one too."""
+    hidden, weight, bias, _ = _problem(with_bias)
+    monkeypatch.setattr(loss, "VOCAB_BLOCK", 64)
+    out = torch.full((hidden.size(0), weight.size(0)), float("nan"))
+    with torch.no_grad():
+        loss._logits_into(out, hidden, weight, bias)
+        want = F.linear(hidden, weight, bias)
+    assert torch.allclose(out, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("vendor", "forced", "expected"), [
+    ("AuthenticAMD", None, True), ("GenuineIntel", None, False),
+    ("GenuineIntel", True, True), ("AuthenticAMD", False, False)])
+def test_column_blocks_are_chosen_on_amd_cpus(vendor, forced, expected, monkeypatch):
+    monkeypatch.setattr(cpu, "amd_x86", lambda: vendor == "AuthenticAMD")
+    monkeypatch.setattr(loss, "BLOCKS", forced)
+    assert loss.blocks_pay() is expected
