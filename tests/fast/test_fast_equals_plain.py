@@ -18,7 +18,7 @@ import torch
 from helpers import last_step_both_ways, peaky_model
 
 from stagegpt import ModelConfig, build_model, generate
-from stagegpt.fast import FastDecoder, accelerate, onednn
+from stagegpt.fast import FastDecoder, accelerate, decode, onednn
 from stagegpt.fast import loss as fast_loss
 from stagegpt.fast.decode import ColumnBlocks
 from stagegpt.fast.linear import OneDNNLinear
@@ -168,13 +168,19 @@ def peaky(stage):
 @pytest.mark.parametrize("out", [12, 13])
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 @pytest.mark.parametrize("rows", [1, 3])
-def test_column_blocks_equal_the_linear_layer(bias, out, k, rows):
+@pytest.mark.parametrize("piece", [2, 1024])
+def test_column_blocks_equal_the_linear_layer(bias, out, k, rows, piece, monkeypatch):
     """One block of output columns per thread, the last padded with zero columns where
-    k does not divide the width (the head: 50,257 columns): the layer's own product."""
+    k does not divide the width (the head: 50,257 columns): the layer's own product.
+    Each block's weight is transposed `piece` rows at a time."""
+    monkeypatch.setattr(decode, "TRANSPOSE_ROWS", piece)
     torch.manual_seed(out * k)
     layer = torch.nn.Linear(10, out, bias=bias)
     x = torch.randn(rows, 10)
-    torch.testing.assert_close(ColumnBlocks(layer, k)(x), layer(x), rtol=1e-5, atol=1e-6)
+    blocks = ColumnBlocks(layer, k)
+    torch.testing.assert_close(blocks(x), layer(x), rtol=1e-5, atol=1e-6)
+    columns = blocks.weight.permute(1, 0, 2).reshape(10, -1)  # (in, k * width)
+    assert not columns[:, out:].any()  # the padding columns are zeros
 
 
 @pytest.mark.parametrize("preferred", [True, False], ids=["onednn", "mkl"])

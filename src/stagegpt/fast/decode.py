@@ -8,7 +8,9 @@ batch. So there (`copies_pay()`) a `FastDecoder` (for generations long enough to
 a copy, about what 20 tokens save) keeps
 
 - each layer's weight transposed and cut into one block of output columns per thread,
-  (k, in, out / k), within DECODE_COPY_BYTES in all (`ColumnBlocks`);
+  (k, in, out / k), within DECODE_COPY_BYTES in all (`ColumnBlocks`), transposed
+  TRANSPOSE_ROWS rows at a time (PyTorch's transposing copy of a whole 25 MB block is
+  slow: a `seed` decoder's copies took 127 ms so, 106 ms in pieces);
 - the head, the largest matrix, the same way (it reads at ~40 GB/s so: 1.3 ms per token
   against 2.1 as one transposed copy and 2.4 through oneDNN on an EPYC Zen 3; in a
   whole decode, 146 against 125 tokens/s), or, on the AMD CPUs where oneDNN's products
@@ -39,6 +41,7 @@ from stagegpt.model.stages import LanguageModel
 DECODE_COPY_BYTES = 256 << 20  # at most this much in weight copies per decoder
 MIN_STEPS = 32  # fewer steps than this do not repay the copies
 COPIES: bool | None = None  # None: by CPU (`copies_pay`); True/False force it (tests)
+TRANSPOSE_ROWS = 1024  # rows of a weight transposed per copy (see the module docstring)
 
 
 def copies_pay() -> bool:
@@ -55,9 +58,13 @@ class ColumnBlocks:
         out, weight = layer.out_features, layer.weight.detach()  # (out, in)
         width = -(-out // k)  # columns per block, rounded up
         pad = width * k - out
-        self.weight = weight.new_zeros(k, layer.in_features, width)  # (k, in, width)
-        for block, rows in zip(self.weight, weight.split(width), strict=False):
-            block[:, :rows.size(0)] = rows.t()  # one transposing copy per block
+        self.weight = weight.new_empty(k, layer.in_features, width)  # (k, in, width)
+        for i, block in enumerate(self.weight):
+            rows = weight[i * width:(i + 1) * width]  # (<= width, in); none past `out`
+            for start in range(0, rows.size(0), TRANSPOSE_ROWS):
+                piece = rows[start:start + TRANSPOSE_ROWS]
+                block[:, start:start + piece.size(0)] = piece.t()
+            block[:, rows.size(0):] = 0  # the padding columns
         bias = layer.bias
         self.bias = None if bias is None else F.pad(bias.detach(), (0, pad)).view(k, 1, width)
         self.out = out
