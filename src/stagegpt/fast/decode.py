@@ -76,7 +76,11 @@ class ColumnBlocks:
             y = torch.bmm(xs, self.weight)  # (k, B, width)
         else:
             y = torch.baddbmm(self.bias, xs, self.weight)
-        return y.transpose(0, 1).reshape(x.size(0), k * width)[:, :self.out]  # (B, out)
+        if x.size(0) == 1:  # one row: its blocks already lie side by side
+            y = y.view(1, k * width)
+        else:
+            y = y.transpose(0, 1).reshape(x.size(0), k * width)  # (B, k * width)
+        return y if k * width == self.out else y[:, :self.out]  # (B, out)
 
 
 def has_plain_blocks(model: LanguageModel) -> bool:
