@@ -48,7 +48,7 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="stagegpt",
-        description="Build, train, sample and inspect a GPT-style decoder in five stages.",
+        description="Build, train, sample and inspect a GPT-style decoder in nine stages.",
     )
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks instead of one-line errors")

@@ -8,7 +8,7 @@ Each heatmap shows one head: row i is how query token i spreads its attention ov
 tokens 0..i (each row sums to 1; above the diagonal is masked out), with the token
 strings on both axes (␣ is a space, ↵ a newline). By default the PNG holds a grid of
 every layer (rows) and head (columns); --layer and --head (counted from 0) pick one row,
-one column, or a single map. Needs a stage 3, 4 or 5 checkpoint (1 and 2 have no
+one column, or a single map. Needs a checkpoint of stage 3 to 9 (1 and 2 have no
 attention). The text must fit in the model's context (block_size tokens).
 """
 
@@ -21,7 +21,7 @@ HELP = "plot a checkpoint's attention weights over a text as heatmaps (PNG)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", metavar="DIR", required=True,
-                        help="checkpoint or run dir of a stage 3, 4 or 5 model")
+                        help="checkpoint or run dir of a stage 3-9 model")
     parser.add_argument("--text", required=True, help="the text whose attention to draw")
     parser.add_argument("--out", metavar="FILE.png", required=True, help="PNG file to write")
     parser.add_argument("--layer", type=int, help="only this layer (0-based; default: all)")

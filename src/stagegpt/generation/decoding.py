@@ -17,8 +17,11 @@ When the sequence outgrows `block_size` the window rolls forward: the context is
 is rebuilt by a prefill of the new window, so past `block_size` it saves nothing. With
 rotary positions (stages 7-9) attention depends only on distances, so a full cache slides
 along instead (`model.roll_cache`): the oldest entry goes, the rest turn back one
-position, and each new token still costs one step. Either way both paths see exactly the
-same window, so their greedy outputs are identical.
+position, and each new token still costs one step (`slide=True`, the default). A deeper
+layer then keeps what it computed while the dropped token was visible, so with more than
+one layer the tokens can differ from a run of the bare window; with `slide=False` every
+stage runs the window again, and greedy decoding with and without the cache gives the
+same tokens.
 
 The steps themselves come from a decoder: `PlainDecoder` runs the model as written (hooks
 fire on every step); `stagegpt.fast.FastDecoder`, the default (`fast=True`), computes the

@@ -57,7 +57,7 @@ def attention_maps(model: LanguageModel, ids: Tensor) -> Tensor:
     layers = attention_layers(model)
     if not layers:
         raise StagegptError(f"stage {model.stage} has no attention to plot; use a checkpoint "
-                            "of stage 3, 4 or 5")
+                            "of stage 3 to 9")
     if ids.dim() != 2 or ids.size(0) != 1:
         raise StagegptError(f"expected token ids of shape (1, T), got {tuple(ids.shape)}")
     seen: list[Tensor] = []
