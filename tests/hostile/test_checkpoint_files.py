@@ -136,9 +136,14 @@ STATE_CASES = {
     "elapsed nan": (lambda w: (newest(w) / "trainer_state.json").write_text(
         (newest(w) / "trainer_state.json").read_text().replace('"elapsed": ',
                                                                '"elapsed": NaN, "x": ')),
-        "negative tokens or time"),
+        "a negative or infinite time"),
+    "tokens beyond any step": (edit_state(tokens=10**40), "1e\\+40 tokens in 2 steps"),
+    "tokens negative": (edit_state(tokens=-5), "-5 tokens in 2 steps"),
     "best_val a list": (edit_state(best_val=[1]), "best_val is"),
     "rng state not base64": (edit_state(torch_rng="not base64!"), "an RNG state"),
+    "rng state that no generator takes": (
+        edit_state(torch_rng=base64.b64encode(b"\xff" * torch.get_rng_state().numel()).decode()),
+        "not a generator state"),
     "rng state of the wrong size": (
         edit_state(data_rng=base64.b64encode(b"\0" * 10).decode()), "10 bytes where"),
     "a list instead of a table": (

@@ -213,11 +213,17 @@ def rng_to_str(state: torch.Tensor) -> str:
 
 
 def rng_from_str(text: str, like: torch.Tensor) -> torch.Tensor:
-    """An RNG state from its base64 text, refused unless it is the size `like` is."""
+    """A CPU generator's state from its base64 text, refused unless it is the size `like`
+    is and a generator accepts it (torch checks the Mersenne Twister state inside)."""
     data = base64.b64decode(text, validate=True)
     if len(data) != like.numel():
         raise ValueError(f"{len(data)} bytes where an RNG state has {like.numel()}")
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    state = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        torch.Generator().set_state(state)  # a scratch generator: nothing else changes
+    except RuntimeError as err:
+        raise ValueError(f"not a generator state ({err})") from None
+    return state
 
 
 STATE_TYPES = {"step": int, "tokens": int, "elapsed": float, "best_val": float,
@@ -245,8 +251,10 @@ def read_trainer_state(directory: Path) -> dict[str, Any]:
     if not 0 <= state["step"] <= MAX_COUNT or (step_name.isdigit()
                                                and state["step"] != int(step_name)):
         raise refuse(f"step {state['step']} in {directory.name}")
-    if state["tokens"] < 0 or not (math.isfinite(state["elapsed"]) and state["elapsed"] >= 0):
-        raise refuse("negative tokens or time")
+    if not 0 <= state["tokens"] <= state["step"] * MAX_COUNT:
+        raise refuse(f"{state['tokens']:.3g} tokens in {state['step']} steps")
+    if not (math.isfinite(state["elapsed"]) and state["elapsed"] >= 0):
+        raise refuse("a negative or infinite time")
     if math.isnan(state["best_val"]):
         raise refuse("best_val is nan")
     try:
