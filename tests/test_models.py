@@ -152,7 +152,9 @@ def test_longer_than_block_size_is_a_clear_error(tiny_config):
 
 @pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(n_layer=0),
                                  dict(dropout=1.0), dict(vocab_size=-1), dict(dropout="0.1"),
-                                 dict(dropout=math.nan), dict(n_embd=64.0), dict(bias="yes")])
+                                 dict(dropout=math.nan), dict(n_embd=64.0), dict(bias="yes"),
+                                 dict(dropout=10**400), dict(rope_theta=10**400),
+                                 dict(rope_theta=math.inf), dict(rope_theta=1)])
 def test_bad_config_is_a_clear_error(bad):
     with pytest.raises(StagegptError):
         ModelConfig(**bad)

@@ -38,7 +38,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from stagegpt.cli import main
 from stagegpt.data.tokenizers import CharTokenizer, get_tokenizer
@@ -277,6 +277,24 @@ def edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps(data))
 
 
+def retype_weights(path: Path, dtype: torch.dtype) -> None:
+    """Rewrite a safetensors file with every tensor cast to `dtype`."""
+    save_file({k: v.to(dtype) for k, v in load_file(path).items()}, str(path))
+
+
+def sparse_pickled_hf(w: Path) -> None:
+    """The Hugging Face export as a pytorch_model.bin of sparse tensors."""
+    weights = load_file(w / "hf" / "model.safetensors")
+    (w / "hf" / "model.safetensors").unlink()
+    torch.save({k: v.to_sparse() for k, v in weights.items()}, w / "hf" / "pytorch_model.bin")
+
+
+def edit_optimizer_group(w: Path, **changes) -> None:
+    state = torch.load(newest(w) / "optimizer.pt", weights_only=True)
+    state["param_groups"][0].update(changes)
+    torch.save(state, newest(w) / "optimizer.pt")
+
+
 def truncate(path: Path, keep: float = 0.5) -> None:
     path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
 
@@ -362,6 +380,11 @@ BAD_INPUTS = {
     "train: resume from an emptied trainer_state.json": (
         RESUME, lambda w, mp: (newest(w) / "trainer_state.json").write_text("{}"),
         "trainer_state.json is damaged"),
+    "train: resume with an optimizer eps that is not the run's": (
+        RESUME, lambda w, mp: edit_optimizer_group(w, eps=-1.0), "eps is -1.0, but this run's"),
+    "train: resume from integer weights": (
+        RESUME, lambda w, mp: retype_weights(newest(w) / "model.safetensors", torch.int64),
+        "is a int64 tensor; weights must be dense float32"),
     "train: resume from a truncated trainer_state.json": (
         RESUME, lambda w, mp: truncate(newest(w) / "trainer_state.json"), "not valid JSON"),
     "train: --out under a regular file": (
@@ -385,6 +408,9 @@ BAD_INPUTS = {
         SAMPLE, lambda w, mp: (edit_json(newest(w) / "config.json", tokenizer={"kind": "char"}),
                                (newest(w) / "vocab.json").write_text("[1, 2]")),
         "no list of characters"),
+    "sample: boolean weights": (
+        SAMPLE, lambda w, mp: retype_weights(newest(w) / "model.safetensors", torch.bool),
+        "is a bool tensor"),
     "sample: binary --prompt-file": (
         [*SAMPLE, "--prompt-file", "{w}/binary.bin"], None, "cannot read prompt file"),
     "sample: a data dir as --ckpt": (
@@ -396,6 +422,19 @@ BAD_INPUTS = {
     "convert: empty Hugging Face weights": (
         FROM_HF, lambda w, mp: (w / "hf" / "model.safetensors").write_bytes(b""),
         "not a readable safetensors file"),
+    "convert: a dropout too large for a float": (
+        FROM_HF, lambda w, mp: edit_json(w / "hf" / "config.json", resid_pdrop=10**400),
+        r"dropout must be a number in \[0, 1\)"),
+    "convert: 8-bit float weights": (
+        FROM_HF, lambda w, mp: retype_weights(w / "hf" / "model.safetensors",
+                                              torch.float8_e4m3fn), "is a float8_e4m3fn tensor"),
+    "convert: a pytorch_model.bin of sparse tensors": (
+        FROM_HF, lambda w, mp: sparse_pickled_hf(w), "is a sparse_coo tensor"),
+    "convert: a shard index naming a list": (
+        FROM_HF, lambda w, mp: ((w / "hf" / "model.safetensors").unlink(),
+                                (w / "hf" / "model.safetensors.index.json").write_text(
+                                    json.dumps({"weight_map": {"a": ["x"], "b": "y"}}))),
+        r"names shard \['x'\], not a file beside it"),
     "convert: missing stagegpt weights": (
         TO_HF, lambda w, mp: (newest(w) / "model.safetensors").unlink(), "is missing"),
     "convert: --out under a regular file": (

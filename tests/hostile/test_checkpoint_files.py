@@ -100,7 +100,7 @@ OPTIMIZER_CASES = {
             dict(s["param_groups"][0]))), "expected 2 parameter groups"),
     "a moment of the wrong dtype": (
         lambda w: edited_optimizer(w, lambda s: s["state"][0].update(
-            exp_avg=s["state"][0]["exp_avg"].double())), "exp_avg is not a torch.float32"),
+            exp_avg=s["state"][0]["exp_avg"].double())), "exp_avg is not a dense torch.float32"),
     "a moment of the wrong shape": (
         lambda w: edited_optimizer(w, lambda s: s["state"][0].update(
             exp_avg_sq=s["state"][0]["exp_avg_sq"][:1])), "exp_avg_sq is not"),

@@ -38,6 +38,7 @@ from stagegpt.model.stages import GPT, LanguageModel
 from stagegpt.train.checkpoints import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    check_weight_tensors,
     empty_model,
     load_weights_into,
     read_weights,
@@ -95,12 +96,12 @@ def config_from_hf(hf: Any, source: Path) -> ModelConfig:
         )
     dropout = hf.get("resid_pdrop", 0.1)
     if not isinstance(dropout, int | float) or isinstance(dropout, bool):
-        raise StagegptError(f"{source}: resid_pdrop must be a number, got {dropout!r}")
+        raise StagegptError(f"{source}: resid_pdrop must be a number, got {dropout!r:.40}")
     try:
-        config = ModelConfig(
+        config = ModelConfig(  # which checks every value, dropout too
             vocab_size=hf.get("vocab_size", GPT2_VOCAB), block_size=hf.get("n_positions", 1024),
             n_embd=hf.get("n_embd", 768), n_layer=hf.get("n_layer", 12),
-            n_head=hf.get("n_head", 12), dropout=float(dropout), bias=True,
+            n_head=hf.get("n_head", 12), dropout=dropout, bias=True,
         )
     except StagegptError as err:
         raise StagegptError(f"{source}: {err}") from None
@@ -158,7 +159,7 @@ def read_pickled_weights(path: Path) -> dict[str, Tensor]:
         isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()
     ):
         raise StagegptError(f"{path} is not a dict of named tensors; is it a GPT-2 checkpoint?")
-    return weights
+    return check_weight_tensors(weights, path)
 
 
 def _read_sharded(directory: Path, index: Path, read: Any) -> dict[str, Tensor]:
@@ -167,10 +168,12 @@ def _read_sharded(directory: Path, index: Path, read: Any) -> dict[str, Tensor]:
     weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
     if not isinstance(weight_map, dict):
         raise StagegptError(f"{index} has no weight_map; the download may be incomplete")
+    for shard in weight_map.values():
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            raise StagegptError(f"{index} names shard {shard!r:.60}, not a file beside it in "
+                                f"{directory}; refusing")
     weights: dict[str, Tensor] = {}
     for shard in sorted(set(weight_map.values())):
-        if not isinstance(shard, str) or Path(shard).name != shard:
-            raise StagegptError(f"{index} names shard {shard!r} outside {directory}; refusing")
         weights.update(read(directory / shard))
     return weights
 

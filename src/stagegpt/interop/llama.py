@@ -130,7 +130,7 @@ def config_from_llama(hf: Any, source: Path) -> ModelConfig:
             n_kv_head=hf.get("num_key_value_heads"), rope_theta=hf.get("rope_theta", 10_000.0),
             mlp_hidden=hf.get("intermediate_size"), bias=False,
             tie_head=hf.get("tie_word_embeddings", False),
-            dropout=float(hf.get("attention_dropout", 0.0) or 0.0))
+            dropout=hf.get("attention_dropout", 0.0) or 0.0)
     except (StagegptError, TypeError, ValueError) as err:
         raise StagegptError(f"{source}: {err}") from None
 

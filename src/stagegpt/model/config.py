@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -62,9 +62,9 @@ class ModelConfig:
                                 "query heads", "n_kv_head")
         theta = self.rope_theta
         if isinstance(theta, bool) or not isinstance(theta, int | float) or not (
-                math.isfinite(theta) and theta > 1):
-            raise StagegptError(f"model rope_theta must be a number > 1, got {theta!r}",
-                                "rope_theta")
+                1 < theta <= sys.float_info.max):  # also refuses nan, inf and huge integers
+            raise StagegptError(f"model rope_theta must be a finite number > 1, got "
+                                f"{theta!r:.40}", "rope_theta")
         self.rope_theta = float(theta)
 
     def kv_heads(self) -> int:

@@ -110,15 +110,33 @@ def save_checkpoint(directory: str | Path, model: LanguageModel, tokenizer: Any,
     return Path(directory)
 
 
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def check_weight_tensors(weights: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """`weights`, refused unless every tensor is an ordinary dense floating-point one
+    (loading would silently cast integers or booleans, and fail on sparse, quantized or
+    meta tensors deep inside torch)."""
+    for name, tensor in weights.items():
+        if (tensor.layout != torch.strided or tensor.is_quantized or tensor.is_meta
+                or tensor.dtype not in WEIGHT_DTYPES):
+            kind = tensor.dtype if tensor.layout == torch.strided else tensor.layout
+            raise StagegptError(f"{path}: {name} is a {str(kind).removeprefix('torch.')} "
+                                "tensor; weights must be dense float32, bfloat16, float16 or "
+                                "float64 tensors (is the file damaged?)")
+    return weights
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """Read a safetensors file, refusing a missing or truncated one with a clear message."""
     if not path.is_file():
         raise StagegptError(f"{path} is missing; the checkpoint is incomplete")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}
+            weights = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, RuntimeError) as err:
         raise StagegptError(f"{path} is not a readable safetensors file ({err})") from None
+    return check_weight_tensors(weights, path)
 
 
 def load_weights_into(model: torch.nn.Module, weights: dict[str, torch.Tensor],
@@ -266,6 +284,7 @@ def read_trainer_state(directory: Path) -> dict[str, Any]:
 
 
 ADAMW_STATE = {"step", "exp_avg", "exp_avg_sq"}
+RUN_SETTINGS = {"betas", "eps", "weight_decay", "amsgrad", "maximize"}  # lr is scheduled
 
 
 def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, path: Path) -> None:
@@ -295,6 +314,8 @@ def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, path: Pa
                 refuse(f"{key} is {group[key]!r:.40}, not a {type(value).__name__}")
             if isinstance(value, float) and not math.isfinite(group[key]):
                 refuse(f"{key} is {group[key]!r}")
+            if key in RUN_SETTINGS and group[key] != value:  # the run's own, as resumed
+                refuse(f"{key} is {group[key]!r:.40}, but this run's is {value!r}")
         params += own["params"]
         start += len(own["params"])
     entries = state["state"]
@@ -307,9 +328,9 @@ def check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, path: Pa
         for key in ("exp_avg", "exp_avg_sq"):
             tensor = entry[key]
             if (not isinstance(tensor, torch.Tensor) or tensor.shape != param.shape
-                    or tensor.dtype != param.dtype):
-                refuse(f"parameter {index}'s {key} is not a {param.dtype} tensor of shape "
-                       f"{tuple(param.shape)}")
+                    or tensor.dtype != param.dtype or tensor.layout != torch.strided):
+                refuse(f"parameter {index}'s {key} is not a dense {param.dtype} tensor of "
+                       f"shape {tuple(param.shape)}")
         step = entry["step"]
         if (not isinstance(step, torch.Tensor) or step.numel() != 1 or not step.is_floating_point()
                 or not torch.isfinite(step).all() or step.item() < 0):
