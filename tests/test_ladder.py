@@ -2,6 +2,7 @@ import csv
 import json
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from stagegpt.cli import main
 from stagegpt.errors import StagegptError
 from stagegpt.interop import load_checkpoint
 from stagegpt.model.config import ModelConfig
-from stagegpt.tools import ladder
+from stagegpt.tools import ladder, ladder_jobs
 from stagegpt.tools.evaluate import split_loss
 from stagegpt.train.config import TrainConfig
 from stagegpt.train.rundir import step_dirs
@@ -119,3 +120,111 @@ def test_split_loss_scores_every_full_window_of_the_split_once(tiny_config):
     expected = float(sum(losses)) / (len(windows) * T)
     assert split_loss(model, tokens, batch_size=2) == pytest.approx(expected, rel=1e-5)
     assert model.training  # left as it was found
+
+
+@pytest.fixture
+def two_threads():
+    """Two threads in this process, as its workers share them; restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_stages_side_by_side_give_what_they_give_in_turn(markov2, tmp_path, two_threads):
+    """Two worker processes with a thread each: the table, samples and weights of the
+    stages trained in turn with one thread (another thread count sums in another order)."""
+    train = TrainConfig(max_steps=6, batch_size=4, eval_every=3, eval_batches=2,
+                        ckpt_every=100, warmup_steps=1)
+    runs = {2: ladder.run_ladder(markov2, tmp_path / "jobs2", MODEL, train, stages=(1, 3, 5),
+                                 progress=False, sample_tokens=8, jobs=2)}
+    torch.set_num_threads(1)
+    runs[1] = ladder.run_ladder(markov2, tmp_path / "jobs1", MODEL, train, stages=(1, 3, 5),
+                                progress=False, sample_tokens=8, jobs=1)
+    losses = {jobs: [(r.stage, r.train_loss, r.val_loss, r.endings_acc) for r in rows]
+              for jobs, rows in runs.items()}
+    assert losses[2] == losses[1] and [s for s, *_ in losses[2]] == [1, 3, 5]
+    one, two = tmp_path / "jobs1", tmp_path / "jobs2"
+    assert (two / "samples.md").read_text() == (one / "samples.md").read_text()
+    for stage in (1, 3, 5):
+        ours = load_file(str(step_dirs(two / f"stage{stage}")[-1] / "model.safetensors"))
+        ref = load_file(str(step_dirs(one / f"stage{stage}")[-1] / "model.safetensors"))
+        assert all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
+@dataclass(frozen=True)
+class HeldAtStep3(ladder.StageJob):
+    """A stage job whose worker waits after step 3 until the parent stops the ladder."""
+
+    def run(self, stage, on_step=None):
+        def report_and_hold(trainer, row):
+            on_step(trainer, row)
+            if row["step"] == 3 and ladder_jobs._stop.wait(60):
+                trainer.request_stop()
+
+        return super().run(stage, on_step=report_and_hold)
+
+
+def test_side_by_side_ladder_stops_on_ctrl_c_and_resumes_exactly(markov2, tmp_path,
+                                                                 monkeypatch, two_threads):
+    """Ctrl-C in the parent: each worker stops after its step with a checkpoint saved, and
+    --resume ends where an uninterrupted ladder does (here one thread, in turn)."""
+    train = TrainConfig(max_steps=8, batch_size=4, eval_every=4, eval_batches=2,
+                        ckpt_every=100, warmup_steps=1)
+    torch.set_num_threads(1)
+    reference = ladder.run_ladder(markov2, tmp_path / "ref", MODEL, train, stages=(3, 5),
+                                  progress=False, sample_tokens=5)
+    torch.set_num_threads(2)
+    reports = []
+
+    def ctrl_c_once_both_reach_step_3(self, stage, step, *rest):
+        reports.append((stage, step))
+        if {(3, 3), (5, 3)} <= set(reports):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "split"
+    with monkeypatch.context() as patch:
+        patch.setattr(ladder, "StageJob", HeldAtStep3)
+        patch.setattr(ladder_jobs.StageBars, "show", ctrl_c_once_both_reach_step_3)
+        assert ladder.run_ladder(markov2, out, MODEL, train, stages=(3, 5), progress=False,
+                                 sample_tokens=5, jobs=2) is None
+    assert [step_dirs(out / f"stage{s}")[-1].name for s in (3, 5)] == ["step_00000003"] * 2
+    rows = ladder.run_ladder(markov2, out, MODEL, train, stages=(3, 5), resume=True,
+                             progress=False, sample_tokens=5, jobs=2)
+    assert [r.val_loss for r in rows] == [r.val_loss for r in reference]
+    assert (out / "samples.md").read_text() == (tmp_path / "ref" / "samples.md").read_text()
+
+
+def test_a_worker_error_is_the_cli_one_line_error(markov2, tmp_path, capsys):
+    args = ["ladder", "--data", str(markov2), "--out", str(tmp_path / "l"), "--stages", "3,4",
+            "--max-steps", "2", "--eval-every", "2", "--eval-batches", "1", "--batch-size", "2",
+            "--n-embd", "16", "--block-size", "8", "--no-progress", "--sample-tokens", "4"]
+    assert main(args + ["--jobs", "1"]) == 0
+    state = step_dirs(tmp_path / "l" / "stage4")[-1] / "trainer_state.json"
+    state.write_text("{not json")
+    capsys.readouterr()
+    assert main(args + ["--jobs", "2", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trainer_state.json" in err, err
+    assert state.read_text() == "{not json"  # left as it was found
+
+
+def test_jobs_are_checked_and_chosen_by_the_threads_there_are(markov2, tmp_path,
+                                                              monkeypatch):
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(StagegptError, match="^jobs must") as caught:
+            ladder.run_ladder(markov2, tmp_path / "x", MODEL, TrainConfig(), jobs=bad)
+        assert caught.value.for_flags().startswith("--jobs must")
+    assert not (tmp_path / "x").exists()
+    for threads, stages, expected in ((1, 5, 1), (2, 5, 2), (8, 5, 2), (8, 1, 1)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+        assert ladder_jobs.auto_jobs(stages) == expected
+
+
+def test_a_stagegpt_error_keeps_its_parameter_through_pickling():
+    import pickle
+
+    sent = StagegptError("max_new_tokens must be >= 0", "max_new_tokens")
+    err = pickle.loads(pickle.dumps(sent))
+    assert isinstance(err, StagegptError) and err.param == "max_new_tokens"
+    assert err.for_flags() == "--max-new-tokens must be >= 0"

@@ -15,6 +15,9 @@ class StagegptError(Exception):
         super().__init__(message)
         self.param = param
 
+    def __reduce__(self):  # a worker process's error keeps its parameter
+        return type(self), (str(self), self.param)
+
     def for_flags(self, flags: dict[str, str] | None = None) -> str:
         """The message with its leading parameter named as the CLI flag that sets it
         (`flags` maps parameters to flags; by default max_new_tokens -> --max-new-tokens)."""

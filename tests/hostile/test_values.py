@@ -60,6 +60,8 @@ FLAG_CASES = {
     "ladder prompt the data cannot encode": (
         ["ladder", "--data", "{w}/data", "--out", "{w}/lad", "--prompt", "zebra?",
          "--max-steps", "1", "--no-progress"], None, "--prompt cannot be encoded"),
+    "ladder --jobs 0": (["ladder", "--data", "{w}/data", "--out", "{w}/lad", "--jobs", "0",
+                         "--max-steps", "1", "--no-progress"], None, "--jobs must be a whole"),
 }
 
 

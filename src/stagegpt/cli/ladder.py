@@ -55,23 +55,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-tokens", type=int, default=200,
                         help="tokens per sample in samples.md")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="stages trained at once, each in a process of its own with an "
+                             "equal share of the threads (default: 2 on a CPU with 2 or more "
+                             "threads, else 1: a small stage's steps cannot keep many threads "
+                             "busy, so two side by side finish sooner; 1 trains them in "
+                             "turn in this process)")
     add_model_arguments(parser)
     add_train_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from stagegpt.tools.ladder import run_ladder
+    from stagegpt.tools.ladder_jobs import auto_jobs
 
     stages = parse_stages(args.stages)
     if args.max_steps is not None and args.max_seconds is not None:
         raise StagegptError("give --max-steps or --max-seconds, not both")
     model_config, train_config = configs_from_args(args)
     budget_seconds = train_config.max_seconds
+    jobs = auto_jobs(len(stages), train_config.device) if args.jobs is None else args.jobs
     train_config = replace(train_config, max_seconds=None)
     rows = run_ladder(args.data, args.out, model_config, train_config, stages,
                       resume=args.resume, max_seconds=budget_seconds, prompt=args.prompt,
                       sample_tokens=args.sample_tokens, progress=not args.no_progress,
-                      fast=not args.no_fast)
+                      fast=not args.no_fast, jobs=jobs)
     if rows is None:
         print("ladder interrupted; rerun the same command with --resume to continue")
         return 130

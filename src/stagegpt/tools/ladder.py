@@ -1,8 +1,9 @@
 """The stage ladder: train every stage on one budget and show what each idea buys.
 
 Each stage trains with the same data, seed, batch, context, width and step budget in
-OUT/stage{N}; then ladder.md / ladder.csv (the table), ladder.png (validation curves,
-with the entropy rate and bigram floor for synthetic data) and samples.md are written.
+OUT/stage{N} (in turn, or `jobs` at a time in worker processes: tools/ladder_jobs.py);
+then ladder.md / ladder.csv (the table), ladder.png (validation curves, with the entropy
+rate and bigram floor for synthetic data) and samples.md are written.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from stagegpt.model.stages import STAGES
 from stagegpt.tools.endings import Item, items_for_window, score_endings
 from stagegpt.tools.evaluate import SCORE_TOKENS, split_loss
 from stagegpt.tools.inspection import flops_per_token, kv_cache_bytes_per_token
+from stagegpt.tools.ladder_jobs import train_side_by_side
 from stagegpt.train.config import TrainConfig
 from stagegpt.train.plots import plot_curves
 from stagegpt.train.rundir import RunLock, read_metrics
@@ -162,65 +164,122 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
         raise StagegptError(f"prompt cannot be encoded: {err}", "prompt") from None
 
 
-def write_samples(models: dict, tokenizer, out_dir: Path, prompt: str, tokens: int,
-                  seed: int, fast: bool = True) -> None:
-    ids = prompt_ids(tokenizer, prompt)
+def sample_text(model, tokenizer, prompt: str, tokens: int, seed: int,
+                fast: bool = True) -> str:
+    """The stage's sample for samples.md: temperature 0.8, top-k 40, a fixed seed."""
+    ids = prompt_ids(tokenizer, prompt)[-model.config.block_size:]
+    out = generate(model, torch.tensor([ids]), tokens, temperature=0.8, top_k=40, seed=seed,
+                   fast=fast)
+    return tokenizer.decode(out[0].tolist())
+
+
+def write_samples(samples: dict[int, str], out_dir: Path, prompt: str, tokens: int,
+                  seed: int) -> None:
     parts = [f"# Samples\n\nPrompt: {prompt!r}, seed {seed}, {tokens} tokens, "
              "temperature 0.8, top-k 40.\n"]
-    for stage, model in models.items():
-        idx = torch.tensor([ids[-model.config.block_size:]])
-        out = generate(model, idx, tokens, temperature=0.8, top_k=40, seed=seed, fast=fast)
-        text = tokenizer.decode(out[0].tolist())
+    for stage, text in samples.items():
         parts.append(f"## Stage {stage}: {STAGES[stage].idea}\n\n```\n{text}\n```\n")
     write_text(out_dir / "samples.md", "\n".join(parts))
+
+
+@dataclass
+class StageResult:
+    row: LadderRow
+    sample: str  # its text for samples.md
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """What the stages of one ladder share; `run(stage)` trains, scores and samples one."""
+
+    data_dir: Path
+    out_dir: Path
+    model_config: ModelConfig
+    train_config: TrainConfig
+    max_seconds: float | None
+    prompt: str
+    sample_tokens: int
+    progress: bool
+    fast: bool
+
+    def run(self, stage: int, on_step=None) -> StageResult | None:
+        """Train `stage` in OUT/stage{N} (resuming it), score it and sample from it; None
+        if it was interrupted. `on_step(trainer, row)` replaces its progress bar."""
+        run_dir = self.out_dir / f"stage{stage}"
+        config = self.train_config
+        if self.max_seconds is not None:
+            config = replace(config, max_steps=_budget(stage, self.model_config, config,
+                                                       self.data_dir, self.max_seconds,
+                                                       run_dir, self.fast))
+        trainer = Trainer(stage, self.model_config, config, self.data_dir, run_dir,
+                          resume=True, progress=self.progress and on_step is None,
+                          on_step=on_step, fast=self.fast)
+        result = trainer.fit()
+        if result.interrupted:
+            return None
+        # the endings test: the same questions for every stage (the same val split)
+        items = items_for_window(trainer.val_tokens, self.model_config.block_size) or []
+        row = _row_for(stage, trainer, result, items)
+        sample = sample_text(trainer.model.eval(), trainer.tokenizer, self.prompt,
+                             self.sample_tokens, config.seed, self.fast)
+        return StageResult(row, sample)
 
 
 def run_ladder(data_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
                train_config: TrainConfig, stages=(1, 2, 3, 4, 5), resume: bool = False,
                max_seconds: float | None = None, prompt: str = "", sample_tokens: int = 200,
-               progress: bool = True, fast: bool = True) -> list[LadderRow] | None:
-    """Train `stages` in turn; return the table rows (None if interrupted).
+               progress: bool = True, fast: bool = True,
+               jobs: int = 1) -> list[LadderRow] | None:
+    """Train `stages`; return the table rows (None if interrupted).
 
     Everything is checked before the first step: the samples' prompt and length too.
     fast: train, score and sample through `stagegpt.fast` (the same numbers, sooner).
+    jobs: stages trained at once, each in a process of its own with an equal share of
+    torch's threads (tools/ladder_jobs.py); 1 trains them in this process, in turn. The
+    workers are spawned, so a script calling this with jobs > 1 needs the usual
+    `if __name__ == "__main__":` guard.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise StagegptError(f"jobs must be a whole number >= 1, got {jobs!r}", "jobs")
     meta = read_meta(data_dir)
     check_sampling_args(sample_tokens, 0.8, 40)
     prompt_ids(load_tokenizer_from_data(data_dir), prompt)
     model_config = replace(model_config, vocab_size=meta["vocab_size"])
+    job = StageJob(data_dir, out_dir, model_config, train_config, max_seconds, prompt,
+                   sample_tokens, progress, fast)
     with RunLock(out_dir, "ladder"):
-        return _run(data_dir, out_dir, meta, model_config, train_config, stages, resume,
-                    max_seconds, prompt, sample_tokens, progress, fast)
+        return _run(job, meta, stages, resume, jobs)
 
 
-def _run(data_dir, out_dir, meta, model_config, train_config, stages, resume, max_seconds,
-         prompt, sample_tokens, progress, fast) -> list[LadderRow] | None:
-    settings = _settings(stages, model_config, train_config, data_dir)
-    settings["max_seconds"] = max_seconds
-    _check_settings(out_dir, settings, resume)
-    ensure_dir(out_dir)
-    write_json(out_dir / SETTINGS_FILE, settings)
-    rows, models, tokenizer, items = [], {}, None, None
-    for stage in stages:
-        run_dir = out_dir / f"stage{stage}"
-        config = train_config
-        if max_seconds is not None:
-            config = replace(config, max_steps=_budget(stage, model_config, config, data_dir,
-                                                       max_seconds, run_dir, fast))
-        trainer = Trainer(stage, model_config, config, data_dir, run_dir, resume=True,
-                          progress=progress, fast=fast)
-        result = trainer.fit()
-        if result.interrupted:
-            return None
-        if items is None:  # the same questions for every stage
-            items = items_for_window(trainer.val_tokens, model_config.block_size) or []
-        rows.append(_row_for(stage, trainer, result, items))
-        models[stage], tokenizer = trainer.model.eval(), trainer.tokenizer
-    write_table(rows, out_dir)
-    write_plot(stages, out_dir, meta, "step" if max_seconds is None else "elapsed")
-    write_samples(models, tokenizer, out_dir, prompt, sample_tokens, train_config.seed, fast)
+def _run(job: StageJob, meta: dict, stages, resume: bool,
+         jobs: int) -> list[LadderRow] | None:
+    settings = _settings(stages, job.model_config, job.train_config, job.data_dir)
+    settings["max_seconds"] = job.max_seconds
+    _check_settings(job.out_dir, settings, resume)
+    ensure_dir(job.out_dir)
+    write_json(job.out_dir / SETTINGS_FILE, settings)
+    if jobs == 1 or len(stages) == 1:
+        results = _train_in_turn(job, stages)
+    else:
+        results = train_side_by_side(job, stages, jobs)
+    if results is None:
+        return None
+    rows = [results[stage].row for stage in stages]
+    write_table(rows, job.out_dir)
+    write_plot(stages, job.out_dir, meta, "step" if job.max_seconds is None else "elapsed")
+    write_samples({stage: results[stage].sample for stage in stages}, job.out_dir,
+                  job.prompt, job.sample_tokens, job.train_config.seed)
     return rows
+
+
+def _train_in_turn(job: StageJob, stages) -> dict[int, StageResult] | None:
+    results = {}
+    for stage in stages:
+        results[stage] = job.run(stage)
+        if results[stage] is None:
+            return None
+    return results
 
 
 def _budget(stage, model_config, train_config, data_dir, seconds, run_dir, fast) -> int:

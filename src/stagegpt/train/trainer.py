@@ -89,8 +89,7 @@ class Trainer:
                  fast: bool = True):
         """fast: train through `stagegpt.fast.accelerate(model)` (the same numbers, faster on
         a CPU); False trains the plain model as written."""
-        self.stage, self.tc, self.fast = stage, train_config, fast
-        self.on_step = on_step
+        self.stage, self.tc, self.fast, self.on_step = stage, train_config, fast, on_step
         self.data_dir, self.out_dir = Path(data_dir), Path(out_dir)
         self.progress = progress
         self._load_data(model_config)
@@ -409,12 +408,13 @@ class Trainer:
         self._write_checkpoint(target, self.optimizer.state_dict())
         prune_step_checkpoints(self.out_dir, KEEP_CHECKPOINTS)
 
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        def request_stop(signum, frame):
-            self.stop_signal = signum
+    def request_stop(self, signum: int = signal.SIGINT, frame=None) -> None:
+        """Stop after the current step and save a checkpoint, as Ctrl-C does."""
+        self.stop_signal = signum
 
+    def _install_signal_handlers(self) -> dict[int, Any]:
         previous = {}
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, request_stop)
+                previous[sig] = signal.signal(sig, self.request_stop)
         return previous
