@@ -228,3 +228,13 @@ def test_a_stagegpt_error_keeps_its_parameter_through_pickling():
     err = pickle.loads(pickle.dumps(sent))
     assert isinstance(err, StagegptError) and err.param == "max_new_tokens"
     assert err.for_flags() == "--max-new-tokens must be >= 0"
+
+
+def test_the_ladder_refuses_torchrun_in_one_line(markov2, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["ladder", "--data", str(markov2), "--out", str(tmp_path / "l"),
+                 "--max-steps", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "torchrun" in err
+    assert not (tmp_path / "l").exists()

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from stagegpt.cli import main
+from stagegpt.errors import StagegptError
 from stagegpt.interop import load_checkpoint
 from stagegpt.model.config import ModelConfig
 from stagegpt.train.config import TrainConfig
@@ -243,3 +244,27 @@ def test_token_ids_outside_the_vocabulary_are_a_clear_error(markov1, tmp_path, c
     assert main(train_args(data, tmp_path / "run", 2)) == 2
     err = capsys.readouterr().err.strip()
     assert "outside the vocabulary" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("world, rank, says", [("2", "0", "joined no process group"),
+                                               ("two", "0", "WORLD_SIZE is 'two'"),
+                                               ("1", "-1", "RANK is '-1'"),
+                                               ("1", "3", "RANK is 3")])
+def test_torchrun_variables_without_torchrun_are_one_line_errors(world, rank, says, markov1,
+                                                                 tmp_path, monkeypatch,
+                                                                 capsys):
+    """A Trainer outside `stagegpt train`'s torchrun start (a Python script, a fine-tune)
+    with WORLD_SIZE or RANK left in the environment."""
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(StagegptError, match=says):
+        Trainer(1, ModelConfig(n_embd=16, block_size=8), TrainConfig(max_steps=1), markov1,
+                tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    if world == "2":  # `stagegpt train` joins the group torchrun made, given its address
+        monkeypatch.delenv("MASTER_ADDR", raising=False)
+        monkeypatch.delenv("MASTER_PORT", raising=False)
+        says = "MASTER_ADDR and MASTER_PORT unset"
+    assert main(train_args(markov1, tmp_path / "cli", 1)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err

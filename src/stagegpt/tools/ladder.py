@@ -30,6 +30,7 @@ from stagegpt.tools.evaluate import SCORE_TOKENS, split_loss
 from stagegpt.tools.inspection import flops_per_token, kv_cache_bytes_per_token
 from stagegpt.tools.ladder_jobs import train_side_by_side
 from stagegpt.train.config import TrainConfig
+from stagegpt.train.distributed import env_world
 from stagegpt.train.plots import plot_curves
 from stagegpt.train.rundir import RunLock, read_metrics
 from stagegpt.train.trainer import Trainer
@@ -242,6 +243,10 @@ def run_ladder(data_dir: str | Path, out_dir: str | Path, model_config: ModelCon
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise StagegptError(f"jobs must be a whole number >= 1, got {jobs!r}", "jobs")
+    if env_world() > 1:
+        raise StagegptError("the ladder does not train across torchrun's processes "
+                            "(WORLD_SIZE > 1); run it as one command, with --jobs for "
+                            "stages side by side")
     meta = read_meta(data_dir)
     check_sampling_args(sample_tokens, 0.8, 40)
     prompt_ids(load_tokenizer_from_data(data_dir), prompt)

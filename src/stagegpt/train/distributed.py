@@ -11,14 +11,40 @@ import torch.distributed as dist
 from stagegpt.errors import StagegptError
 
 
+def _env_count(name: str, default: int) -> int:
+    text = os.environ.get(name, str(default))
+    if not text.strip().isdigit():
+        raise StagegptError(f"the environment variable {name} is {text!r:.40}, not a whole "
+                            "number; torchrun sets it, unset it to train in one process")
+    return int(text)
+
+
+def env_world() -> int:
+    """WORLD_SIZE: the number of processes torchrun started (1 without torchrun)."""
+    return _env_count("WORLD_SIZE", 1)
+
+
 def world_and_rank() -> tuple[int, int]:
-    return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    """(processes, this process's rank) of the group this process has joined."""
+    world, rank = env_world(), _env_count("RANK", 0)
+    if world > 1 and not dist.is_initialized():
+        raise StagegptError(f"WORLD_SIZE is {world} but this process joined no process group: "
+                            "`stagegpt train` under torchrun does (or call init_distributed() "
+                            "first); unset WORLD_SIZE to train in one process")
+    if not 0 <= rank < world:
+        raise StagegptError(f"RANK is {rank} but WORLD_SIZE is {world}; torchrun sets both")
+    return world, rank
 
 
 def init_distributed() -> bool:
     """Join the process group when launched by torchrun; True if this is a DDP run."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+    if env_world() <= 1:
         return False
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise StagegptError(f"WORLD_SIZE is {env_world()} but {' and '.join(missing)} "
+                            "unset: start the processes with torchrun (docs/training.md), or "
+                            "unset WORLD_SIZE to train in one process")
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
