@@ -267,7 +267,7 @@ def _run(job: StageJob, meta: dict, stages, resume: bool,
     if jobs == 1 or len(stages) == 1:
         results = _train_in_turn(job, stages)
     else:
-        results = train_side_by_side(job, stages, jobs)
+        results = train_side_by_side(job, stages, min(jobs, len(stages)))
     if results is None:
         return None
     rows = [results[stage].row for stage in stages]
