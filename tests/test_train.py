@@ -264,7 +264,7 @@ def test_torchrun_variables_without_torchrun_are_one_line_errors(world, rank, sa
     if world == "2":  # `stagegpt train` joins the group torchrun made, given its address
         monkeypatch.delenv("MASTER_ADDR", raising=False)
         monkeypatch.delenv("MASTER_PORT", raising=False)
-        says = "MASTER_ADDR and MASTER_PORT unset"
+        says = "MASTER_ADDR and MASTER_PORT are unset"
     assert main(train_args(markov1, tmp_path / "cli", 1)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err

@@ -42,7 +42,8 @@ def init_distributed() -> bool:
         return False
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
     if missing:
-        raise StagegptError(f"WORLD_SIZE is {env_world()} but {' and '.join(missing)} "
+        verb = "are" if len(missing) > 1 else "is"
+        raise StagegptError(f"WORLD_SIZE is {env_world()} but {' and '.join(missing)} {verb} "
                             "unset: start the processes with torchrun (docs/training.md), or "
                             "unset WORLD_SIZE to train in one process")
     if not dist.is_initialized():
