@@ -1,9 +1,10 @@
 """Ladder stages side by side: each in a process of its own, with a share of the threads.
 
-A small stage's step is too short to keep several threads busy: on a 2-core EPYC, stages
-4 and 5 at the demo's shape take 20 s each for 300 steps when they train at once with
-one thread apiece, and 26 s in all one after the other with two. So the ladder can train
-`jobs` stages at once, the largest first so that the small ones fill in at the end.
+A small stage's step is too short to keep several threads busy: on a 2-core Zen 3 EPYC,
+the demo's ladder took 203-225 s with two stages at once and a thread apiece, against
+226-268 s for the stages one after the other with two (three interleaved pairs,
+docs/performance.md). So the ladder can train `jobs` stages at once, the largest first
+so that the small ones fill in at the end.
 
 Each worker is a fresh interpreter (spawned: forking a process whose OpenMP threads have
 run can hang). A worker reports every step to the parent, which draws one progress bar
@@ -24,9 +25,10 @@ import torch
 from tqdm import tqdm
 
 from stagegpt.errors import StagegptError
+from stagegpt.fast import configure_process
 from stagegpt.train.distributed import resolve_device
 
-MAX_AUTO_JOBS = 2  # more stages at once multiply the memory, for little more speed
+MAX_AUTO_JOBS = 2  # each worker holds a stage: more at once multiply the memory
 POLL_SECONDS = 0.1
 
 _reports: multiprocessing.Queue | None = None  # a worker's line to the parent
@@ -42,8 +44,6 @@ def auto_jobs(stages: int, device: str = "cpu") -> int:
 
 def _start_worker(threads: int, reports, stop) -> None:
     global _reports, _stop
-    from stagegpt.fast import configure_process
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # outside training; the trainer stops itself
     reports.cancel_join_thread()  # a lost progress report must not hold up the exit
     _reports, _stop = reports, stop
