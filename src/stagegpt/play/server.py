@@ -37,13 +37,13 @@ from stagegpt.play.requests import (
     parse_body,
 )
 from stagegpt.play.worker import Busy, Event, Job, ModelWorker
+from stagegpt.train.signals import STOP_SIGNALS
 
 STATIC = Path(__file__).parent / "static"
 HOST = "127.0.0.1"
 # Only these Host headers are answered: a web page elsewhere cannot reach the server
 # through a DNS name that it points at 127.0.0.1 (DNS rebinding).
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette:

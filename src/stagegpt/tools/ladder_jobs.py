@@ -27,6 +27,7 @@ from tqdm import tqdm
 from stagegpt.errors import StagegptError
 from stagegpt.fast import configure_process
 from stagegpt.train.distributed import resolve_device
+from stagegpt.train.signals import signals_to
 
 MAX_AUTO_JOBS = 2  # each worker holds a stage: more at once multiply the memory
 POLL_SECONDS = 0.1
@@ -97,7 +98,8 @@ def train_side_by_side(job, stages, jobs: int) -> dict | None:
     running: dict[cf.Future, int] = {}
     results: dict = {}
     try:
-        with _sigterm_as_interrupt():
+        # SIGTERM stops the ladder as Ctrl-C does (a killed parent would orphan its workers)
+        with signals_to(signal.default_int_handler, (signal.SIGTERM,)):
             while waiting or running:
                 while waiting and len(running) < jobs and not stop.is_set():
                     stage = waiting.pop(0)
@@ -136,17 +138,3 @@ def _next_done(running: dict[cf.Future, int], reports, bars: StageBars) -> set[c
         while True:
             bars.show(*reports.get_nowait())
     return done
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM stops the ladder as Ctrl-C does (a killed parent would orphan its workers)."""
-    try:
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

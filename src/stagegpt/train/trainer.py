@@ -55,6 +55,7 @@ from stagegpt.train.rundir import (
     step_dir,
     step_dirs,
 )
+from stagegpt.train.signals import signals_to
 
 KEEP_CHECKPOINTS = 2
 CHUNK = 1 << 24  # ids read at a time when checking a split
@@ -292,12 +293,10 @@ class Trainer:
             self.lock.release()
 
     def _fit(self) -> TrainResult:
-        handlers = self._install_signal_handlers()
         try:
-            return self._loop()
+            with signals_to(self.request_stop):
+                return self._loop()
         finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
             self._release_ddp()
             if isinstance(self.scorer, FastModel):
                 self.scorer.close()  # the model's own layers back, as it was built
@@ -411,10 +410,3 @@ class Trainer:
     def request_stop(self, signum: int = signal.SIGINT, frame=None) -> None:
         """Stop after the current step and save a checkpoint, as Ctrl-C does."""
         self.stop_signal = signum
-
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        previous = {}
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, self.request_stop)
-        return previous
