@@ -38,12 +38,13 @@ def world_and_rank() -> tuple[int, int]:
 
 def init_distributed() -> bool:
     """Join the process group when launched by torchrun; True if this is a DDP run."""
-    if env_world() <= 1:
+    world = env_world()
+    if world <= 1:
         return False
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
     if missing:
         verb = "are" if len(missing) > 1 else "is"
-        raise StagegptError(f"WORLD_SIZE is {env_world()} but {' and '.join(missing)} {verb} "
+        raise StagegptError(f"WORLD_SIZE is {world} but {' and '.join(missing)} {verb} "
                             "unset: start the processes with torchrun (docs/training.md), or "
                             "unset WORLD_SIZE to train in one process")
     if not dist.is_initialized():
