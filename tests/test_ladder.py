@@ -165,10 +165,12 @@ class HeldAtStep3(ladder.StageJob):
         return super().run(stage, on_step=report_and_hold)
 
 
-def test_side_by_side_ladder_stops_on_ctrl_c_and_resumes_exactly(markov2, tmp_path,
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_side_by_side_ladder_stops_on_ctrl_c_and_resumes_exactly(stop, markov2, tmp_path,
                                                                  monkeypatch, two_threads):
-    """Ctrl-C in the parent: each worker stops after its step with a checkpoint saved, and
-    --resume ends where an uninterrupted ladder does (here one thread, in turn)."""
+    """Ctrl-C (or SIGTERM) in the parent: each worker stops after its step with a
+    checkpoint saved, and --resume ends where an uninterrupted ladder does (here one
+    thread, in turn)."""
     train = TrainConfig(max_steps=8, batch_size=4, eval_every=4, eval_batches=2,
                         ckpt_every=100, warmup_steps=1)
     torch.set_num_threads(1)
@@ -180,7 +182,10 @@ def test_side_by_side_ladder_stops_on_ctrl_c_and_resumes_exactly(markov2, tmp_pa
     def ctrl_c_once_both_reach_step_3(self, stage, step, *rest):
         reports.append((stage, step))
         if {(3, 3), (5, 3)} <= set(reports):
-            raise KeyboardInterrupt
+            if stop == "sigterm":  # the ladder turns it into a KeyboardInterrupt here
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                raise KeyboardInterrupt
 
     out = tmp_path / "split"
     with monkeypatch.context() as patch:
@@ -238,3 +243,47 @@ def test_the_ladder_refuses_torchrun_in_one_line(markov2, tmp_path, monkeypatch,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "torchrun" in err
     assert not (tmp_path / "l").exists()
+
+
+def test_the_parent_draws_one_bar_per_stage_from_the_reports(capsys):
+    bars = ladder_jobs.StageBars(enabled=True)
+    bars.show(5, 1, 10, 4.0, None)
+    bars.show(4, 1, 10, 4.1, None)
+    bars.show(5, 4, 10, 3.5, 3.6)
+    assert {s: (b.desc, b.n, b.total) for s, b in bars.bars.items()} == {
+        5: ("stage 5", 4, 10), 4: ("stage 4", 1, 10)}
+    assert bars.bars[5].postfix == "loss=3.5000, val=3.6000"
+    bars.close()
+    quiet = ladder_jobs.StageBars(enabled=False)
+    quiet.show(5, 1, 10, 4.0, None)
+    assert quiet.bars == {}
+
+
+def test_no_more_workers_than_stages(markov2, tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(ladder, "train_side_by_side",
+                        lambda job, stages, jobs: asked.append(jobs))  # then "interrupted"
+    assert ladder.run_ladder(markov2, tmp_path / "l", MODEL, TrainConfig(), stages=(1, 2),
+                             progress=False, jobs=8) is None
+    assert asked == [2]
+
+
+@dataclass(frozen=True)
+class DiesAtStep2(ladder.StageJob):
+    """A stage job whose worker process is killed at step 2."""
+
+    def run(self, stage, on_step=None):
+        def die(trainer, row):
+            if row["step"] == 2:
+                os._exit(9)
+
+        return super().run(stage, on_step=die)
+
+
+def test_a_dead_worker_is_a_one_line_error_that_says_how_to_go_on(markov2, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setattr(ladder, "StageJob", DiesAtStep2)
+    train = TrainConfig(max_steps=4, batch_size=4, eval_every=4, eval_batches=2)
+    with pytest.raises(StagegptError, match="worker process died.*--resume.*--jobs 1"):
+        ladder.run_ladder(markov2, tmp_path / "l", MODEL, train, stages=(1, 3),
+                          progress=False, sample_tokens=5, jobs=2)
