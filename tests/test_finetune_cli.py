@@ -101,3 +101,24 @@ def test_verbs_refuse_the_other_task_and_an_existing_merge_target(runs, capsys, 
     assert main(["merge", "--ckpt", str(runs["cls"]), "--out", str(tmp_path / "taken")]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "taken" / "x").read_text() == "mine"
+
+
+def test_a_fine_tune_that_keeps_only_its_changes_points_to_merge(runs, capsys, tmp_path):
+    """sample and convert need a whole model: a head-only (or LoRA) fine-tune is refused
+    with the merge command to run; the merged classifier exports its language model, and
+    says its head was left out."""
+    for argv in (["sample", "--ckpt", str(runs["cls"]), "--max-new-tokens", "2"],
+                 ["convert", "--to-hf", "--ckpt", str(runs["cls"]), "--out",
+                  str(tmp_path / "hf")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "keeps only what it changed" in err
+        assert f"`stagegpt merge --ckpt {runs['cls']}" in err  # the run's checkpoint in it
+    assert not (tmp_path / "hf").exists()
+    assert main(["merge", "--ckpt", str(runs["cls"]), "--out", str(tmp_path / "merged")]) == 0
+    capsys.readouterr()
+    assert main(["convert", "--to-hf", "--ckpt", str(tmp_path / "merged"), "--out",
+                 str(tmp_path / "hf")]) == 0
+    out = capsys.readouterr().out
+    assert "classification head (head.safetensors)" in out and "wrote Hugging Face GPT-2" in out
+    assert (tmp_path / "hf" / "model.safetensors").is_file()

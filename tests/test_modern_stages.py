@@ -223,7 +223,22 @@ def test_convert_stage9_to_a_llama_dir_and_back(tmp_path, capsys):
     assert "stage 9" in capsys.readouterr().out
 
 
-def test_a_llama_variant_stage9_does_not_compute_is_refused(tmp_path, capsys):
+def drop(key):
+    return lambda config: config.pop(key)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(hidden_act="gelu"), "hidden_act = 'gelu' but stage 9 computes 'silu'"),
+    (drop("rms_norm_eps"), "rms_norm_eps is unset (so 1e-06) but stage 9 computes 1e-05"),
+    (lambda c: c.update(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5,
+                                         "factor": 8.0}),
+     "rope_type = 'llama3' (scaled rotary positions) but stage 9 computes 'default'"),
+    (lambda c: c.update(rope_theta=10.0), "rope_theta = 10.0 but rope_parameters says"),
+    (lambda c: c.update(rope_parameters=[1]), "rope_parameters must be an object, got list"),
+])
+def test_a_llama_variant_stage9_does_not_compute_is_refused(tmp_path, capsys, edit, message):
+    """An absent key is transformers' default for it, and the rotary settings are read
+    where transformers 5 writes them (rope_parameters)."""
     import json
 
     from stagegpt.cli import main
@@ -231,12 +246,37 @@ def test_a_llama_variant_stage9_does_not_compute_is_refused(tmp_path, capsys):
 
     save_llama_dir(tmp_path / "llama", build_model(9, CONFIG))
     config = json.loads((tmp_path / "llama" / "config.json").read_text())
-    config["hidden_act"] = "gelu"
+    edit(config)
     (tmp_path / "llama" / "config.json").write_text(json.dumps(config))
     assert main(["convert", "--from-hf", str(tmp_path / "llama"), "--no-tokenizer", "--out",
                  str(tmp_path / "back")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "hidden_act = 'gelu' but stage 9 computes 'silu'" in err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "back").exists()
+
+
+def test_a_llama_dir_transformers_saved_keeps_its_rotary_base(tmp_path):
+    """transformers 5 writes rope_theta inside rope_parameters; older files store the
+    rotary inv_freq buffers too (nothing learned: skipped). Same logits either way."""
+    from safetensors.torch import load_file, save_file
+
+    from stagegpt import load_checkpoint
+    from stagegpt.interop.llama import save_llama_dir
+
+    config = ModelConfig(**{**CONFIG.to_dict(), "rope_theta": 500_000.0})
+    ours = build_model(9, config).eval()
+    save_llama_dir(tmp_path / "ours", ours)
+    transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ours").save_pretrained(
+        tmp_path / "resaved")
+    weights_file = tmp_path / "resaved" / "model.safetensors"
+    weights = load_file(weights_file)
+    weights["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+    save_file(weights, weights_file)
+    back = load_checkpoint(tmp_path / "resaved").model
+    assert back.config.rope_theta == 500_000.0
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(back(x)[0], ours(x)[0])
 
 
 @pytest.mark.parametrize("stage", [7, 8, 9])

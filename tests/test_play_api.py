@@ -163,13 +163,50 @@ TOO_BIG = b'{"prompt": "' + b"a" * 70_000 + b'"}'
     ("attention", {"ids": [1, 10_000]}, "ids must be token ids in [0, "),
     ("attention", {"ids": [1, 2], "layer": 2}, "layer must be between 0 and 1 for stage 5"),
     ("attention", {"ids": [1, 2], "stage": 3, "head": 1}, "head must be between 0 and 0"),
+    ("generate", b'{"seed": 1' + b"0" * 5000 + b"}", "an integer with more than 4,300 digits"),
+    ("attention", b'{"ids": [1' + b"0" * 5000 + b"]}", "an integer with more than 4,300 digits"),
+    ("generate", b'{"temperature": 1' + b"0" * 400 + b"}", "temperature must be a finite"),
+    ("generate", b'{"top_p": 1' + b"0" * 400 + b"}", "top_p must be in (0, 1]"),
 ])
 def test_bad_requests_get_400_with_a_one_line_message(client, path, body, message):
     content = body if isinstance(body, bytes) else json.dumps({"stage": 5, **body}).encode()
-    response = client.post(f"/api/{path}", content=content)
+    response = client.post(f"/api/{path}", content=content,
+                           headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     error = response.json()["error"]
     assert message in error and "\n" not in error
+
+
+@pytest.mark.parametrize("headers, status, message", [
+    ({}, 415, "Content-Type: application/json"),
+    ({"Content-Type": "text/plain"}, 415, "Content-Type: application/json"),
+    ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "Content-Type"),
+    ({"Content-Type": "application/json", "Content-Encoding": "gzip"}, 415, "uncompressed"),
+    ({"Content-Type": "application/json", "Origin": "http://evil.example"}, 403,
+     "requests from 'http://evil.example' are refused"),
+    ({"Content-Type": "application/json", "Origin": "null"}, 403, "are refused"),
+])
+@pytest.mark.parametrize("path", ["generate", "attention"])
+def test_only_json_from_this_page_is_answered(client, path, headers, status, message):
+    """What a page on another site can send without asking first (a "simple" POST: text,
+    form data) is refused, and so is anything whose Origin is another site."""
+    body = json.dumps({"ids": [1, 2]} if path == "attention" else {"max_new_tokens": 1}).encode()
+    response = client.post(f"/api/{path}", content=body, headers=headers)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    own_page = {"Content-Type": "application/json; charset=utf-8",
+                "Origin": "http://127.0.0.1:8000"}
+    assert client.post(f"/api/{path}", content=body, headers=own_page).status_code == 200
+
+
+def test_a_temperature_below_fp32s_range_is_greedy_not_nan(served):
+    model = served[5].model
+    prompt = torch.tensor([served[5].tokenizer.encode("The")])
+    greedy = generate(model, prompt, 6, temperature=0)
+    for tiny in (1e-46, 5e-324):
+        assert torch.equal(generate(model, prompt, 6, temperature=tiny, seed=0), greedy)
+    probs = sampling_probs(model(prompt)[0][:, -1], temperature=1e-46)
+    assert torch.isfinite(probs).all()
 
 
 def test_the_message_is_the_one_the_cli_prints(client, ladder, capsys):
@@ -289,7 +326,8 @@ def test_play_cli_serves_and_stops_cleanly_on_sigterm(ladder):
             with closing(urllib.request.urlopen(url + "api/models", timeout=30)) as response:
                 assert len(json.load(response)["models"]) == 2
             body = json.dumps({"max_new_tokens": 1024}).encode()
-            request = urllib.request.Request(url + "api/generate", body, method="POST")
+            request = urllib.request.Request(url + "api/generate", body, method="POST",
+                                             headers={"Content-Type": "application/json"})
             with closing(urllib.request.urlopen(request, timeout=30)) as stream:
                 assert stream.readline() == b"event: prompt\n"
                 server.send_signal(signal.SIGTERM)
@@ -302,3 +340,25 @@ def test_play_cli_serves_and_stops_cleanly_on_sigterm(ladder):
     assert server.returncode == 0, err
     assert out.strip() == "stagegpt play: stopped"
     assert "Traceback" not in err and "error" not in err.lower(), err
+
+
+def test_a_client_that_leaves_mid_body_is_a_stagegpt_error_not_a_traceback():
+    """uvicorn reports a client gone mid-upload as a disconnect message: read_body turns
+    it into the one-line error path instead of an exception in the ASGI app."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from stagegpt.errors import StagegptError
+    from stagegpt.play.server import read_body
+
+    messages = iter([{"type": "http.request", "body": b'{"pro', "more_body": True},
+                     {"type": "http.disconnect"}])
+
+    async def receive():
+        return next(messages)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/generate", "query_string": b"",
+             "headers": [(b"content-type", b"application/json")]}
+    with pytest.raises(StagegptError, match="the client left before sending the whole body"):
+        asyncio.run(read_body(Request(scope, receive)))

@@ -602,6 +602,24 @@ def test_written_files_get_the_usual_permissions(data, pristine):
         assert stat.S_IMODE(path.stat().st_mode) == expected, path
 
 
+def test_an_out_that_is_a_symlink_or_the_current_dir(tmp_path, monkeypatch, capsys):
+    """A symlink --out is replaced by the new directory, its target left alone and nothing
+    stray beside it; `--out .` is refused in one line, before anything is written."""
+    from stagegpt.cli import main
+    from stagegpt.fileio import atomic_dir
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    with atomic_dir(tmp_path / "link") as new:
+        (new / "a").write_text("new")
+    assert (tmp_path / "link" / "a").read_text() == "new" and not (tmp_path / "link").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "link"]
+    monkeypatch.chdir(tmp_path / "empty")
+    assert main(["convert", "--from-hf", "x", "--out", "."]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "names the current directory" in err
+
+
 # ---------------------------------------------------------------------------------------
 # Tokenizers fuzzed: arbitrary text, random bytes decoded with replacement, random ids
 

@@ -95,8 +95,18 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def check_swappable(target: str | Path) -> None:
+    """Refuse a directory `atomic_dir` cannot swap in: `.`, `..` or `/`, which a rename
+    cannot move."""
+    if Path(target).name in ("", ".", ".."):
+        raise StagegptError(f"{target} names the current directory or one above it; give "
+                            "the directory to write by its name, e.g. out/model")
+
+
 def check_replaceable(target: str | Path, overwrite: bool) -> None:
-    """Refuse to replace an existing, non-empty `target` unless `overwrite` is set."""
+    """Refuse to replace an existing, non-empty `target` unless `overwrite` is set (and
+    one `atomic_dir` cannot swap in)."""
+    check_swappable(target)
     target = Path(target)
     if not overwrite and target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise StagegptError(f"overwrite is off and {target} already exists; pass overwrite=True "
@@ -111,6 +121,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     directory is in place, so at every moment one complete version exists on disk.
     """
     target = Path(target)
+    check_swappable(target)
     ensure_dir(target.parent)
     recover_dir(target)
     remove_stale_tmp(target)
@@ -127,13 +138,13 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.old"
-            if old.exists():
-                shutil.rmtree(old)
+            if old.exists() or old.is_symlink():
+                _remove_old(old)
             os.replace(target, old)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_old(old, ignore_errors=True)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -154,9 +165,22 @@ def recover_dir(target: str | Path) -> None:
     if not old.is_dir():
         return
     if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_old(old, ignore_errors=True)
     else:
         os.replace(old, target)
+
+
+def _remove_old(old: Path, ignore_errors: bool = False) -> None:
+    """Remove the version a swap moved aside: a directory, or the symlink that was the
+    target (the directory it points to is not ours to delete)."""
+    if not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=ignore_errors)
+        return
+    try:
+        old.unlink()
+    except OSError:
+        if not ignore_errors:
+            raise
 
 
 def remove_stale_tmp(target: str | Path) -> None:
@@ -223,13 +247,27 @@ def read_text(path: str | Path, what: str = "file", max_bytes: int = MAX_JSON_BY
         raise StagegptError(f"{what} {path} is not UTF-8 text; it may be damaged") from None
 
 
+# Every way json.loads can refuse text from outside: bad syntax or encoding, an integer
+# beyond Python's 4,300-digit conversion limit (both ValueError), nesting past the stack.
+JSON_ERRORS = (ValueError, RecursionError)
+
+
+def json_problem(err: Exception) -> str:
+    """What was wrong with text json.loads refused (one of JSON_ERRORS), in a few words."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    if isinstance(err, json.JSONDecodeError | UnicodeDecodeError):
+        return str(err)
+    return "an integer with more than 4,300 digits"
+
+
 def read_json(path: str | Path, what: str = "file") -> Any:
     """Read JSON, turning a missing, oversized or malformed file into a clear user error."""
     data = read_small_file(path, what)
     try:
         return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+    except JSON_ERRORS as err:
+        reason = json_problem(err)
         raise StagegptError(
             f"{what} {path} is not valid JSON ({reason}); it may be truncated"
         ) from None

@@ -46,6 +46,15 @@ CONFIG_CASES = {
                                     "needs .* GB of memory but this machine has"),
     "a context of 10**11 positions": (lambda w: edit_model(w, block_size=10**11),
                                       "needs .* GB of memory"),
+    "a width whose bytes overflow 64 bits": (lambda w: edit_model(w, n_embd=10**12, n_head=1),
+                                             "too large for any machine"),
+    "a width of 10**30": (lambda w: edit_model(w, n_embd=10**30, n_head=1),
+                          "n_embd must be a positive integer up to 2\\*\\*40"),
+    "a billion layers (sized, not built)": (lambda w: edit_model(w, n_layer=10**9),
+                                            "needs .* GB of memory"),
+    "an integer of 5,000 digits": (
+        lambda w: config_json(w).write_text('{"stage": 1' + "0" * 5000 + "}"),
+        "not valid JSON \\(an integer with more than 4,300 digits\\)"),
     "tokenizer file outside the dir": (
         lambda w: edit_json(config_json(w), tokenizer={"kind": "bpe", "file": "../../notes"}),
         "not a plain file name"),

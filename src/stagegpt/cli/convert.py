@@ -22,6 +22,7 @@ import argparse
 from pathlib import Path
 
 from stagegpt.errors import StagegptError
+from stagegpt.fileio import check_swappable
 from stagegpt.model.config import GPT2_VOCAB
 
 HELP = "convert stage 5 / stage 9 to and from Hugging Face GPT-2 / Llama directories"
@@ -30,9 +31,10 @@ HELP = "convert stage 5 / stage 9 to and from Hugging Face GPT-2 / Llama directo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     direction = parser.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from-hf", metavar="DIR",
-                           help="import this Hugging Face GPT-2 dir (config.json + weights)")
+                           help="import this Hugging Face GPT-2 or Llama dir (config.json + "
+                                "weights) into stage 5 or stage 9")
     direction.add_argument("--to-hf", action="store_true",
-                           help="export the stage 5 checkpoint given by --ckpt")
+                           help="export the stage 5 or stage 9 checkpoint given by --ckpt")
     parser.add_argument("--ckpt", metavar="DIR",
                         help="with --to-hf: the stagegpt checkpoint or run dir to export")
     parser.add_argument("--out", metavar="DIR", required=True,
@@ -43,12 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_out(out: Path) -> None:
     """Refuse to replace anything: the write swaps the whole directory in."""
+    check_swappable(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise StagegptError(f"--out {out} already exists and is not empty; choose a new path")
 
 
 def run(args: argparse.Namespace) -> int:
     from stagegpt.fileio import read_json
+    from stagegpt.finetune.checkpoint import HEAD_FILE
     from stagegpt.interop import gpt2 as hf
     from stagegpt.interop import llama, load_checkpoint
     from stagegpt.train.checkpoints import save_checkpoint
@@ -58,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
     if args.to_hf:
         if args.ckpt is None:
             raise StagegptError("--to-hf needs --ckpt DIR, the stage 5 or 9 checkpoint to export")
-        model = load_checkpoint(args.ckpt).model
+        checkpoint = load_checkpoint(args.ckpt)
+        model = checkpoint.model
+        if (checkpoint.path / HEAD_FILE).exists():
+            print(f"note: {checkpoint.path}'s classification head ({HEAD_FILE}) has no place "
+                  "in a Hugging Face language model; exporting the language model alone")
         if model.stage == 9:
             llama.save_llama_dir(out, model)
             print(f"wrote Hugging Face Llama dir {out}: {model.num_params():,} parameters")

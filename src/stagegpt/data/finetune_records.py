@@ -24,7 +24,7 @@ from typing import Any
 
 from stagegpt.data.tokenizers import Tokenizer, load_tokenizer
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import atomic_dir, read_json, write_json
+from stagegpt.fileio import JSON_ERRORS, atomic_dir, json_problem, read_json, write_json
 
 TASKS = ("classify", "instruct")
 SPLITS = ("train", "val", "test")
@@ -70,8 +70,8 @@ def iter_jsonl(path: Path, max_records: int | None = None) -> Iterator[tuple[int
                                     "file or keep a sample of it")
             try:
                 yield number, json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as err:
-                reason = "nested too deeply" if isinstance(err, RecursionError) else err.msg
+            except JSON_ERRORS as err:
+                reason = json_problem(err)
                 raise StagegptError(f"{where}: not valid JSON ({reason}); write one JSON "
                                     "object per line") from None
 

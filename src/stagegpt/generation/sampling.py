@@ -17,16 +17,16 @@ def check_sampling_args(max_new_tokens: int, temperature: float = 1.0, top_k: in
     """Raise StagegptError, naming the parameter, on a value sampling cannot use."""
     if not _is_int(max_new_tokens) or not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise StagegptError(f"max_new_tokens must be an integer from 0 to {MAX_NEW_TOKENS:,}, "
-                            f"got {max_new_tokens!r}", "max_new_tokens")
+                            f"got {max_new_tokens!r:.40}", "max_new_tokens")
     if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
         raise StagegptError(f"temperature must be a finite number >= 0 (0 means greedy), got "
-                            f"{temperature!r}", "temperature")
+                            f"{temperature!r:.40}", "temperature")
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
-        raise StagegptError(f"top_k must be an integer >= 1, got {top_k!r}", "top_k")
+        raise StagegptError(f"top_k must be an integer >= 1, got {top_k!r:.40}", "top_k")
     if top_p is not None and (not _is_real(top_p) or not 0.0 < top_p <= 1.0):
-        raise StagegptError(f"top_p must be in (0, 1], got {top_p!r}", "top_p")
+        raise StagegptError(f"top_p must be in (0, 1], got {top_p!r:.40}", "top_p")
     if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**64):
-        raise StagegptError(f"seed must be an integer in [0, 2**64), got {seed!r}", "seed")
+        raise StagegptError(f"seed must be an integer in [0, 2**64), got {seed!r:.40}", "seed")
 
 
 def top_p_keep(sorted_probs: Tensor, top_p: float) -> Tensor:
@@ -80,7 +80,9 @@ def _candidates(logits: Tensor, temperature: float, top_k: int | None,
     when the candidates are all V tokens in order. Temperature must be > 0."""
     logits = logits.float()
     if temperature != 1.0:  # shifted so the best is 0: a tiny temperature cannot overflow
-        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+        # below fp32's smallest normal the divisor would round to 0 and the best become NaN
+        temperature = max(temperature, torch.finfo(torch.float32).tiny)
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # (B, V)
     nucleus = top_p is not None and top_p < 1.0
     if top_k is not None and top_k < logits.size(-1):
         logits, ids = torch.topk(logits, top_k, dim=-1)  # (B, k), descending
@@ -135,4 +137,10 @@ def _is_int(value: object) -> bool:
 
 
 def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+    """An int or float that is a number as a float: not NaN, not an integer past 1.8e308."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return not math.isnan(float(value))
+    except OverflowError:
+        return False

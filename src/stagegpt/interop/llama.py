@@ -36,6 +36,12 @@ from stagegpt.train.checkpoints import (
 # Llama config switches that change the computation, with the value stage 9 computes.
 FIXED = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
          "rms_norm_eps": RMS_EPS, "rope_scaling": None, "pretraining_tp": 1}
+# What transformers' LlamaConfig takes when a key is absent: an absent key is this value.
+LLAMA_DEFAULTS = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+                  "rms_norm_eps": 1e-6, "rope_scaling": None, "pretraining_tp": 1,
+                  "rope_theta": 10_000.0}
+# Buffers older Llama files store that hold nothing learned (recomputed from the config).
+UNLEARNED = ("self_attn.rotary_emb.inv_freq",)
 
 RENAME = {"ln_1": "input_layernorm", "attn.c_proj": "self_attn.o_proj",
           "ln_2": "post_attention_layernorm", "mlp.c_gate": "mlp.gate_proj",
@@ -51,6 +57,7 @@ def llama_config(config: ModelConfig) -> dict[str, Any]:
         "num_hidden_layers": config.n_layer, "num_attention_heads": config.n_head,
         "num_key_value_heads": config.kv_heads(),
         "max_position_embeddings": config.block_size, "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
         "rms_norm_eps": RMS_EPS, "hidden_act": "silu", "attention_bias": False,
         "mlp_bias": False, "tie_word_embeddings": config.tie_head,
         "attention_dropout": config.dropout, "bos_token_id": None, "eos_token_id": None,
@@ -90,6 +97,8 @@ def weights_from_llama(weights: dict[str, Tensor], config: ModelConfig) -> dict[
     back = {value: key for key, value in RENAME.items()}
     out = {}
     for name, tensor in weights.items():
+        if name.endswith(UNLEARNED):
+            continue
         if name == "model.embed_tokens.weight":
             out["wte.weight"] = tensor
         elif name == "model.norm.weight":
@@ -115,24 +124,47 @@ def config_from_llama(hf: Any, source: Path) -> ModelConfig:
     if not isinstance(hf, dict) or hf.get("model_type") != "llama":
         raise StagegptError(f"{source} is not a Hugging Face Llama config")
     for key, value in FIXED.items():
-        if key in hf and hf[key] != value:
-            raise StagegptError(f"{source}: {key} = {hf[key]!r:.40} but stage 9 computes "
-                                f"{value!r}; this Llama variant cannot load into stage 9")
+        given = hf.get(key, LLAMA_DEFAULTS[key])
+        if given != value:
+            said = f"{key} = {given!r:.40}" if key in hf else f"{key} is unset (so {given!r})"
+            raise StagegptError(f"{source}: {said} but stage 9 computes {value!r}; this "
+                                "Llama variant cannot load into stage 9")
     width, heads = hf.get("hidden_size"), hf.get("num_attention_heads")
     if hf.get("head_dim") not in (None, width // heads if isinstance(width, int) and
                                   isinstance(heads, int) and heads else None):
         raise StagegptError(f"{source}: head_dim is not hidden_size / num_attention_heads; "
                             "stage 9 cannot load it")
+    theta = rope_theta(hf, source)
     try:
         return ModelConfig(
             vocab_size=hf.get("vocab_size"), block_size=hf.get("max_position_embeddings"),
             n_embd=width, n_layer=hf.get("num_hidden_layers"), n_head=heads,
-            n_kv_head=hf.get("num_key_value_heads"), rope_theta=hf.get("rope_theta", 10_000.0),
+            n_kv_head=hf.get("num_key_value_heads"), rope_theta=theta,
             mlp_hidden=hf.get("intermediate_size"), bias=False,
             tie_head=hf.get("tie_word_embeddings", False),
             dropout=hf.get("attention_dropout", 0.0) or 0.0)
     except (StagegptError, TypeError, ValueError) as err:
         raise StagegptError(f"{source}: {err}") from None
+
+
+def rope_theta(hf: dict, source: Path) -> Any:
+    """The rotary base of a Llama config: transformers 5 keeps it in `rope_parameters`
+    (with the rope type), older files at the top level. Scaled rotary types are refused."""
+    rope = hf.get("rope_parameters")
+    if rope is None:
+        return hf.get("rope_theta", LLAMA_DEFAULTS["rope_theta"])
+    if not isinstance(rope, dict):
+        raise StagegptError(f"{source}: rope_parameters must be an object, got "
+                            f"{type(rope).__name__}")
+    if rope.get("rope_type", "default") != "default":
+        raise StagegptError(f"{source}: rope_type = {rope.get('rope_type')!r:.40} (scaled "
+                            "rotary positions) but stage 9 computes 'default'; this Llama "
+                            "variant cannot load into stage 9")
+    theta = rope.get("rope_theta", hf.get("rope_theta", LLAMA_DEFAULTS["rope_theta"]))
+    if "rope_theta" in hf and hf["rope_theta"] != theta:
+        raise StagegptError(f"{source}: rope_theta = {hf['rope_theta']!r:.40} but "
+                            f"rope_parameters says {theta!r:.40}; make them agree")
+    return theta
 
 
 def save_llama_dir(directory: str | Path, model: LanguageModel, overwrite: bool = False) -> Path:

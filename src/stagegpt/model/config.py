@@ -9,6 +9,7 @@ from typing import Any
 from stagegpt.errors import StagegptError
 
 GPT2_VOCAB = 50_257
+MAX_SIZE = 2**40  # any one size; far beyond memory, still within torch's 64-bit sizes
 
 
 @dataclass
@@ -34,8 +35,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_embd", "n_layer", "n_head"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise StagegptError(f"model {name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not (
+                    1 <= value <= MAX_SIZE):
+                raise StagegptError(f"model {name} must be a positive integer up to 2**40, "
+                                    f"got {value!r:.40}")
         if self.n_embd % self.n_head:
             raise StagegptError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
@@ -53,9 +56,9 @@ class ModelConfig:
         for name in ("n_kv_head", "mlp_hidden"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value < 1):
-                raise StagegptError(f"model {name} must be a positive integer or unset, got "
-                                    f"{value!r}", name)
+                                      or not 1 <= value <= MAX_SIZE):
+                raise StagegptError(f"model {name} must be a positive integer up to 2**40 or "
+                                    f"unset, got {value!r:.40}", name)
         if self.n_kv_head is not None and self.n_head % self.n_kv_head:
             raise StagegptError(f"n_head ({self.n_head}) must be a multiple of n_kv_head "
                                 f"({self.n_kv_head}): each key/value head serves a group of "

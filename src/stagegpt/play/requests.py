@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from stagegpt.errors import StagegptError
+from stagegpt.fileio import JSON_ERRORS, json_problem
 from stagegpt.generation import check_sampling_args
 from stagegpt.play.catalog import ServedModel
 
@@ -53,8 +54,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise StagegptError("request body is not UTF-8 text; send JSON encoded as UTF-8") from None
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as err:
-        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+    except JSON_ERRORS as err:
+        reason = json_problem(err)
         raise StagegptError(f"request body is not valid JSON ({reason})") from None
     if not isinstance(data, dict):
         raise StagegptError('request body must be a JSON object, like {"prompt": "Hello"}')

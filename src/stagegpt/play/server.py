@@ -6,8 +6,11 @@
     POST /api/generate    server-sent events: "prompt", "token" ..., "done" (or "error")
     POST /api/attention   one head's attention weights over a list of token ids (JSON)
 
-A bad request gets HTTP 400 and {"error": one line}; a full worker gets HTTP 503. The
-model work runs on the `ModelWorker` thread; the event loop only parses and relays.
+A bad request gets HTTP 400 and {"error": one line}; a full worker gets HTTP 503. A POST
+must say `Content-Type: application/json` (else 415), so that another site's page cannot
+send one without the browser first asking this server, which never agrees; one whose
+Origin is another site's gets 403. The model work runs on the `ModelWorker` thread; the
+event loop only parses and relays.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -59,6 +63,8 @@ def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette
         try:
             checked = generate_request(parse_body(await read_body(request)), served)
             job, inbox = submit(worker, generation_events(served[checked.stage], checked))
+        except Refused as err:
+            return error(err.status, str(err))
         except StagegptError as err:
             return error(400, str(err))
         except Busy as err:
@@ -70,6 +76,8 @@ def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette
         try:
             checked = attention_request(parse_body(await read_body(request)), served)
             job, inbox = submit(worker, attention_events(served[checked.stage], checked))
+        except Refused as err:
+            return error(err.status, str(err))
         except StagegptError as err:
             return error(400, str(err))
         except Busy as err:
@@ -95,15 +103,41 @@ def error(status: int, message: str) -> Response:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+class Refused(StagegptError):
+    """A request refused before its body is read, with its HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def check_sender(request: Request) -> None:
+    """Refuse a POST that is not plain JSON, or that a page from another site sent."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise Refused(415, "send the request body as JSON, with Content-Type: application/json")
+    if request.headers.get("content-encoding", "identity").lower() != "identity":
+        raise Refused(415, "send the request body uncompressed (no Content-Encoding)")
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).hostname not in ALLOWED_HOSTS:
+        raise Refused(403, f"requests from {origin[:60]!r} are refused; the playground "
+                      "answers its own page only")
+
+
 async def read_body(request: Request) -> bytes:
-    """The body, read no further than MAX_BODY_BYTES + 1 bytes."""
+    """The body of a JSON POST from this page or a local client, read no further than
+    MAX_BODY_BYTES + 1 bytes."""
+    check_sender(request)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise StagegptError(f"request body is over {MAX_BODY_BYTES:,} bytes; the "
-                                "playground takes at most that")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise StagegptError(f"request body is over {MAX_BODY_BYTES:,} bytes; the "
+                                    "playground takes at most that")
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone before the body was whole: nobody reads the answer
+        raise StagegptError("the client left before sending the whole body") from None
     return b"".join(chunks)
 
 

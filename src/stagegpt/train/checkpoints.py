@@ -13,7 +13,7 @@ import base64
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,11 @@ def read_checkpoint(directory: Path, meta: dict[str, Any],
     if "stage" not in meta or not isinstance(meta.get("model"), dict):
         raise StagegptError(f"{directory / CONFIG_FILE} is not a stagegpt checkpoint config")
     config = ModelConfig.from_dict(meta["model"])
+    if "finetune" in meta and not (directory / WEIGHTS_FILE).exists():
+        raise StagegptError(f"{directory} is a fine-tune that keeps only what it changed (LoRA "
+                            "adapters or a head), not a whole model: use it with `stagegpt "
+                            "chat` or `classify`, or fold it into a plain checkpoint first "
+                            f"with `stagegpt merge --ckpt {directory} --out DIR`")
     model = empty_model(meta["stage"], config)
     load_weights_into(model, read_weights(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
     tokenizer = None
@@ -204,8 +209,17 @@ def meta_model(stage: int, config: ModelConfig) -> LanguageModel:
 
 
 def model_bytes(stage: int, config: ModelConfig) -> int:
-    """The bytes of `stage`'s fp32 weights with `config` (counted on the meta device)."""
-    return 4 * sum(t.numel() for t in meta_model(stage, config).state_dict().values())
+    """The bytes of `stage`'s fp32 weights with `config`, counted on the meta device with
+    one and two layers (every layer is the same size), so a config from a file that asks
+    for a billion layers is sized at once, not built."""
+    try:
+        one, two = (sum(t.numel() for t in meta_model(stage, replace(config, n_layer=n))
+                        .state_dict().values()) for n in (1, 2))
+    except RuntimeError as err:  # sizes whose bytes overflow 64 bits
+        raise StagegptError(f"a stage {stage} model of {config.to_dict()} is too large for "
+                            f"any machine (its byte counts overflow 64 bits: {str(err)[:40]}"
+                            "...); is its config right?") from None
+    return 4 * (one + (config.n_layer - 1) * (two - one))
 
 
 def training_bytes(stage: int, model_config: ModelConfig, train_config: TrainConfig) -> int:

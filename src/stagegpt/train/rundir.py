@@ -17,7 +17,13 @@ import shutil
 from pathlib import Path
 
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import ensure_dir, readable_dir, recover_dir, remove_dead_writers_tmp
+from stagegpt.fileio import (
+    JSON_ERRORS,
+    ensure_dir,
+    readable_dir,
+    recover_dir,
+    remove_dead_writers_tmp,
+)
 from stagegpt.train.checkpoints import CONFIG_FILE
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -114,7 +120,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     rows = []
     if path.exists():
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
+            with contextlib.suppress(*JSON_ERRORS):
                 row = json.loads(line)
                 if isinstance(row, dict) and isinstance(row.get("step"), int):
                     rows.append(row)
