@@ -1,6 +1,7 @@
 """The fine-tuning verbs from the command line: chat through a pipe, sample --chat, and
 hostile input (bad flags, a missing base, data for another tokenizer or task)."""
 
+import io
 import subprocess
 import sys
 
@@ -44,6 +45,29 @@ def test_chat_reads_a_pipe_streams_replies_and_obeys_reset_and_quit(runs):
     replies = [line for line in out if line.startswith("bot> ")]
     assert len(replies) == 2 and "(conversation reset)" in out  # nothing after /quit
     assert all("USER" not in r and "\n" not in r for r in replies)
+
+
+def test_the_largest_seed_serves_every_reply_and_a_bad_system_message_is_refused(
+        runs, capsys, monkeypatch):
+    """Reply i uses seed S + i mod 2**64, so the last seed the check accepts still serves
+    a second reply; --system is checked before the first message."""
+    from stagegpt.generation import nth_seed
+
+    assert nth_seed(2**64 - 1, 1) == 0 and nth_seed(None, 3) is None
+    last = str(2**64 - 1)
+    assert main(["sample", "--ckpt", str(runs["chat"]), "--chat", "--prompt", "a comedy word",
+                 "--max-new-tokens", "3", "--num-samples", "2", "--seed", last]) == 0
+    assert capsys.readouterr().out.count("---") == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO("a comedy word\na history word\n"))
+    assert main(["chat", "--ckpt", str(runs["chat"]), "--max-new-tokens", "3",
+                 "--seed", last]) == 0
+    assert capsys.readouterr().out.count("bot> ") == 2
+    for system, message in (("日本", "--system cannot be encoded"),
+                            ("a" * 1000, "--system is 1000 tokens")):
+        monkeypatch.setattr("sys.stdin", io.StringIO("a comedy word\n"))
+        assert main(["chat", "--ckpt", str(runs["chat"]), "--system", system]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
 
 
 def test_sample_chat_applies_the_template_and_stops_at_the_end(runs, capsys):
@@ -122,3 +146,18 @@ def test_a_fine_tune_that_keeps_only_its_changes_points_to_merge(runs, capsys, t
     out = capsys.readouterr().out
     assert "classification head (head.safetensors)" in out and "wrote Hugging Face GPT-2" in out
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_classify_reads_a_bounded_prefix_of_text_file(runs, capsys, monkeypatch, tmp_path):
+    """--text-file /dev/zero (or any endless stream) is refused after the limit, not read
+    until memory runs out; a short file is classified as --text would be."""
+    monkeypatch.setattr("stagegpt.cli.classify.MAX_TEXT_BYTES", 1 << 10)
+    assert main(["classify", "--ckpt", str(runs["cls"]), "--text-file", "/dev/zero"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--text-file /dev/zero is over 1,024 bytes" in err
+    (tmp_path / "t.txt").write_text("a comedy word")
+    assert main(["classify", "--ckpt", str(runs["cls"]), "--text-file",
+                 str(tmp_path / "t.txt")]) == 0
+    from_file = capsys.readouterr().out
+    assert main(["classify", "--ckpt", str(runs["cls"]), "--text", "a comedy word"]) == 0
+    assert capsys.readouterr().out == from_file

@@ -349,6 +349,15 @@ BAD_INPUTS = {
     "prepare: --val-fraction out of range": (
         ["prepare", "text", "{w}/notes.txt", "--tokenizer", "char", "--val-fraction", "1.5",
          "--out", "{w}/new"], None, "--val-fraction must be between 0 and 1"),
+    "prepare: genre --max-chars 0": (
+        ["prepare", "genre", "--tokenizer", "char", "--max-chars", "0", "--out", "{w}/new"],
+        None, "--max-chars must be at least 1, got 0"),
+    "prepare: chat shakespeare with chatterbot's --val-fraction": (
+        ["prepare", "chat", "--source", "shakespeare", "--tokenizer", "char", "--val-fraction",
+         "0.3", "--out", "{w}/new"], None, "--val-fraction splits chatterbot's conversations"),
+    "prepare: chat shakespeare with --test-fraction nan": (
+        ["prepare", "chat", "--source", "shakespeare", "--tokenizer", "char", "--test-fraction",
+         "nan", "--out", "{w}/new"], None, "--test-fraction splits chatterbot's"),
     "prepare: --tokenizer bpe below its minimum": (
         ["prepare", "text", "{w}/notes.txt", "--tokenizer", "bpe:8", "--out", "{w}/new"],
         None, "bpe:N needs N"),

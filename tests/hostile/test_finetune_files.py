@@ -58,6 +58,15 @@ LABELS = {  # name: (file name, contents, extra flags, expected message)
                                      r"from:/nowhere: no such directory"),
     "unknown tokenizer": ("d.jsonl", jl(*GOOD), ["--tokenizer", "words"],
                           r"unknown tokenizer 'words'"),
+    "a lone surrogate": ("d.jsonl", jl(GOOD[0], '{"text": "bad \\ud800 x", "label": "a"}'),
+                         [], r"d\.jsonl:2: a string holds a lone surrogate"),
+    "a label of 101 characters": ("d.jsonl", jl(GOOD[0], {"text": "x", "label": "y" * 101}),
+                                  [], r"d\.jsonl:2: the label 'y+'\.\.\. is not a one-line"),
+    "a label over two lines": ("d.jsonl", jl({"text": "x", "label": "a\nb"}), [],
+                               r"d\.jsonl:1: the label 'a\\nb'\.\.\. is not a one-line"),
+    "1,001 distinct labels": ("d.jsonl", jl(*({"text": "x", "label": f"l{i}"}
+                                              for i in range(1001))), [],
+                              r"d\.jsonl:1001: a label past the 1,000 distinct labels"),
 }
 
 INSTRUCT = {
@@ -81,6 +90,8 @@ INSTRUCT = {
         r"i\.jsonl:1: \"content of message 1\" is empty"),
     "a csv file": ("i.csv", "instruction,output\n", [], r"give a \.jsonl file"),
     "bad json": ("i.jsonl", jl(CHAT[0], '{"instruction": '), [], r"i\.jsonl:2: not valid JSON"),
+    "a lone surrogate": ("i.jsonl", jl('{"instruction": "a", "output": "\\udfff"}'), [],
+                         r"i\.jsonl:1: a string holds a lone surrogate"),
 }
 
 
@@ -105,6 +116,15 @@ def test_a_broken_instruct_file_is_refused(tmp_path, capsys, case):
     assert_refused(argv, tmp_path, INSTRUCT[case][3], capsys)
 
 
+def test_labels_given_with_spaces_after_the_commas_are_the_same_labels(tmp_path, capsys):
+    from stagegpt.cli import main
+
+    argv = _case(tmp_path, "labels", "d.jsonl", jl(*GOOD), ["--labels", "b, a"])
+    assert main([arg.format(w=tmp_path) for arg in argv]) == 0
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["labels"] == ["b", "a"]
+
+
 @pytest.mark.parametrize("name", ["d.jsonl", "d.csv"])
 def test_too_many_records_are_refused(tmp_path, capsys, monkeypatch, name):
     monkeypatch.setattr(finetune_records, "MAX_RECORDS", 5)
@@ -113,3 +133,33 @@ def test_too_many_records_are_refused(tmp_path, capsys, monkeypatch, name):
     line = 6 if name.endswith("jsonl") else 7
     assert_refused(_case(tmp_path, "labels", name, contents, []), tmp_path,
                    rf"d\.(jsonl|csv):{line}: more than 5 records", capsys)
+
+
+def test_a_csv_field_up_to_the_line_limit_is_read(tmp_path):
+    """csv's own field limit (128 KiB) is raised to the 1 MiB the docs give per line."""
+    from stagegpt.data.user_records import read_labelled
+
+    long_text = "x" * (200 << 10)
+    path = tmp_path / "d.csv"
+    path.write_text(f"text,label\n{long_text},a\nshort,b\n")
+    labels, records = read_labelled(path)
+    assert labels == ["a", "b"] and records[0]["text"] == long_text
+
+
+def test_write_finetune_dir_keeps_a_directory_it_was_not_told_to_replace(tmp_path):
+    from stagegpt.data import write_finetune_dir
+    from stagegpt.data.tokenizers import get_tokenizer
+    from stagegpt.errors import StagegptError
+
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("mine")
+    records = {"train": [{"text": "ab", "label": "a"}], "val": [{"text": "b", "label": "b"}],
+               "test": []}
+    meta = {"task": "classify", "source": "test", "labels": ["a", "b"]}
+    tokenizer = get_tokenizer("char", "ab")
+    with pytest.raises(StagegptError, match="overwrite is off") as err:
+        write_finetune_dir(tmp_path / "precious", meta, records, tokenizer)
+    assert err.value.param == "overwrite"
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "mine"
+    write_finetune_dir(tmp_path / "precious", meta, records, tokenizer, overwrite=True)
+    assert not (tmp_path / "precious" / "notes.txt").exists()

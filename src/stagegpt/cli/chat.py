@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from stagegpt.errors import StagegptError
-from stagegpt.generation import check_sampling_args
+from stagegpt.generation import check_sampling_args, nth_seed
 
 HELP = "chat with an instruction-tuned checkpoint (streamed replies, /reset, /quit)"
 
@@ -36,7 +36,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=40, metavar="K",
                         help="sample among the K most likely tokens (default: 40)")
     parser.add_argument("--seed", type=int, default=None, metavar="S",
-                        help="seed the sampler (reply i uses S + i)")
+                        help="seed the sampler (reply i uses S + i, mod 2**64)")
 
 
 def fit_history(tokenizer, template, history: list[dict], block_size: int) -> list[int]:
@@ -52,6 +52,19 @@ def fit_history(tokenizer, template, history: list[dict], block_size: int) -> li
     return ids
 
 
+def check_system(tokenizer, system: str, block_size: int) -> None:
+    """A system message stays in every prompt: it must encode, and leave half the context
+    to the conversation."""
+    try:
+        tokens = len(tokenizer.encode(system))
+    except StagegptError as err:
+        raise StagegptError(f"system cannot be encoded: {err}", "system") from None
+    if tokens > block_size // 2:
+        raise StagegptError(f"system is {tokens} tokens, but the model's context of "
+                            f"{block_size} must keep room for the conversation; shorten it "
+                            f"to {block_size // 2} tokens or fewer", "system")
+
+
 def run(args: argparse.Namespace) -> int:
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, None, args.seed)
     from stagegpt.finetune.checkpoint import load_for_chat
@@ -60,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
     lm, tokenizer = load_for_chat(args.ckpt)
     template = template_for(tokenizer)
+    if args.system:
+        check_system(tokenizer, args.system, lm.config.block_size)
     interactive = sys.stdin.isatty()
     start = [{"role": "system", "content": args.system}] if args.system else []
     history = list(start)
@@ -89,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             history.pop()
             print(f"(cannot encode that message: {err})", flush=True)
             continue
-        seed = None if args.seed is None else args.seed + turn
+        seed = nth_seed(args.seed, turn)
         print("bot> ", end="", flush=True)
         pieces = []
         for piece in stream_reply(lm, tokenizer, template, ids, args.max_new_tokens,
@@ -115,7 +130,7 @@ def sample_with_template(args: argparse.Namespace, prompt: str) -> int:
     for i in range(args.num_samples):
         if i:
             print("---")
-        seed = None if args.seed is None else args.seed + i
+        seed = nth_seed(args.seed, i)
         for piece in stream_reply(lm, tokenizer, template, ids, args.max_new_tokens,
                                   args.temperature, args.top_k, args.top_p, seed):
             print(piece, end="", flush=True)

@@ -40,7 +40,10 @@ TRAIN_HELP = {"max_steps": "optimizer steps", "batch_size": "records per batch",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, choices=["classify", "instruct"])
+    parser.add_argument("--task", required=True, choices=["classify", "instruct"],
+                        help="classify: a new head labels each text (data from prepare genre, "
+                             "r8, labels); instruct: replies under a chat template (data from "
+                             "prepare chat, instruct)")
     parser.add_argument("--base", required=True, metavar="CKPT",
                         help="the pretrained checkpoint (or run dir, or Hugging Face GPT-2 dir)")
     parser.add_argument("--data", required=True, metavar="DIR",
@@ -71,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default = "1e-3 for head and LoRA runs, 3e-4 when base weights learn"
         group.add_argument("--" + name.replace("_", "-"), type=kind,
                            help=f"{what} (default: {default})")
-    group.add_argument("--device", choices=["cpu", "cuda", "mps", "auto"])
+    group.add_argument("--device", choices=["cpu", "cuda", "mps", "auto"],
+                       help="where to train (default: cpu; auto picks cuda, then mps, then cpu)")
 
 
 def lora_from_args(args: argparse.Namespace):

@@ -57,12 +57,12 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
                         help="show full tracebacks instead of one-line errors")
 
 
-def _fractions(parser: argparse.ArgumentParser, test: bool = True) -> None:
+def _fractions(parser: argparse.ArgumentParser, test: bool = True, what: str = "") -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="share held out for validation (default: 0.1)")
+                        help=f"{what}share held out for validation (default: 0.1)")
     if test:
         parser.add_argument("--test-fraction", type=float, default=0.1,
-                            help="share held out for testing, 0 for none (default: 0.1)")
+                            help=f"{what}share held out for testing, 0 for none (default: 0.1)")
 
 
 def _passage_flags(parser: argparse.ArgumentParser, longest: int, shortest: int,
@@ -117,7 +117,7 @@ def add_finetune_sources(sources: Any) -> None:
                            "120) or a chatterbot conversation, cut at whole turns (default: 300)")
     chat.add_argument("--min-chars", type=int, default=30,
                       help="shakespeare: shortest passage kept, in characters (default: 30)")
-    _fractions(chat)
+    _fractions(chat, what="chatterbot: ")
     _common(chat)
 
     labels = sources.add_parser(
@@ -176,7 +176,8 @@ def run_finetune(args: argparse.Namespace, settings: dict[str, Any]) -> int:
                             args.val_fraction, args.test_fraction, args.per_play,
                             args.max_chars, args.min_chars, **common)
     else:
-        labels = args.labels.split(",") if getattr(args, "labels", None) else None
+        labels = ([name.strip() for name in args.labels.split(",")]
+                  if getattr(args, "labels", None) else None)
         extra = {"labels": labels} if args.source == "labels" else {}
         meta = prepare_user_file(args.out, args.source, args.file, args.tokenizer, **extra,
                                  seed=args.seed, val_fraction=args.val_fraction,
@@ -201,7 +202,8 @@ def report(meta: dict[str, Any], out: str) -> None:
         print(f"  note: records longer than the base checkpoint's context of "
               f"{meta['base_block_size']} tokens: "
               f"{', '.join(f'{s} {n:,}' for s, n in longer.items())}; finetune checks them "
-              "against its context (a lower --max-chars shortens them)")
+              "against its context" + (" (a lower --max-chars shortens them)"
+                                       if "max_chars" in meta["settings"] else ""))
     unknown = meta["unknown_chars"]
     if unknown["count"]:
         done = {"drop": "dropped", "replace": "replaced by spaces"}[meta["settings"]

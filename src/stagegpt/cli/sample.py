@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from stagegpt.errors import StagegptError
-from stagegpt.generation import check_sampling_args, stream
+from stagegpt.generation import check_sampling_args, nth_seed, stream
 
 HELP = "generate text from a checkpoint, streamed as it is produced"
 SEPARATOR = "---"
@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=None, metavar="P",
                         help="sample from the smallest set of tokens whose probability reaches P")
     parser.add_argument("--seed", type=int, default=None, metavar="S",
-                        help="seed the sampler; sample i uses S + i (default: unseeded)")
+                        help="seed the sampler; sample i uses S + i, mod 2**64 (default: "
+                             "unseeded)")
     parser.add_argument("--num-samples", type=int, default=1, metavar="N",
                         help=f"samples to draw, separated by a '{SEPARATOR}' line (default: 1)")
     parser.add_argument("--chat", "--instruct", dest="chat", action="store_true",
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         out.write(prompt)
         out.flush()
         text = tokenizer.stream_decoder()  # holds back a character split across tokens
-        seed = None if args.seed is None else args.seed + i
+        seed = nth_seed(args.seed, i)
         for column in stream(ckpt.model, idx, args.max_new_tokens, args.temperature,
                              args.top_k, args.top_p, seed, stop_ids, not args.no_cache,
                              fast=not args.no_fast):

@@ -209,6 +209,11 @@ def prepare_chat(out: str | Path, source: str, tokenizer: str, seed: int = 0,
         splits = chatterbot_records(chatterbot_files(), seed, val_fraction, test_fraction,
                                     max_chars or 300)
     elif source == "shakespeare":
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if value != 0.1:  # also refuses nan
+                raise StagegptError(f"{name} splits chatterbot's conversations; the "
+                                    "shakespeare records are split by play, so leave it out",
+                                    name)
         _check_play_args(per_play, max_chars or 120, min_chars)
         splits = shakespeare_chat_records(play_texts(), seed, per_play, max_chars or 120,
                                           min_chars)

@@ -203,4 +203,4 @@ def prepare_finetune(out: str | Path, meta: dict[str, Any], splits: dict[str, li
             "base_block_size": context, "token_lengths": token_lengths(splits, tok, context)}
     if meta["task"] == "classify":
         meta["label_counts"] = label_counts(splits)
-    return write_finetune_dir(out, meta, {s: splits[s] for s in SPLITS}, tok)
+    return write_finetune_dir(out, meta, {s: splits[s] for s in SPLITS}, tok, overwrite=True)

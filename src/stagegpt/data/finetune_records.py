@@ -24,7 +24,14 @@ from typing import Any
 
 from stagegpt.data.tokenizers import Tokenizer, load_tokenizer
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import JSON_ERRORS, atomic_dir, json_problem, read_json, write_json
+from stagegpt.fileio import (
+    JSON_ERRORS,
+    atomic_dir,
+    check_replaceable,
+    json_problem,
+    read_json,
+    write_json,
+)
 
 TASKS = ("classify", "instruct")
 SPLITS = ("train", "val", "test")
@@ -69,11 +76,26 @@ def iter_jsonl(path: Path, max_records: int | None = None) -> Iterator[tuple[int
                 raise StagegptError(f"{where}: more than {max_records:,} records; split the "
                                     "file or keep a sample of it")
             try:
-                yield number, json.loads(line)
+                record = json.loads(line)
             except JSON_ERRORS as err:
                 reason = json_problem(err)
                 raise StagegptError(f"{where}: not valid JSON ({reason}); write one JSON "
                                     "object per line") from None
+            if not encodes(record):
+                raise StagegptError(f"{where}: a string holds a lone surrogate (an escape such "
+                                    "as \\ud800 without its pair), which is not text; fix or "
+                                    "drop the record")
+            yield number, record
+
+
+def encodes(record: Any) -> bool:
+    """Whether every string in a parsed JSON value is text UTF-8 can encode: JSON's \\u
+    escapes can name half of a surrogate pair, which no text file can hold."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _string(value: Any, name: str, where: str, empty_ok: bool = False) -> str:
@@ -234,14 +256,15 @@ def read_finetune_dir(data_dir: str | Path) -> tuple[dict[str, Any], dict[str, l
 
 
 def write_finetune_dir(out: str | Path, meta: dict[str, Any],
-                       splits: dict[str, list[dict[str, Any]]], tokenizer: Tokenizer
-                       ) -> dict[str, Any]:
+                       splits: dict[str, list[dict[str, Any]]], tokenizer: Tokenizer,
+                       overwrite: bool = False) -> dict[str, Any]:
     """Write meta.json (with the counts and tokenizer spec filled in), the three JSONL
-    files and the tokenizer's files into `out`, replaced as a whole or not at all. Every
-    record is checked first, exactly as `read_finetune_dir` will check it. Returns the meta
-    written."""
+    files and the tokenizer's files into `out`, replaced as a whole or not at all (an
+    existing, non-empty `out` only with `overwrite=True`). Every record is checked first,
+    exactly as `read_finetune_dir` will check it. Returns the meta written."""
     from stagegpt import __version__
 
+    check_replaceable(out, overwrite)
     meta = {"stagegpt_version": __version__, **meta,
             "splits": {s: len(splits[s]) for s in SPLITS}, "tokenizer": tokenizer.to_spec()}
     if meta["task"] == "classify":

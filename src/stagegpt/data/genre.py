@@ -103,6 +103,8 @@ def balance_labels(records: list[dict], rng: random.Random) -> list[dict]:
 
 
 def check_passage_args(max_lines: int, max_chars: int, min_chars: int) -> None:
+    if max_chars < 1:
+        raise StagegptError(f"max_chars must be at least 1, got {max_chars}", "max_chars")
     if not 1 <= min_chars <= max_chars:
         raise StagegptError(f"min_chars must be from 1 to max_chars ({max_chars}), got "
                             f"{min_chars}", "min_chars")

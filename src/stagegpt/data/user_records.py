@@ -26,6 +26,7 @@ from typing import Any
 from stagegpt.data import finetune_records
 from stagegpt.data.finetune_prepare import prepare_finetune
 from stagegpt.data.finetune_records import (
+    MAX_LABEL_CHARS,
     MAX_LABELS,
     MAX_LINE_BYTES,
     check_instruct_record,
@@ -53,6 +54,8 @@ def _lines(path: Path) -> Iterator[str]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    # csv's own limit on a field (128 KiB) would refuse lines the 1 MiB line limit allows
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))
     reader = csv.reader(_lines(path))
     try:
         header = next(reader, None)
@@ -83,9 +86,13 @@ def _label(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise StagegptError(f"{where}: \"label\" is {type(value).__name__}; give a string or "
                             "an integer")
-    if not value.strip():
+    value = value.strip()
+    if not value:
         raise StagegptError(f"{where}: the label is empty; every text needs a label")
-    return value.strip()
+    if len(value) > MAX_LABEL_CHARS or "\n" in value:
+        raise StagegptError(f"{where}: the label {value[:40]!r}... is not a one-line name of "
+                            f"at most {MAX_LABEL_CHARS} characters; shorten it")
+    return value
 
 
 def read_labelled(path: str | Path, labels: list[str] | None = None
@@ -103,7 +110,7 @@ def read_labelled(path: str | Path, labels: list[str] | None = None
             raise StagegptError(f"labels must be 2 to {MAX_LABELS} distinct, non-empty names "
                                 f"(got {labels!r:.80})", "labels") from None
     rows = _csv_rows(path) if path.suffix.lower() == ".csv" else iter_jsonl(path)
-    records = []
+    records, found = [], set()
     for number, row in rows:
         where = f"{path}:{number}"
         if not isinstance(row, dict):
@@ -118,8 +125,12 @@ def read_labelled(path: str | Path, labels: list[str] | None = None
         if labels is not None and label not in labels:
             raise StagegptError(f"{where}: unknown label {label!r:.60}; --labels allows "
                                 f"{', '.join(labels)[:200]}")
+        found.add(label)
+        if len(found) > MAX_LABELS:
+            raise StagegptError(f"{where}: a label past the {MAX_LABELS:,} distinct labels a "
+                                "classifier can have; is the label column the right one?")
         records.append({"text": text, "label": label})
-    found = sorted({r["label"] for r in records})
+    found = sorted(found)
     if labels is None and len(found) < 2:
         raise StagegptError(f"{path}: {len(records)} records with {len(found)} distinct label"
                             f"{'s' if len(found) != 1 else ''}; classification needs at least 2")

@@ -1,6 +1,12 @@
 """Sampling from any stage: `generate` (all at once) and `stream` (token by token)."""
 
 from stagegpt.generation.decoding import generate, stream
-from stagegpt.generation.sampling import check_sampling_args, sample_next, sampling_probs
+from stagegpt.generation.sampling import (
+    check_sampling_args,
+    nth_seed,
+    sample_next,
+    sampling_probs,
+)
 
-__all__ = ["check_sampling_args", "generate", "sample_next", "sampling_probs", "stream"]
+__all__ = ["check_sampling_args", "generate", "nth_seed", "sample_next", "sampling_probs",
+           "stream"]

@@ -29,6 +29,12 @@ def check_sampling_args(max_new_tokens: int, temperature: float = 1.0, top_k: in
         raise StagegptError(f"seed must be an integer in [0, 2**64), got {seed!r:.40}", "seed")
 
 
+def nth_seed(seed: int | None, i: int) -> int | None:
+    """The seed of the i-th of several samples seeded with `seed`: seed + i, wrapping
+    around at 2**64 so that every seed check_sampling_args accepts works for any i."""
+    return None if seed is None else (seed + i) % 2**64
+
+
 def top_p_keep(sorted_probs: Tensor, top_p: float) -> Tensor:
     """Which tokens of a descending (B, V) distribution the nucleus keeps, as a bool (B, V).
 
