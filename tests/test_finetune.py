@@ -8,6 +8,7 @@ import pytest
 import torch
 from finetune_base import write_genre_dir, write_word_dir
 from finetune_data import chat_record
+from hostile.world import read_tree
 from safetensors.torch import load_file
 
 from stagegpt import TrainConfig
@@ -209,11 +210,41 @@ def test_adapters_refuse_a_base_whose_weights_changed(base, genre, tmp_path):
         load_finetuned(tmp_path / "run")
 
 
+def edit_json(path, key, value):
+    import json
+
+    data = json.loads(path.read_text())
+    (data["finetune"] if key == "labels" else data)[key] = value
+    path.write_text(json.dumps(data))
+
+
+def set_labels(directory, labels):
+    edit_json(directory / "config.json", "labels", labels)
+
+
+def to_float64(path):
+    from safetensors.torch import save_file
+
+    save_file({k: v.double() for k, v in load_file(path).items()}, path)
+
+
+BAD_LABELS = '"labels" must be a list of 2 to 1000 distinct'
+
+
 @pytest.mark.parametrize("damage,message", [
     (lambda d: (d / "lora.json").write_text('{"rank": "8", "alpha": 16, "targets": []}'),
      "lora.json is damaged"),
     (lambda d: (d / "adapters.safetensors").write_bytes(b"\0" * 10), "not a readable"),
     (lambda d: (d / "head.safetensors").unlink(), "head.safetensors is missing"),
+    (lambda d: (d / "lora.json").unlink(), "is incomplete: lora.json, the settings of its LoRA"),
+    (lambda d: edit_json(d / "lora.json", "targets", ["c_gate"]),
+     "lora.json: its targets name 'c_gate', a layer this model does not have"),
+    (lambda d: to_float64(d / "adapters.safetensors"), "holds float64 values, the adapters "
+     "need float32"),
+    (lambda d: set_labels(d, [[1], [2]]), BAD_LABELS),
+    (lambda d: set_labels(d, [f"label {i}" for i in range(1001)]), BAD_LABELS),
+    (lambda d: set_labels(d, ["comedy", "history"]), "head.safetensors scores 3 labels, but "
+     "config.json names 2"),
 ])
 def test_a_damaged_lora_checkpoint_is_one_line_error(base, genre, tmp_path, capsys, damage,
                                                      message):
@@ -226,6 +257,20 @@ def test_a_damaged_lora_checkpoint_is_one_line_error(base, genre, tmp_path, caps
     assert main(["classify", "--ckpt", str(tmp_path / "run"), "--text", "king"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+    assert "--lora" not in err  # what a file holds is named by the file, not a flag
+
+
+def test_merge_refuses_a_classifier_whose_labels_are_damaged(base, genre, tmp_path, capsys):
+    from stagegpt.cli import main
+
+    finetune(base, genre, tmp_path / "run", FinetuneSettings("classify"),
+             TrainConfig(max_steps=1, **QUICK), progress=False)
+    set_labels(step_dirs(tmp_path / "run")[-1], [None, None])
+    capsys.readouterr()
+    assert main(["merge", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert BAD_LABELS in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
 
 
 def test_a_reply_stops_at_the_special_end_token(bpe):
@@ -245,3 +290,107 @@ def test_a_reply_stops_at_the_special_end_token(bpe):
     with torch.no_grad():
         model.lm_head.bias[template.end_id] = 20.0  # now the end comes first
     assert reply(model, bpe, template, prompt, 3) == ""
+
+
+# ---- resuming: the same settings and the same base, checked before anything is written ----
+
+ONE_STEP = TrainConfig(max_steps=1, **QUICK)
+RESUMABLE = {"head": FinetuneSettings("classify"),
+             "lora": FinetuneSettings("classify", lora=LoRAConfig(2, 4.0)),
+             "last-block": FinetuneSettings("classify", "last-block")}
+
+
+@pytest.fixture(scope="module")
+def finished(base, genre, tmp_path_factory):
+    """A one-step run per kind of checkpoint (head only, LoRA, whole model), and another
+    base of the same shape (the first with ln_f doubled)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("finished")
+    other = root / "other-base"
+    shutil.copytree(step_dirs(base)[-1], other)
+    weights = load_file(other / "model.safetensors")
+    weights["ln_f.weight"] = weights["ln_f.weight"] * 2
+    save_file(weights, other / "model.safetensors")
+    for name, settings in RESUMABLE.items():
+        finetune(base, genre, root / name, settings, ONE_STEP, progress=False)
+    return {"root": root, "other": other}
+
+
+@pytest.mark.parametrize("name", list(RESUMABLE))
+def test_resuming_on_another_base_is_refused_before_anything_is_written(
+        base, genre, finished, name):
+    from stagegpt.errors import StagegptError
+
+    run = finished["root"] / name
+    before = read_tree(run)
+    with pytest.raises(StagegptError, match="pass the original --base or choose a new --out"):
+        finetune(finished["other"], genre, run, RESUMABLE[name], ONE_STEP, resume=True,
+                 progress=False)
+    assert read_tree(run) == before
+    assert finetune(base, genre, run, RESUMABLE[name], ONE_STEP, resume=True,
+                    progress=False)["steps"] == 1
+
+
+@pytest.mark.parametrize("name,settings,changed", [
+    ("head", FinetuneSettings("classify", "all"), "train 'head' in the run, 'all' now"),
+    ("head", FinetuneSettings("classify", lora=LoRAConfig(2, 4.0)), "train 'head'"),
+    ("lora", FinetuneSettings("classify", lora=LoRAConfig(4, 4.0)),
+     "LoRA rank 2, alpha 4, targets c_attn,c_proj,c_fc in the run, rank 4, alpha 4, targets "
+     "c_attn,c_proj,c_fc now"),
+    ("lora", FinetuneSettings("classify", lora=LoRAConfig(2, 4.0, ("c_attn",))),
+     "targets c_attn now"),
+    ("lora", FinetuneSettings("classify"), "train 'lora' in the run, 'head' now"),
+    ("last-block", FinetuneSettings("classify", "last-block", truncate=True), "truncate"),
+])
+def test_resuming_with_other_fine_tuning_settings_is_refused_in_one_line(
+        genre, base, finished, name, settings, changed):
+    from stagegpt.errors import StagegptError
+
+    run = finished["root"] / name
+    before = read_tree(run)
+    with pytest.raises(StagegptError) as refused:
+        finetune(base, genre, run, settings, ONE_STEP, resume=True, progress=False)
+    message = str(refused.value)
+    assert message.startswith(f"cannot resume {run}: its fine-tuning settings differ")
+    assert changed in message and message.endswith("or choose a new --out")
+    assert "optimizer" not in message and "delete" not in message and "\n" not in message
+    assert read_tree(run) == before
+
+
+# ---- the Python API names its parameters -------------------------------------------------
+
+@pytest.mark.parametrize("make,param,start", [
+    (lambda: FinetuneSettings("classify", "all", LoRAConfig(2)), "train",
+     "train=all does not go with LoRA"),
+    (lambda: FinetuneSettings("classify", lora={"rank": 2}), "lora",
+     "lora must be a LoRAConfig or None, got dict"),
+    (lambda: FinetuneSettings("classify", truncate="yes"), "truncate",
+     "truncate must be True or False"),
+])
+def test_bad_settings_name_the_python_parameter(make, param, start):
+    from stagegpt.errors import StagegptError
+
+    with pytest.raises(StagegptError) as refused:
+        make()
+    assert str(refused.value).startswith(start) and refused.value.param == param
+    assert "--" not in str(refused.value)
+
+
+@pytest.mark.parametrize("settings,config,param,start", [
+    (None, ONE_STEP, "settings", "settings must be a FinetuneSettings"),
+    (FinetuneSettings("classify"), {"max_steps": 1}, "train_config",
+     "train_config must be a TrainConfig, got dict"),
+    (FinetuneSettings("instruct"), ONE_STEP, "task", "task=instruct, but "),
+])
+def test_finetune_refuses_wrong_types_in_one_line_and_writes_nothing(
+        base, genre, tmp_path, settings, config, param, start):
+    from stagegpt.errors import StagegptError
+
+    with pytest.raises(StagegptError) as refused:
+        finetune(base, genre, tmp_path / "run", settings, config, progress=False)
+    assert str(refused.value).startswith(start) and refused.value.param == param
+    assert "--" not in str(refused.value)
+    assert not (tmp_path / "run").exists()

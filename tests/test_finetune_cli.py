@@ -8,12 +8,14 @@ import sys
 import pytest
 from finetune_base import write_genre_dir, write_word_dir
 from finetune_data import write_classify_dir
+from hostile.world import read_tree
 
 from stagegpt import TrainConfig
 from stagegpt.cli import main
 from stagegpt.data.tokenizers import get_tokenizer
 from stagegpt.finetune import FinetuneSettings, finetune
 from stagegpt.interop import load_checkpoint
+from stagegpt.train.rundir import step_dirs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = dict(batch_size=16, warmup_steps=2, eval_every=100, eval_batches=2, ckpt_every=100)
@@ -88,14 +90,48 @@ def finetune_args(runs, *extra, task="classify", data="genre"):
     (["--train", "head"], "instruct", "words", "--train=head is for classify"),
     (["--lora-rank", "0"], "classify", "genre", "--lora-rank must be"),
     (["--lora-alpha", "4"], "classify", "genre", "need --lora-rank"),
-    (["--lora-rank", "2", "--train", "all"], "classify", "genre", "LoRA trains the adapters"),
+    (["--lora-rank", "2", "--train", "all"], "classify", "genre",
+     "--train=all does not go with LoRA"),
     (["--lora-rank", "2", "--lora-targets", "wte"], "classify", "genre", "unknown layer"),
-    ([], "instruct", "genre", "holds classify data"),
+    (["--lora-rank", "2", "--lora-targets", "c_gate"], "classify", "genre",
+     "--lora-targets: this model has no 'c_gate' layer"),
+    ([], "instruct", "genre", "--task=instruct, but"),
 ])
 def test_bad_flags_are_one_line_errors(runs, capsys, extra, task, data, message):
     assert main(finetune_args(runs, *extra, task=task, data=data)) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+    assert not (runs["root"] / "bad").exists()
+
+
+@pytest.fixture(scope="module")
+def blockless_bases(runs):
+    """Stages 1 and 2 (no transformer blocks, no attention) with the runs' tokenizer."""
+    from dataclasses import replace
+
+    from finetune_base import BASE_CONFIG
+
+    from stagegpt import build_model
+    from stagegpt.train.checkpoints import save_checkpoint
+
+    tokenizer = runs["tokenizer"]
+    config = replace(BASE_CONFIG, vocab_size=tokenizer.vocab_size)
+    return {stage: save_checkpoint(runs["root"] / f"stage{stage}", build_model(stage, config),
+                                   tokenizer) for stage in (1, 2)}
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("extra,message", [
+    (["--train", "last-block"], "--train=last-block needs transformer blocks"),
+    (["--lora-rank", "2"], "--lora-targets: this model has no 'c_attn' layer")])
+def test_settings_the_base_cannot_take_are_refused_before_out_is_made(
+        runs, blockless_bases, capsys, stage, extra, message):
+    args = finetune_args(runs, *extra)
+    args[args.index("--base") + 1] = str(blockless_bases[stage])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (runs["root"] / "bad").exists()
 
 
 def test_missing_base_and_foreign_tokenizer_are_refused(runs, capsys, tmp_path):
@@ -123,8 +159,70 @@ def test_verbs_refuse_the_other_task_and_an_existing_merge_target(runs, capsys, 
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("mine")
     assert main(["merge", "--ckpt", str(runs["cls"]), "--out", str(tmp_path / "taken")]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: --overwrite is off" in err and "overwrite=True" not in err
     assert (tmp_path / "taken" / "x").read_text() == "mine"
+
+
+def merge(source, out, *extra):
+    return main(["merge", "--ckpt", str(source), "--out", str(out), *extra])
+
+
+def test_merge_never_writes_over_into_or_around_what_it_reads(runs, capsys):
+    """Not the run (its checkpoints, optimizer states, metrics), nor a checkpoint of it,
+    nor the base a head-only run reads, even with --overwrite."""
+    run, base = runs["cls"], runs["base"]
+    step, base_step = step_dirs(run)[-1], step_dirs(base)[-1]
+    before = read_tree(run), read_tree(base)
+    for source, out, relation in [(run, run, "is"), (step, run, "is"), (run, step, "is"),
+                                  (run / "best", run / "best", "is"),
+                                  (run, run / "merged", "lies inside"), (run, base_step, "is"),
+                                  (run, base, "is"), (run, run.parent, "holds")]:
+        capsys.readouterr()
+        assert merge(source, out, "--overwrite") == 2
+        err = capsys.readouterr().err
+        assert f"error: --out {out} {relation} " in err and "which the merge reads" in err, err
+        assert err.count("\n") == 1
+    assert (read_tree(run), read_tree(base)) == before
+
+
+def test_merge_overwrite_replaces_a_checkpoint_and_nothing_else(runs, capsys, tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("mine too")
+    for out in (notes, tmp_path / "file"):
+        capsys.readouterr()
+        assert merge(runs["cls"], out, "--overwrite") == 2
+        err = capsys.readouterr().err
+        assert f"error: --out {out} is not a stagegpt checkpoint" in err and err.count("\n") == 1
+    assert (notes / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "file").read_text() == "mine too"
+    assert merge(runs["cls"], tmp_path / "merged") == 0
+    assert (tmp_path / "merged" / "head.safetensors").is_file()
+    assert merge(runs["chat"], tmp_path / "merged", "--overwrite") == 0
+    assert not (tmp_path / "merged" / "head.safetensors").exists()  # the chat model's now
+
+
+def test_resume_on_another_base_exits_2_naming_the_flags(runs, capsys, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other"
+    shutil.copytree(step_dirs(runs["base"])[-1], other)
+    weights = load_file(other / "model.safetensors")
+    weights["wte.weight"] = weights["wte.weight"] + 1
+    save_file(weights, other / "model.safetensors")
+    args = finetune_args(runs, "--resume")
+    args[args.index("--base") + 1] = str(other)
+    args[args.index("--out") + 1] = str(runs["cls"])
+    before = read_tree(runs["cls"])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"it fine-tunes the base {step_dirs(runs['base'])[-1]}" in err
+    assert err.rstrip().endswith("pass the original --base or choose a new --out")
+    assert read_tree(runs["cls"]) == before
 
 
 def test_a_fine_tune_that_keeps_only_its_changes_points_to_merge(runs, capsys, tmp_path):

@@ -111,20 +111,41 @@ def test_adapters_round_trip_and_refuse_another_shape():
     attach_lora(wrong, LoRAConfig(3, 4.0))
     with pytest.raises(StagegptError, match="shape"):
         load_adapter_state(wrong, adapter_state(model), "test")
+    doubles = {k: v.double() for k, v in adapter_state(model).items()}
+    with pytest.raises(StagegptError, match=r"^test: h\.0\.attn\.c_attn\.lora_A holds float64 "
+                       "values, the adapters need float32"):
+        load_adapter_state(other, doubles, "test")
 
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"rank": 0}, "lora_rank"), ({"alpha": -1.0}, "lora_alpha"),
     ({"alpha": float("nan")}, "lora_alpha"), ({"targets": ("wte",)}, "unknown layer"),
-    ({"targets": ()}, "at least one")])
+    ({"targets": ()}, "at least one"),
+    ({"targets": "c_attn"}, "^lora_targets must be a list of layer names, got str$")])
 def test_bad_lora_settings_are_refused(kwargs, match):
     with pytest.raises(StagegptError, match=match):
         LoRAConfig(**kwargs)
 
 
+def test_targets_given_as_a_list_equal_the_same_tuple():
+    assert LoRAConfig(2, 4.0, ["c_attn"]) == LoRAConfig(2, 4.0, ("c_attn",))
+    assert LoRAConfig(2, 4.0, ["c_attn"]).targets == ("c_attn",)
+
+
 def test_a_target_the_stage_lacks_is_refused():
     with pytest.raises(StagegptError, match="c_gate"):
         attach_lora(build_model(5, CONFIG), LoRAConfig(2, 4.0, ("c_gate",)))
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_last_block_on_a_stage_without_blocks_names_the_train_parameter(stage):
+    from stagegpt.finetune.trainer import freeze_for
+
+    with pytest.raises(StagegptError) as refused:
+        freeze_for(build_model(stage, CONFIG), "last-block")
+    assert str(refused.value) == (f"train=last-block needs transformer blocks, and stage "
+                                  f"{stage} has none; use head or all")
+    assert refused.value.param == "train"
 
 
 @pytest.mark.parametrize("mode,expected", [

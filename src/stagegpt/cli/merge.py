@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, metavar="DIR",
                         help="a `stagegpt finetune` run dir or checkpoint dir")
     parser.add_argument("--out", required=True, metavar="DIR", help="where to write the result")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing checkpoint at --out (never another kind of "
+                             "directory, nor the run or checkpoint merged)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@ A fine-tuned checkpoint dir (each OUT/step_N, OUT/best, and a `merge` output) ho
 
     config.json            the base's stage, model config and tokenizer, plus "finetune":
                            task, train mode, labels (classify), template (instruct), and
-                           the base it started from ("base": path and sha256 of its weights)
+                           the base it started from ("base": path and sha256 of its weights;
+                           a resume must name the same base)
     model.safetensors      the language model's weights, when they changed (--train
                            last-block|all) or were merged; absent for head-only and LoRA
                            runs, whose base is read from "base" (and checked by its sha256)
@@ -24,8 +25,15 @@ from typing import Any
 
 from torch import nn
 
+from stagegpt.data.finetune_records import check_labels
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import atomic_dir, check_replaceable, read_json, write_json
+from stagegpt.fileio import (
+    atomic_dir,
+    check_replaceable,
+    check_swappable,
+    read_json,
+    write_json,
+)
 from stagegpt.finetune.classify import Classifier
 from stagegpt.finetune.lora import (
     LoRAConfig,
@@ -33,6 +41,7 @@ from stagegpt.finetune.lora import (
     attach_lora,
     load_adapter_state,
     merge_lora,
+    unmatched_targets,
 )
 from stagegpt.finetune.templates import Template, template_for
 from stagegpt.interop import load_checkpoint
@@ -49,7 +58,7 @@ from stagegpt.train.checkpoints import (
     write_safetensors,
     write_torch,
 )
-from stagegpt.train.rundir import resolve_checkpoint_dir
+from stagegpt.train.rundir import STEP_DIR, resolve_checkpoint_dir, run_exists
 
 ADAPTERS_FILE = "adapters.safetensors"
 LORA_FILE = "lora.json"
@@ -150,15 +159,37 @@ def load_base(directory: Path, meta: dict, info: dict) -> LanguageModel:
     return lm
 
 
+def read_labels(directory: Path, info: dict) -> list[str]:
+    """A classifier's labels from its config.json, checked before a head is built."""
+    try:
+        return check_labels(info.get("labels"), str(directory / CONFIG_FILE))
+    except StagegptError as err:
+        raise StagegptError(f"{err}; the checkpoint is damaged: restore it or fine-tune "
+                            "again") from None
+
+
 def read_head(directory: Path, lm: LanguageModel, labels: list[str]) -> nn.Linear:
+    """The head, its shape (one row per label) checked against the labels."""
+    path = directory / HEAD_FILE
+    weights = read_weights(path)
+    rows = weights.get("weight")
+    if rows is not None and rows.dim() == 2 and rows.shape[0] != len(labels):
+        raise StagegptError(f"{path} scores {rows.shape[0]} labels, but {CONFIG_FILE} names "
+                            f"{len(labels)}; the checkpoint is damaged: restore it or "
+                            "fine-tune again")
     head = nn.Linear(lm.config.n_embd, len(labels))
-    load_weights_into(head, read_weights(directory / HEAD_FILE), directory / HEAD_FILE)
+    load_weights_into(head, weights, path)
     return head
 
 
-def read_lora(directory: Path) -> LoRAConfig | None:
+def read_lora(directory: Path, info: dict) -> LoRAConfig | None:
+    """lora.json's settings, or None for a run without LoRA; a LoRA run (by its config's
+    train mode, or its adapters) without them is incomplete."""
     path = directory / LORA_FILE
     if not path.is_file():
+        if info.get("train") == "lora" or (directory / ADAPTERS_FILE).exists():
+            raise StagegptError(f"{directory} is incomplete: {LORA_FILE}, the settings of its "
+                                "LoRA adapters, is missing; restore it or fine-tune again")
         return None
     try:
         return LoRAConfig.from_dict(read_json(path, "LoRA settings"))
@@ -166,33 +197,88 @@ def read_lora(directory: Path) -> LoRAConfig | None:
         raise StagegptError(f"{path} is damaged ({err}); fine-tune again or restore it") from None
 
 
+def attach_saved_lora(lm: LanguageModel, directory: Path, lora: LoRAConfig) -> None:
+    """Attach the adapters saved in `directory`; a target the model lacks names the file."""
+    unmatched = unmatched_targets(lm, lora.targets)
+    if unmatched:
+        raise StagegptError(f"{directory / LORA_FILE}: its targets name {unmatched[0]!r:.40}, "
+                            "a layer this model does not have; the file is damaged or belongs "
+                            "to another base")
+    attach_lora(lm, lora)
+    load_adapter_state(lm, read_weights(directory / ADAPTERS_FILE),
+                       str(directory / ADAPTERS_FILE))
+
+
 def load_finetuned(path: str | Path, merge: bool = True) -> Finetuned:
     """A fine-tuned checkpoint for inference; merge=False keeps the LoRA layers apart."""
     directory, meta, info = read_config(path)
+    labels = read_labels(directory, info) if info["task"] == "classify" else None
+    lora = read_lora(directory, info)
     lm = load_base(directory, meta, info)
-    lora = read_lora(directory)
     if lora is not None:
-        attach_lora(lm, lora)
-        load_adapter_state(lm, read_weights(directory / ADAPTERS_FILE),
-                           str(directory / ADAPTERS_FILE))
+        attach_saved_lora(lm, directory, lora)
         if merge:
             merge_lora(lm)
-    head = None
-    if info["task"] == "classify":
-        labels = info.get("labels")
-        if not isinstance(labels, list) or not labels:
-            raise StagegptError(f"{directory / CONFIG_FILE}: a classifier without labels")
-        head = read_head(directory, lm, labels).eval()
+    head = None if labels is None else read_head(directory, lm, labels).eval()
     from stagegpt.data.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(meta["tokenizer"], directory)
     return Finetuned(directory, lm.eval(), tokenizer, info, head, lora)
 
 
+def _run_and_checkpoint(checkpoint: Path) -> list[Path]:
+    """`checkpoint`, and the run dir holding it if it is one's step or best checkpoint."""
+    checkpoint = checkpoint.resolve()
+    parent = checkpoint.parent
+    if STEP_DIR.match(checkpoint.name) and parent.name == "checkpoints":
+        return [checkpoint, parent.parent]
+    if checkpoint.name == "best" and run_exists(parent):
+        return [checkpoint, parent]
+    return [checkpoint]
+
+
+def _is_checkpoint(directory: Path) -> bool:
+    if not (directory / CONFIG_FILE).is_file():
+        return False
+    try:
+        meta = read_json(directory / CONFIG_FILE, "checkpoint config")
+    except StagegptError:
+        return False
+    return isinstance(meta, dict) and "stage" in meta and isinstance(meta.get("model"), dict)
+
+
+def check_merge_out(out: Path, overwrite: bool, read_from: list[Path]) -> None:
+    """Refuse an `out` a merge would destroy data in: one that is, holds or lies in a dir
+    it reads (the source run and checkpoint, their base), or with `overwrite` a directory
+    that is not a checkpoint."""
+    check_swappable(out)
+    target = out.resolve()
+    for source in sorted(read_from, key=lambda d: (d != target, -len(d.parts))):  # nearest first
+        if target.is_relative_to(source) or source.is_relative_to(target):
+            relation = ("is" if target == source else
+                        "lies inside" if target.is_relative_to(source) else "holds")
+            raise StagegptError(f"out {out} {relation} {source}, which the merge reads; choose "
+                                "a path outside it", "out")
+    if not (out.exists() or out.is_symlink()) or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not overwrite:
+        raise StagegptError(f"overwrite is off and {out} already exists; turn it on to "
+                            "replace it, or choose a new path", "overwrite")
+    if not out.is_dir() or not _is_checkpoint(out):
+        raise StagegptError(f"out {out} is not a stagegpt checkpoint (it has no checkpoint "
+                            f"{CONFIG_FILE}), and only a checkpoint is replaced; choose a new "
+                            "path", "out")
+
+
 def write_merged(source: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """`stagegpt merge`: a plain checkpoint (LoRA folded into the weights) that sample,
-    convert and inspect read; a classifier keeps its head beside it."""
+    convert and inspect read; a classifier keeps its head beside it. `out` may not be in
+    or over what the merge reads, and `overwrite` replaces only a checkpoint."""
     tuned = load_finetuned(source, merge=True)
+    read_from = [Path(source).resolve(), *_run_and_checkpoint(tuned.path)]
+    if not (tuned.path / WEIGHTS_FILE).is_file():  # load_finetuned read its base
+        read_from += _run_and_checkpoint(Path(tuned.info["base"]["path"]))
+    check_merge_out(Path(out), overwrite, read_from)
     info = {k: v for k, v in tuned.info.items() if k != "base"}
     info["merged_from"] = str(tuned.path)
     lm = copy.deepcopy(tuned.lm)

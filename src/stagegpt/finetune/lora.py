@@ -44,6 +44,10 @@ class LoRAConfig:
                 or not math.isfinite(self.alpha) or self.alpha <= 0):
             raise StagegptError(f"lora_alpha must be a number > 0, got {self.alpha!r}",
                                 "lora_alpha")
+        if isinstance(self.targets, str) or not isinstance(self.targets, tuple | list):
+            raise StagegptError(f"lora_targets must be a list of layer names, got "
+                                f"{type(self.targets).__name__}", "lora_targets")
+        object.__setattr__(self, "targets", tuple(self.targets))  # equal to a saved config's
         if not self.targets or not all(isinstance(t, str) for t in self.targets):
             raise StagegptError("lora_targets must name at least one layer, e.g. "
                                 "c_attn,c_proj,c_fc", "lora_targets")
@@ -98,19 +102,34 @@ def _matches(name: str, targets: tuple[str, ...]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+def _target_names(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and _matches(n, targets)]
+
+
+def unmatched_targets(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
+    """The targets that name none of `model`'s linear layers."""
+    names = _target_names(model, targets)
+    return [t for t in targets if not any(_matches(n, (t,)) for n in names)]
+
+
+def check_targets(model: nn.Module, config: LoRAConfig) -> None:
+    """Refuse a config whose targets name a layer `model` lacks."""
+    unmatched = unmatched_targets(model, config.targets)
+    if unmatched:
+        raise StagegptError(f"lora_targets: this model has no {unmatched[0]!r} layer (stages "
+                            "1-2 have no attention, 1-3 no MLP, only 8-9 have c_gate)",
+                            "lora_targets")
+
+
 def attach_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     """Freeze `model` and wrap each target linear layer in a LoRALinear; return their names.
 
     The model's own code is untouched: its submodules are swapped from outside.
     """
+    check_targets(model, config)
     model.requires_grad_(False)
-    names = [n for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and _matches(n, config.targets)]
-    unused = [t for t in config.targets if not any(_matches(n, (t,)) for n in names)]
-    if unused:
-        raise StagegptError(f"lora_targets: this model has no {unused[0]!r} layer (stages "
-                            "1-2 have no attention, only stages 8-9 have c_gate)",
-                            "lora_targets")
+    names = _target_names(model, config.targets)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -140,14 +159,22 @@ def load_adapter_state(model: nn.Module, state: dict[str, Tensor], source: str) 
         raise StagegptError(f"{source} does not fit this model's adapters (missing {missing}, "
                             f"unexpected {extra}); was it written for another base or targets?")
     for key, tensor in state.items():
-        if tensor.shape != ours[key].shape or tensor.dtype != ours[key].dtype:
+        if tensor.shape != ours[key].shape:
             raise StagegptError(f"{source}: {key} has shape {tuple(tensor.shape)}, the "
                                 f"adapters need {tuple(ours[key].shape)}")
+        if tensor.dtype != ours[key].dtype:
+            raise StagegptError(f"{source}: {key} holds {_dtype_name(tensor)} values, the "
+                                f"adapters need {_dtype_name(ours[key])}; the file is damaged "
+                                "or was not written by stagegpt")
     layers = lora_layers(model)
     with torch.no_grad():
         for key, tensor in state.items():
             name, _, part = key.rpartition(".")
             getattr(layers[name], part).copy_(tensor)
+
+
+def _dtype_name(tensor: Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -111,7 +111,8 @@ def finetune(base: str | Path, data_dir: str | Path, out_dir: str | Path,
              settings: FinetuneSettings, train_config: TrainConfig | None = None,
              resume: bool = False, progress: bool = True, on_step=None) -> dict[str, Any]:
     """Fine-tune `base` on `data_dir` into `out_dir`; return (and write) results.json."""
-    trainer = FinetuneTrainer(base, data_dir, out_dir, train_config or TrainConfig(),
+    trainer = FinetuneTrainer(base, data_dir, out_dir,
+                              TrainConfig() if train_config is None else train_config,
                               settings, resume, progress, on_step)
     result = trainer.fit()
     model = trainer.model

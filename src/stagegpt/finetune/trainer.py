@@ -21,28 +21,35 @@ import torch.nn.functional as F
 
 from stagegpt.data.finetune_records import read_finetune_dir
 from stagegpt.errors import StagegptError
+from stagegpt.fileio import read_json
 from stagegpt.finetune.checkpoint import (
     ADAPTERS_FILE,
     HEAD_FILE,
     load_adapter_state,
-    read_config,
     read_lora,
     weights_sha256,
     write_finetuned,
 )
 from stagegpt.finetune.classify import Classifier, pad_batch
-from stagegpt.finetune.lora import LoRAConfig, attach_lora
+from stagegpt.finetune.lora import LoRAConfig, attach_lora, check_targets
 from stagegpt.finetune.templates import IGNORE, encode_dialog, loss_targets, template_for
 from stagegpt.interop import load_checkpoint
 from stagegpt.limits import check_fits
 from stagegpt.model import LanguageModel, ModelConfig
-from stagegpt.train.checkpoints import WEIGHTS_FILE, load_weights_into, read_weights, training_bytes
+from stagegpt.train.checkpoints import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    load_weights_into,
+    read_weights,
+    training_bytes,
+)
 from stagegpt.train.config import TrainConfig
-from stagegpt.train.rundir import resolve_checkpoint_dir
+from stagegpt.train.rundir import resolve_checkpoint_dir, step_dirs
 from stagegpt.train.trainer import Trainer
 
 TASKS = ("classify", "instruct")
 TRAIN_MODES = ("head", "last-block", "all")
+RESUME_SETTINGS = ("task", "train", "labels", "template", "truncate")  # of config's "finetune"
 
 
 @dataclass(frozen=True)
@@ -67,9 +74,16 @@ class FinetuneSettings:
         if self.task == "instruct" and self.train == "head":
             raise StagegptError("train=head is for classify (instruct has no new head); use "
                                 "last-block or all, or LoRA", "train")
+        if self.lora is not None and not isinstance(self.lora, LoRAConfig):
+            raise StagegptError(f"lora must be a LoRAConfig or None, got "
+                                f"{type(self.lora).__name__}", "lora")
         if self.lora is not None and self.train not in (None, "head"):
-            raise StagegptError("LoRA trains the adapters (and a classifier's head) with the "
-                                "base frozen; leave out --train or use --train head", "train")
+            raise StagegptError(f"train={self.train} does not go with LoRA, which trains the "
+                                "adapters (and a classifier's head) with the base frozen; use "
+                                "head or leave it out", "train")
+        if not isinstance(self.truncate, bool):
+            raise StagegptError(f"truncate must be True or False, got {self.truncate!r:.40}",
+                                "truncate")
 
     @property
     def mode(self) -> str:
@@ -78,15 +92,30 @@ class FinetuneSettings:
         return self.train or ("head" if self.task == "classify" else "all")
 
 
+def check_mode(lm: LanguageModel, mode: str) -> None:
+    """Refuse a train `mode` the language model has no weights for."""
+    if mode == "last-block" and not hasattr(lm, "h"):
+        raise StagegptError(f"train=last-block needs transformer blocks, and stage {lm.stage} "
+                            "has none; use head or all", "train")
+
+
 def freeze_for(lm: LanguageModel, mode: str) -> None:
     """Set which of the language model's weights learn in train `mode`."""
+    check_mode(lm, mode)
     lm.requires_grad_(mode == "all")
     if mode == "last-block":
-        if not hasattr(lm, "h"):
-            raise StagegptError(f"stage {lm.stage} has no transformer blocks; use --train head "
-                                "or all", "train")
         lm.h[-1].requires_grad_(True)
         lm.ln_f.requires_grad_(True)
+
+
+def _shown(setting: Any) -> str:
+    """A setting in a message: LoRA's in a few words, anything else repr'd, shortened."""
+    if isinstance(setting, LoRAConfig):
+        return f"rank {setting.rank}, alpha {setting.alpha:g}, targets {','.join(setting.targets)}"
+    if setting is None:
+        return "none"
+    text = repr(setting)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class FinetuneTrainer(Trainer):
@@ -95,12 +124,23 @@ class FinetuneTrainer(Trainer):
     def __init__(self, base: str | Path, data_dir: str | Path, out_dir: str | Path,
                  train_config: TrainConfig, settings: FinetuneSettings, resume: bool = False,
                  progress: bool = True, on_step=None):
+        """The settings are checked against the base here, before `out_dir` is created."""
+        if not isinstance(settings, FinetuneSettings):
+            raise StagegptError(f"settings must be a FinetuneSettings, e.g. "
+                                f"FinetuneSettings('classify'), got {type(settings).__name__}",
+                                "settings")
+        if not isinstance(train_config, TrainConfig):
+            raise StagegptError(f"train_config must be a TrainConfig, got "
+                                f"{type(train_config).__name__}", "train_config")
         self.settings = settings
         self.base_dir = resolve_checkpoint_dir(base).resolve()
         self.base = load_checkpoint(self.base_dir)
         if self.base.tokenizer is None:
             raise StagegptError(f"the base {base} has no tokenizer; fine-tune a checkpoint "
                                 "saved with its tokenizer")
+        check_mode(self.base.model, settings.mode)
+        if settings.lora is not None:
+            check_targets(self.base.model, settings.lora)
         self.base_sha256 = weights_sha256(self.base_dir)
         super().__init__(self.base.stage, self.base.config, train_config, data_dir, out_dir,
                          resume, progress, on_step, fast=False)
@@ -112,8 +152,8 @@ class FinetuneTrainer(Trainer):
         self.meta, records = read_finetune_dir(self.data_dir)
         task = self.settings.task
         if self.meta["task"] != task:
-            raise StagegptError(f"{self.data_dir} holds {self.meta['task']} data, not {task}; "
-                                f"prepare {task} data or use --task {self.meta['task']}")
+            raise StagegptError(f"task={task}, but {self.data_dir} holds {self.meta['task']} "
+                                f"data; prepare {task} data or use {self.meta['task']}", "task")
         if self.meta["tokenizer"] != self.tokenizer.to_spec():
             raise StagegptError(
                 f"{self.data_dir} was prepared for the {self.meta['tokenizer'].get('name')} "
@@ -204,9 +244,53 @@ class FinetuneTrainer(Trainer):
             info["labels"] = self.labels
         if self.template is not None:
             info["template"] = self.template.to_dict()
-        if self.settings.mode in ("head", "lora"):
-            info["base"] = {"path": str(self.base_dir), "sha256": self.base_sha256}
+        info["base"] = {"path": str(self.base_dir), "sha256": self.base_sha256}
         return info
+
+    # ---- resuming --------------------------------------------------------------------
+
+    def _find_resume(self, resume: bool) -> Path | None:
+        """The fine-tuning settings and the base are compared first: a checkpoint of
+        another kind of run would fail the optimizer's check, and so would every other."""
+        if resume and step_dirs(self.out_dir):
+            self._check_resumable(step_dirs(self.out_dir)[-1])
+        return super()._find_resume(resume)
+
+    def _check_resumable(self, directory: Path) -> None:
+        """Refuse a newest checkpoint of other fine-tuning settings or another base."""
+        meta = read_json(directory / CONFIG_FILE, "checkpoint config")
+        info = meta.get("finetune") if isinstance(meta, dict) else None
+        if not isinstance(info, dict):
+            raise StagegptError(f"cannot resume {self.out_dir}: {directory} is not a "
+                                "fine-tuning checkpoint; choose a new --out")
+        ours = self.info()
+        changed = {k: (info.get(k), ours.get(k)) for k in RESUME_SETTINGS
+                   if info.get(k) != ours.get(k)}
+        lora = read_lora(directory, info)
+        if lora != self.settings.lora:
+            changed["LoRA"] = (lora, self.settings.lora)
+        if changed:
+            details = "; ".join(f"{k} {_shown(run)} in the run, {_shown(now)} now"
+                                for k, (run, now) in changed.items())
+            raise StagegptError(f"cannot resume {self.out_dir}: its fine-tuning settings differ "
+                                f"({details}); rerun with the run's own settings or choose a "
+                                "new --out")
+        self._check_same_base(directory, info.get("base"))
+
+    def _check_same_base(self, directory: Path, recorded: Any) -> None:
+        if recorded is None and (directory / WEIGHTS_FILE).is_file():
+            return  # a whole-model run written before every run recorded its base
+        if isinstance(recorded, dict) and self._is_our_base(recorded):
+            return
+        origin = recorded.get("path") if isinstance(recorded, dict) else None
+        raise StagegptError(f"cannot resume {self.out_dir}: it fine-tunes the base "
+                            f"{origin or '(unrecorded)'}, not {self.base_dir} (their weights "
+                            "differ); pass the original --base or choose a new --out")
+
+    def _is_our_base(self, recorded: dict) -> bool:
+        if recorded.get("sha256") is None and self.base_sha256 is None:
+            return recorded.get("path") == str(self.base_dir)
+        return recorded.get("sha256") == self.base_sha256
 
     def _write_checkpoint(self, directory: Path, optimizer_state: dict | None = None) -> None:
         head = self.model.head if isinstance(self.model, Classifier) else None
@@ -214,15 +298,7 @@ class FinetuneTrainer(Trainer):
                         self.settings.lora, self.settings.mode in ("last-block", "all"),
                         self._trainer_state(), optimizer_state, self._extra())
 
-    def _load_weights(self, directory: Path) -> None:
-        _, _, info = read_config(directory)
-        ours = self.info()
-        changed = [k for k in ("task", "train", "labels", "template", "truncate")
-                   if info.get(k) != ours.get(k)]
-        if changed or read_lora(directory) != self.settings.lora:
-            what = ", ".join(changed) or "LoRA settings"
-            raise StagegptError(f"cannot resume {self.out_dir}: its fine-tuning settings "
-                                f"differ ({what}); use the run's own settings or a new --out")
+    def _load_weights(self, directory: Path) -> None:  # _check_resumable has compared it
         if (directory / WEIGHTS_FILE).is_file():
             load_weights_into(self.lm, read_weights(directory / WEIGHTS_FILE), directory)
         if self.settings.lora is not None:
