@@ -13,7 +13,7 @@ import pytest
 
 from stagegpt.cli import main
 from stagegpt.errors import StagegptError
-from stagegpt.train.rundir import LOCK_FILE, RunLock, step_dirs
+from stagegpt.train.rundir import LOCK_FILE, RunLock, holder, step_dirs
 
 MICRO = ["--n-layer", "1", "--n-head", "1", "--n-embd", "16", "--block-size", "8",
          "--batch-size", "2", "--eval-every", "5", "--eval-batches", "1", "--warmup-steps", "2",
@@ -48,7 +48,7 @@ def wait_for(condition, process, timeout=60.0):
 
 def holds_lock(out: Path, pid: int) -> bool:
     path = out / LOCK_FILE
-    return path.exists() and path.read_text().strip() == str(pid)
+    return path.exists() and path.read_text().split("\n")[0] == str(pid)
 
 
 def test_a_second_trainer_is_refused_while_the_first_finishes_intact(data, tmp_path, capsys):
@@ -61,7 +61,8 @@ def test_a_second_trainer_is_refused_while_the_first_finishes_intact(data, tmp_p
         assert main(train_argv(data, out, steps, "--resume")) == 2
         assert time.monotonic() - started < 5
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and f"in use by process {first.pid}" in err, err
+        assert err.count("\n") == 1, err
+        assert f"in use by process {first.pid} (a training run)" in err, err
         assert first.wait(timeout=240) == 0, first.stderr.read()
     finally:
         first.kill()
@@ -88,8 +89,12 @@ def test_a_killed_holder_never_blocks_resume(data, tmp_path):
 def test_run_lock_in_one_process(tmp_path):
     """The same process cannot take a run dir twice either (a second Trainer in a notebook)."""
     out = tmp_path / "run"
-    with RunLock(out):
-        with pytest.raises(StagegptError, match=f"in use by process {os.getpid()}"):
+    with RunLock(out, "ladder"):  # the message names what holds it, not what asks
+        with pytest.raises(StagegptError, match=rf"in use by process {os.getpid()} \(a ladder\)"):
             RunLock(out).acquire()
     with RunLock(out):  # released: free again
         pass
+    (out / LOCK_FILE).write_bytes(b"\x00\xff" * 40)  # damaged: still one printable line
+    with RunLock(out):
+        assert holder((out / LOCK_FILE).read_bytes()) == (str(os.getpid()), "a training run")
+    assert holder(b"\x00\xff" * 40) == ("unknown", "another stagegpt run")

@@ -27,6 +27,7 @@ from stagegpt.errors import StagegptError
 from stagegpt.train.config import TrainConfig, replace_known
 
 HELP = "fine-tune a checkpoint into a classifier or instruction follower (full or LoRA)"
+FLAGS = {"rank": "--lora-rank", "alpha": "--lora-alpha", "targets": "--lora-targets"}
 FINETUNE_DEFAULTS = {"max_steps": 300, "warmup_steps": 20, "batch_size": 16,
                      "eval_every": 50, "ckpt_every": 100, "eval_batches": 10}
 
@@ -45,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "r8, labels); instruct: replies under a chat template (data from "
                              "prepare chat, instruct)")
     parser.add_argument("--base", required=True, metavar="CKPT",
-                        help="the pretrained checkpoint (or run dir, or Hugging Face GPT-2 dir)")
+                        help="the pretrained checkpoint (or run dir, or Hugging Face GPT-2 or "
+                             "Llama dir)")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="a fine-tuning data dir (stagegpt prepare genre|r8|labels|chat|"
                              "instruct ... --tokenizer from:BASE)")

@@ -38,24 +38,23 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or not (
                 1 <= self.rank <= MAX_RANK):
-            raise StagegptError(f"lora_rank must be an integer from 1 to {MAX_RANK}, got "
-                                f"{self.rank!r}", "lora_rank")
+            raise StagegptError(f"rank must be an integer from 1 to {MAX_RANK}, got "
+                                f"{self.rank!r}", "rank")
         if (not isinstance(self.alpha, int | float) or isinstance(self.alpha, bool)
                 or not math.isfinite(self.alpha) or self.alpha <= 0):
-            raise StagegptError(f"lora_alpha must be a number > 0, got {self.alpha!r}",
-                                "lora_alpha")
+            raise StagegptError(f"alpha must be a number > 0, got {self.alpha!r}", "alpha")
         if isinstance(self.targets, str) or not isinstance(self.targets, tuple | list):
-            raise StagegptError(f"lora_targets must be a list of layer names, got "
-                                f"{type(self.targets).__name__}", "lora_targets")
+            raise StagegptError(f"targets must be a list of layer names, got "
+                                f"{type(self.targets).__name__}", "targets")
         object.__setattr__(self, "targets", tuple(self.targets))  # equal to a saved config's
         if not self.targets or not all(isinstance(t, str) for t in self.targets):
-            raise StagegptError("lora_targets must name at least one layer, e.g. "
-                                "c_attn,c_proj,c_fc", "lora_targets")
+            raise StagegptError("targets must name at least one layer, e.g. c_attn,c_proj,c_fc",
+                                "targets")
         unknown = [t for t in self.targets if t.rpartition(".")[2] not in TARGETS]
         if unknown:
-            raise StagegptError(f"lora_targets: unknown layer {unknown[0]!r}; choose from "
+            raise StagegptError(f"targets: unknown layer {unknown[0]!r}; choose from "
                                 f"{', '.join(TARGETS)} (optionally as attn.c_proj or "
-                                "mlp.c_proj)", "lora_targets")
+                                "mlp.c_proj)", "targets")
 
     @property
     def scaling(self) -> float:
@@ -117,9 +116,9 @@ def check_targets(model: nn.Module, config: LoRAConfig) -> None:
     """Refuse a config whose targets name a layer `model` lacks."""
     unmatched = unmatched_targets(model, config.targets)
     if unmatched:
-        raise StagegptError(f"lora_targets: this model has no {unmatched[0]!r} layer (stages "
+        raise StagegptError(f"targets: this model has no {unmatched[0]!r} layer (stages "
                             "1-2 have no attention, 1-3 no MLP, only 8-9 have c_gate)",
-                            "lora_targets")
+                            "targets")
 
 
 def attach_lora(model: nn.Module, config: LoRAConfig) -> list[str]:

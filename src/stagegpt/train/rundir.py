@@ -32,12 +32,22 @@ LOCK_FILE = ".lock"
 PRUNED = re.compile(r"\.step_\d+\.tmp")  # where a prune moves a checkpoint to delete it
 
 
+def holder(text: bytes) -> tuple[str, str]:
+    """(PID, what it runs) from a lock file's lines, for a message only: whatever it holds
+    is shown as printable ASCII, shortened."""
+    pid, _, kind = text.decode("ascii", "replace").partition("\n")
+    kind = "".join(c for c in kind.strip() if c.isprintable())[:30]
+    pid = "".join(c for c in pid if c.isdigit())[:20]
+    return pid or "unknown", f"a {kind}" if kind else "another stagegpt run"
+
+
 class RunLock:
     """One process at a time in a run dir: an exclusive `flock` on RUN/.lock, held from
     `acquire()` to `release()`.
 
     The kernel drops the lock when its process dies, SIGKILL included, so a dead holder
-    never blocks a later run; the file holds the holder's PID only to name it.
+    never blocks a later run; the file holds the holder's PID and what it runs (a
+    training run, a ladder) only to name it.
     """
 
     def __init__(self, run_dir: str | Path, what: str = "training run"):
@@ -52,13 +62,13 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            pid, kind = holder(os.pread(fd, 64, 0))
             os.close(fd)
             raise StagegptError(
-                f"{self.run_dir} is in use by process {holder} (another {self.what}); wait "
-                "for it to finish or stop it, or choose another --out") from None
+                f"{self.run_dir} is in use by process {pid} ({kind}); wait for it to finish "
+                "or stop it, or choose another --out") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()}\n{self.what}\n".encode(), 0)
         self.fd = fd
         return self
 
