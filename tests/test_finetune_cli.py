@@ -249,7 +249,7 @@ def test_a_fine_tune_that_keeps_only_its_changes_points_to_merge(runs, capsys, t
 def test_classify_reads_a_bounded_prefix_of_text_file(runs, capsys, monkeypatch, tmp_path):
     """--text-file /dev/zero (or any endless stream) is refused after the limit, not read
     until memory runs out; a short file is classified as --text would be."""
-    monkeypatch.setattr("stagegpt.cli.classify.MAX_TEXT_BYTES", 1 << 10)
+    monkeypatch.setattr("stagegpt.fileio.MAX_TEXT_BYTES", 1 << 10)
     assert main(["classify", "--ckpt", str(runs["cls"]), "--text-file", "/dev/zero"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--text-file /dev/zero is over 1,024 bytes" in err

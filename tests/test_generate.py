@@ -432,6 +432,9 @@ def test_stream_decoder_never_breaks_a_character():
     (["--prompt", "hi", "--prompt-file", "x.txt"], "--prompt"),
     (["--prompt", "hello WORLD"], "'W'"),
     (["--prompt-file", "/nonexistent/prompt.txt"], "prompt file"),
+    (["--prompt-file", "/dev/zero"], "prompt file /dev/zero is over 16,777,216 bytes"),
+    (["--num-samples", str(10**20)], "--num-samples must be from 1 to 10,000"),
+    (["--chat", "--no-cache", "--dtype", "bfloat16"], "--dtype, --no-cache apply to plain"),
 ])
 def test_sample_bad_values_give_one_line_and_exit_2(args, flag, char_ckpt, capsys):
     path, _, _ = char_ckpt

@@ -1,5 +1,8 @@
 """`stagegpt inspect` and `stagegpt attention`: the trace, the counts, the maps."""
 
+import os
+import stat
+
 import pytest
 import torch
 
@@ -7,6 +10,7 @@ from stagegpt import ModelConfig, build_model
 from stagegpt.cli import main
 from stagegpt.data.tokenizers import get_tokenizer
 from stagegpt.errors import StagegptError
+from stagegpt.interop import load_checkpoint
 from stagegpt.tools.attention_maps import attention_maps, plot_attention
 from stagegpt.tools.inspection import (
     COMPONENTS,
@@ -129,7 +133,7 @@ def test_attention_cli_one_head(checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize("text, layer, message", [
     ("to be", "9", "--layer must be between 0 and 1"),
     ("t" * 65, None, "--text is 65 tokens"),
-    ("", None, "--text is empty"),
+    ("", None, "--text must be a non-empty string"),
 ])
 def test_attention_cli_refuses_bad_input(checkpoint, tmp_path, capsys, text, layer, message):
     out = tmp_path / "x.png"
@@ -137,6 +141,31 @@ def test_attention_cli_refuses_bad_input(checkpoint, tmp_path, capsys, text, lay
     assert main(argv + (["--layer", layer] if layer else [])) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_attention_writes_only_a_png_and_never_over_a_device(checkpoint, tmp_path, capsys):
+    """--out must name a .png (not, say, the checkpoint's own weights) and a regular file
+    when it exists: a rename onto /dev/null would replace the device with a file."""
+    weights = checkpoint / "model.safetensors"
+    before = weights.read_bytes()
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    for out, message in ((weights, "--out must name a .png file"),
+                         (fifo, "exists and is not a regular file")):
+        assert main(["attention", "--ckpt", str(checkpoint), "--text", "to be", "--out",
+                     str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    assert weights.read_bytes() == before and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_attention_maps_checks_its_ids(checkpoint):
+    model = load_checkpoint(checkpoint).model
+    for ids, message in ((torch.tensor([[0, 10_000]]), "token ids in"),
+                         ([[0, 1]], "got list"), (torch.tensor([0, 1]), r"got \(2,\)")):
+        with pytest.raises(StagegptError, match=message) as err:
+            attention_maps(model, ids)
+        assert err.value.param == "ids"
 
 
 def test_attention_refuses_a_stage_without_attention(tiny_config):

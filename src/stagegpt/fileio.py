@@ -67,8 +67,13 @@ def ensure_dir(path: str | Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary file beside `path`; on success rename it to `path`."""
+    """Open a temporary file beside `path`; on success rename it to `path`. What `path`
+    names now must be a regular file, if anything: a rename would replace a device or a
+    FIFO with a file."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise StagegptError(f"{path} exists and is not a regular file (a directory, a device "
+                            "or a pipe); give the path of a file to write")
     ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -237,6 +242,27 @@ def read_small_file(path: str | Path, what: str = "file",
         raise StagegptError(f"{what} {path} is {info.st_size:,} bytes, more than the "
                             f"{max_bytes:,} such a file can be; it is not one")
     return path.read_bytes()
+
+
+MAX_TEXT_BYTES = 16 << 20  # a prompt or a text to classify; models read far less of it
+
+
+def read_text_stream(path: str | Path, what: str, max_bytes: int | None = None) -> str:
+    """A file's UTF-8 text, read no further than `max_bytes` (MAX_TEXT_BYTES) + 1 bytes: a
+    pipe or /dev/stdin works, and /dev/zero is refused instead of filling memory."""
+    max_bytes = MAX_TEXT_BYTES if max_bytes is None else max_bytes
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise StagegptError(f"{what} {path} is over {max_bytes:,} bytes; give the text "
+                                "the model is to read, which is far shorter")
+        return data.decode("utf-8")
+    except FileNotFoundError:
+        raise StagegptError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or type(err).__name__
+        raise StagegptError(f"cannot read {what} {path} as UTF-8 text ({reason})") from None
 
 
 def read_text(path: str | Path, what: str = "file", max_bytes: int = MAX_JSON_BYTES) -> str:

@@ -10,12 +10,11 @@ A text longer than the model's context is cut to its first block_size tokens (as
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from stagegpt.errors import StagegptError
+from stagegpt.fileio import read_text_stream
 
 HELP = "label a text with a fine-tuned classifier (prints label and probabilities)"
-MAX_TEXT_BYTES = 16 << 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,28 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     text.add_argument("--text-file", metavar="F", help="read the text from this file")
 
 
-def read_text_file(path: Path) -> str:
-    """The file's text, read no further than MAX_TEXT_BYTES (a pipe or /dev/stdin works)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_TEXT_BYTES + 1)
-        if len(data) > MAX_TEXT_BYTES:
-            raise StagegptError(f"--text-file {path} is over {MAX_TEXT_BYTES:,} bytes; a "
-                                "classifier reads only its first block_size tokens, so give "
-                                "it the passage alone")
-        return data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = getattr(err, "strerror", None) or type(err).__name__
-        raise StagegptError(f"cannot read --text-file {path} as UTF-8 text ({reason})") from None
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from stagegpt.finetune import load_finetuned
     from stagegpt.finetune.classify import predict
 
-    text = args.text if args.text_file is None else read_text_file(Path(args.text_file))
+    text = args.text if args.text_file is None else read_text_stream(args.text_file,
+                                                                      "--text-file")
     tuned = load_finetuned(args.ckpt)
     if tuned.head is None:
         raise StagegptError(f"{args.ckpt} is an instruction model, not a classifier; use "

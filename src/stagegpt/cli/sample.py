@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
 from stagegpt.errors import StagegptError
+from stagegpt.fileio import read_text_stream
 from stagegpt.generation import check_sampling_args, nth_seed, stream
 
 HELP = "generate text from a checkpoint, streamed as it is produced"
 SEPARATOR = "---"
+MAX_SAMPLES = 10_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,12 +64,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                         args.seed)
-    if args.num_samples < 1:
-        raise StagegptError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if not 1 <= args.num_samples <= MAX_SAMPLES:
+        raise StagegptError(f"--num-samples must be from 1 to {MAX_SAMPLES:,}, got "
+                            f"{args.num_samples}")
     prompt = _read_prompt(args)
     if args.chat:
         from stagegpt.cli.chat import sample_with_template
 
+        plain_only = [flag for flag, given in (("--dtype", args.dtype != "float32"),
+                                               ("--no-cache", args.no_cache),
+                                               ("--no-fast", args.no_fast)) if given]
+        if plain_only:
+            raise StagegptError(f"{', '.join(plain_only)} apply to plain sampling; --chat "
+                                "samples the fine-tuned model as `stagegpt chat` does, in "
+                                "fp32 with its cache")
         return sample_with_template(args, prompt)
 
     from stagegpt.interop import load_checkpoint
@@ -109,11 +118,4 @@ def run(args: argparse.Namespace) -> int:
 def _read_prompt(args: argparse.Namespace) -> str:
     if args.prompt_file is None:
         return args.prompt
-    path = Path(args.prompt_file)
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StagegptError(f"prompt file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
-        reason = getattr(err, "strerror", None) or type(err).__name__
-        raise StagegptError(f"cannot read prompt file {path} as UTF-8 text ({reason})") from None
+    return read_text_stream(args.prompt_file, "prompt file")

@@ -58,8 +58,14 @@ def attention_maps(model: LanguageModel, ids: Tensor) -> Tensor:
     if not layers:
         raise StagegptError(f"stage {model.stage} has no attention to plot; use a checkpoint "
                             "of stage 3 to 9")
-    if ids.dim() != 2 or ids.size(0) != 1:
-        raise StagegptError(f"expected token ids of shape (1, T), got {tuple(ids.shape)}")
+    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.size(0) != 1 or (
+            ids.dtype != torch.long):
+        shape = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
+        raise StagegptError(f"ids must be a tensor of token ids of shape (1, T), got {shape}",
+                            "ids")
+    if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < model.config.vocab_size:
+        raise StagegptError(f"ids must be token ids in [0, {model.config.vocab_size}), the "
+                            "model's vocabulary", "ids")
     seen: list[Tensor] = []
     with eval_mode(model), explicit_attention(model) as layers:
         hooks = [layer.softmax.register_forward_hook(
@@ -76,7 +82,7 @@ def attention_maps(model: LanguageModel, ids: Tensor) -> Tensor:
 def _pick(count: int, index: int | None, what: str) -> list[int]:
     if index is None:
         return list(range(count))
-    if not 0 <= index < count:
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
         raise StagegptError(f"{what} must be between 0 and {count - 1} for this model, "
                             f"got {index}", what)
     return [index]
@@ -86,8 +92,9 @@ def encode_text(model: LanguageModel, tokenizer: Any, text: str) -> list[int]:
     if tokenizer is None:
         raise StagegptError("this checkpoint has no tokenizer, so the text cannot be encoded; "
                             "use a checkpoint written by `stagegpt train`")
-    if not text:
-        raise StagegptError("text is empty; give the text whose attention to plot", "text")
+    if not isinstance(text, str) or not text:
+        raise StagegptError(f"text must be a non-empty string, got {text!r:.40}; give the text "
+                            "whose attention to plot", "text")
     ids = tokenizer.encode(text)
     block_size = model.config.block_size
     if len(ids) > block_size:
@@ -106,6 +113,8 @@ def plot_attention(model: LanguageModel, tokenizer: Any, text: str,
     `layer` and `head` (0-based) narrow the grid to one layer, one head, or one map.
     Writes a PNG to `out` (atomically) when given. Returns the weights that were drawn.
     """
+    if out is not None and Path(out).suffix.lower() != ".png":
+        raise StagegptError(f"out must name a .png file, got {str(out)[:80]!r}", "out")
     ids = encode_text(model, tokenizer, text)
     weights = attention_maps(model, torch.tensor([ids]))
     n_layer, n_head = weights.shape[:2]
