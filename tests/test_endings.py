@@ -1,6 +1,7 @@
 """The HellaSwag-style endings test: its items, its scoring, and `stagegpt eval`."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from stagegpt.tools.endings import (
     make_items,
     score_endings,
 )
+from stagegpt.train.checkpoints import save_checkpoint
 
 TOKENS = np.random.default_rng(0).integers(0, 50, 5_000)
 
@@ -102,13 +104,53 @@ def test_eval_cli_prints_and_refuses(markov_data, tmp_path, capsys):
         load_checkpoint(ckpt, dtype="float16")
     for flags, words in ((["--items", "0"], "--items must be"),
                          (["--ending-min", "9", "--ending-max", "3"], "--ending-min"),
-                         (["--ending-max", "40"], "leave no context"),
+                         (["--ending-max", "40"], "--ending-min/--ending-max of up to 40 "
+                                                   "tokens leaves no context"),
                          (["--seed", "-1"], "--seed")):
         assert main(["eval", "--ckpt", ckpt, "--data", str(data), *flags]) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
     assert main(["eval", "--ckpt", ckpt, "--data", str(other)]) == 2
     assert "another tokenizer" in capsys.readouterr().err
+    bad_ids = tmp_path / "bad_ids"
+    shutil.copytree(data, bad_ids)
+    val = np.memmap(bad_ids / "val.bin", dtype=np.uint16, mode="r+")
+    val[5] = 12  # one past the vocabulary
+    val.flush()
+    assert main(["eval", "--ckpt", ckpt, "--data", str(bad_ids)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "val.bin holds token id 12, outside" in err
+
+
+def test_eval_fits_its_defaults_to_a_small_window_and_writes_nan_as_null(
+        markov_data, tmp_path, capsys):
+    """A 16-token window gets the ladder's window-sized test by default (not a refusal),
+    and a diverged model's loss prints as JSON null, never as NaN (not JSON)."""
+    data = markov_data(order=1, vocab=12, tokens=20_000, seed=0, concentration=0.05)
+    config = ModelConfig(vocab_size=12, block_size=16, n_embd=16, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    model = build_model(5, config)
+    save_checkpoint(tmp_path / "small", model, None)
+    assert main(["eval", "--ckpt", str(tmp_path / "small"), "--data", str(data), "--items",
+                 "10", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == 10
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    save_checkpoint(tmp_path / "nan", model, None)
+    assert main(["eval", "--ckpt", str(tmp_path / "nan"), "--data", str(data), "--items",
+                 "10", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_loss"] is None
+
+
+def test_a_split_too_uniform_for_four_endings_is_refused_not_looped_on():
+    """Three tokens cycling: every 1-token ending is one of three, so four different ones
+    cannot be drawn; the draws are bounded and the refusal names `ending`."""
+    cycle = np.tile(np.arange(3, dtype=np.uint16), 2000)
+    too_few = "^ending of 1-1 tokens: the split holds too few"
+    with pytest.raises(StagegptError, match=too_few) as err:
+        make_items(cycle, items=3, context=4, ending=(1, 1))
+    assert err.value.param == "ending"
+    assert items_for_window(cycle, 4) is None  # the ladder shows "-" for such a source
 
 
 def test_the_python_api_names_its_parameters():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stagegpt import ModelConfig, build_model
+from stagegpt.errors import StagegptError
 from stagegpt.tools import attention_maps as maps_module
 from stagegpt.tools import ladder
 from stagegpt.tools.attention_maps import AttentionMaps, draw_maps
@@ -38,6 +39,20 @@ def test_split_loss_scores_at_most_max_tokens_spread_over_the_split(model, monke
     assert torch.cat(seen).shape == (100, 8) and capped != whole
     seen.clear()
     assert split_loss(model, tokens, fast=False, max_tokens=10**9) == whole
+
+
+@pytest.mark.parametrize("change, param", [
+    (dict(tokens=np.array([0, 1, 16] * 10)), "tokens"),  # 16: past the vocabulary
+    (dict(tokens=np.zeros((4, 9), dtype=np.int64)), "tokens"),
+    (dict(tokens=[0, 1] * 10), "tokens"),
+    (dict(batch_size=0), "batch_size"), (dict(batch_size=10**30), "batch_size"),
+    (dict(max_tokens=0), "max_tokens"),
+])
+def test_split_loss_checks_its_arguments(model, change, param):
+    args = {"tokens": np.arange(40) % 16, **change}
+    with pytest.raises(StagegptError, match=f"^{param} must be|^{param} holds") as err:
+        split_loss(model, **args)
+    assert err.value.param == param
 
 
 def test_a_time_budget_ladder_plots_by_training_seconds(tmp_path, monkeypatch):

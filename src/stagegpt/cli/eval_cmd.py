@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from stagegpt.tools.endings import DEFAULT_CONTEXT, DEFAULT_ENDING, DEFAULT_ITEMS
 
@@ -30,13 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data dir written by `stagegpt prepare`; its val split is used")
     parser.add_argument("--items", type=int, default=DEFAULT_ITEMS, metavar="N",
                         help=f"questions in the endings test (default: {DEFAULT_ITEMS})")
-    parser.add_argument("--context", type=int, default=DEFAULT_CONTEXT, metavar="T",
-                        help=f"context tokens per question (default: {DEFAULT_CONTEXT}; "
-                             "cropped from the left to fit the model's window)")
-    parser.add_argument("--ending-min", type=int, default=DEFAULT_ENDING[0], metavar="T",
-                        help=f"shortest ending in tokens (default: {DEFAULT_ENDING[0]})")
-    parser.add_argument("--ending-max", type=int, default=DEFAULT_ENDING[1], metavar="T",
-                        help=f"longest ending in tokens (default: {DEFAULT_ENDING[1]})")
+    parser.add_argument("--context", type=int, metavar="T",
+                        help=f"context tokens per question (default: {DEFAULT_CONTEXT}, less "
+                             "for a smaller window; cropped from the left to fit it)")
+    parser.add_argument("--ending-min", type=int, metavar="T",
+                        help=f"shortest ending in tokens (default: {DEFAULT_ENDING[0]}, half "
+                             "the longest in a smaller window)")
+    parser.add_argument("--ending-max", type=int, metavar="T",
+                        help=f"longest ending in tokens (default: {DEFAULT_ENDING[1]}, at most "
+                             "a quarter of the model's window)")
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="seed that picks the questions (default: 0)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
@@ -47,11 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from stagegpt.tools.endings import evaluate_checkpoint
 
-    ending = (args.ending_min, args.ending_max)
+    ending = None
+    if args.ending_min is not None or args.ending_max is not None:
+        ending = (DEFAULT_ENDING[0] if args.ending_min is None else args.ending_min,
+                  DEFAULT_ENDING[1] if args.ending_max is None else args.ending_max)
     result = evaluate_checkpoint(args.ckpt, args.data, args.items, args.context, ending,
                                  args.seed, args.dtype)
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if args.json:  # a diverged model's NaN loss is null: JSON has no NaN
+        finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                  for k, v in result.items()}
+        print(json.dumps(finite, indent=2, allow_nan=False))
         return 0
     print(f"val loss              {result['val_loss']:.4f} (ppl {result['val_ppl']:.2f})")
     print(f"endings accuracy      {result['accuracy']:.1%} of {result['items']} "

@@ -127,6 +127,15 @@ def sample_batch(tokens: np.ndarray, batch_size: int, block_size: int,
     return window[:, :-1].contiguous(), window[:, 1:].contiguous()
 
 
+ID_CHUNK = 1 << 24  # ids read at a time when checking a split
+
+
+def largest_id(tokens: np.ndarray) -> int:
+    """The largest token id in a split, read a chunk at a time (a split may be a memmap
+    larger than memory)."""
+    return max(int(tokens[i:i + ID_CHUNK].max()) for i in range(0, len(tokens), ID_CHUNK))
+
+
 class TokenWindows(torch.utils.data.Dataset):
     """Windows over a split: item i is (x, y), the `block_size + 1` tokens from
     i * stride on, with y = x shifted by one, both (T,) int64.

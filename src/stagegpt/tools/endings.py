@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stagegpt.data.datasets import load_split, read_meta
+from stagegpt.data.datasets import largest_id, load_split, read_meta
 from stagegpt.errors import StagegptError
 from stagegpt.interop import load_checkpoint
 from stagegpt.model import LanguageModel
@@ -54,10 +54,10 @@ def check_item_args(items: int, context: int, ending: tuple[int, int], seed: int
                             "items")
     if isinstance(context, bool) or not isinstance(context, int) or context < 1:
         raise StagegptError(f"context must be an integer >= 1, got {context!r}", "context")
-    low, high = ending
-    if not all(isinstance(n, int) and not isinstance(n, bool) for n in ending) or not (
-            1 <= low <= high):
-        raise StagegptError(f"ending must be two lengths 1 <= low <= high, got {ending!r}",
+    if not isinstance(ending, tuple | list) or len(ending) != 2 or not all(
+            isinstance(n, int) and not isinstance(n, bool) for n in ending) or not (
+            1 <= ending[0] <= ending[1]):
+        raise StagegptError(f"ending must be two lengths 1 <= low <= high, got {ending!r:.60}",
                             "ending")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise StagegptError(f"seed must be an integer in [0, 2^63), got {seed!r}", "seed")
@@ -76,13 +76,25 @@ def make_items(tokens: np.ndarray, items: int = DEFAULT_ITEMS, context: int = DE
     return [_item(tokens, rng, context, low, high) for _ in range(items)]
 
 
+class TooAlike(StagegptError):
+    """The split cannot supply four different endings of the asked lengths."""
+
+
+MAX_DRAWS = 10_000  # per item: plenty for any varied text, and a bound for one that is not
+
+
 def _item(tokens: np.ndarray, rng: np.random.Generator, context: int, low: int,
           high: int) -> Item:
     start = int(rng.integers(0, len(tokens) - context - high + 1))
     cut = start + context  # where the true ending begins
     true = tokens[cut:cut + int(rng.integers(low, high + 1))].tolist()
-    endings = [true]
+    endings, draws = [true], 0
     while len(endings) < CHOICES:
+        draws += 1
+        if draws > MAX_DRAWS:
+            raise TooAlike(f"ending of {low}-{high} tokens: the split holds too few different "
+                           f"token runs for {CHOICES} different endings; ask for longer "
+                           "endings, or score a more varied split", "ending")
         other = int(rng.integers(0, len(tokens) - high + 1))
         if abs(other - cut) < high:  # would overlap the true ending
             continue
@@ -94,15 +106,24 @@ def _item(tokens: np.ndarray, rng: np.random.Generator, context: int, low: int,
     return Item(tokens[start:cut].tolist(), shuffled, int(np.argmin(order)))
 
 
-def items_for_window(tokens: np.ndarray, block_size: int, seed: int = 0) -> list[Item] | None:
-    """The default test shrunk to fit a `block_size` window (None if the split is too
-    short): endings of up to a quarter of the window, the rest context."""
+def window_defaults(block_size: int) -> tuple[int, tuple[int, int]]:
+    """(context, ending): the default test shrunk to fit a `block_size` window, endings of
+    up to a quarter of the window and the rest context."""
     high = min(DEFAULT_ENDING[1], max(1, block_size // 4))
-    ending = (max(1, high // 2), high)
-    context = max(1, min(DEFAULT_CONTEXT, block_size - high))
+    return max(1, min(DEFAULT_CONTEXT, block_size - high)), (max(1, high // 2), high)
+
+
+def items_for_window(tokens: np.ndarray, block_size: int, seed: int = 0) -> list[Item] | None:
+    """The default test fitted to a `block_size` window (None if the split is too short
+    or too uniform for it)."""
+    context, ending = window_defaults(block_size)
+    high = ending[1]
     if len(tokens) < 4 * (context + high):
         return None
-    return make_items(tokens, DEFAULT_ITEMS, context, ending, seed)
+    try:
+        return make_items(tokens, DEFAULT_ITEMS, context, ending, seed)
+    except TooAlike:  # a source of a handful of tokens: the ladder shows "-"
+        return None
 
 
 def ending_losses(model: LanguageModel, pairs: list[tuple[list[int], list[int]]]) -> Tensor:
@@ -130,10 +151,7 @@ def ending_losses(model: LanguageModel, pairs: list[tuple[list[int], list[int]]]
 def score_endings(model: LanguageModel, items: list[Item], batch: int = 32) -> EndingsScore:
     """How often `model` ranks each item's true ending first (`batch` items per forward)."""
     longest = max(len(e) for item in items for e in item.endings)
-    if longest >= model.config.block_size:
-        raise StagegptError(f"endings of {longest} tokens leave no context in the model's "
-                            f"window of {model.config.block_size}; use shorter endings",
-                            "ending")
+    check_fits_window(longest, model.config.block_size)
     correct = correct_norm = 0
     with eval_mode(model):
         for first in range(0, len(items), batch):
@@ -148,13 +166,27 @@ def score_endings(model: LanguageModel, items: list[Item], batch: int = 32) -> E
     return EndingsScore(correct / len(items), correct_norm / len(items), len(items))
 
 
+def check_fits_window(longest: int, block_size: int) -> None:
+    if longest >= block_size:
+        raise StagegptError(f"ending of up to {longest} tokens leaves no context in the "
+                            f"model's window of {block_size}; ask for endings shorter than "
+                            f"{block_size} tokens", "ending")
+
+
 def evaluate_checkpoint(ckpt_dir: str | Path, data_dir: str | Path, items: int = DEFAULT_ITEMS,
-                        context: int = DEFAULT_CONTEXT,
-                        ending: tuple[int, int] = DEFAULT_ENDING, seed: int = 0,
-                        dtype: str = "float32") -> dict:
-    """Val loss and the endings test of a checkpoint on a data dir's val split."""
-    check_item_args(items, context, ending, seed)  # before the checkpoint is loaded
+                        context: int | None = None, ending: tuple[int, int] | None = None,
+                        seed: int = 0, dtype: str = "float32") -> dict:
+    """Val loss and the endings test of a checkpoint on a data dir's val split.
+
+    context and ending default to DEFAULT_CONTEXT and DEFAULT_ENDING, shrunk to fit the
+    model's window as the ladder's test does (window_defaults)."""
+    check_item_args(items, DEFAULT_CONTEXT if context is None else context,
+                    DEFAULT_ENDING if ending is None else ending, seed)
     ckpt = load_checkpoint(ckpt_dir, dtype=dtype)
+    fitted_context, fitted_ending = window_defaults(ckpt.model.config.block_size)
+    context = fitted_context if context is None else context
+    ending = fitted_ending if ending is None else tuple(ending)
+    check_fits_window(ending[1], ckpt.model.config.block_size)
     meta = read_meta(data_dir)
     same = ckpt.tokenizer is None or ckpt.tokenizer.to_spec() == meta["tokenizer"]
     if not same or meta["vocab_size"] > ckpt.model.config.vocab_size:
@@ -162,6 +194,10 @@ def evaluate_checkpoint(ckpt_dir: str | Path, data_dir: str | Path, items: int =
                             f"checkpoint {ckpt_dir}; evaluate on data prepared with the "
                             "tokenizer the model was trained with")
     tokens = load_split(data_dir, "val")
+    if len(tokens) and largest_id(tokens) >= ckpt.model.config.vocab_size:
+        raise StagegptError(f"{data_dir}/val.bin holds token id {largest_id(tokens)}, outside "
+                            f"the checkpoint's vocabulary of {ckpt.model.config.vocab_size}; "
+                            "prepare the data dir again with the model's tokenizer")
     val_loss = split_loss(ckpt.model, tokens, max_tokens=SCORE_TOKENS)
     score = score_endings(ckpt.model, make_items(tokens, items, context, ending, seed))
     return {"val_loss": val_loss, "val_ppl": math.exp(val_loss), **asdict(score)}

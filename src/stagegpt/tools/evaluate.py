@@ -12,7 +12,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from stagegpt.data.datasets import TokenWindows
+from stagegpt.data.datasets import TokenWindows, largest_id
+from stagegpt.errors import StagegptError
 from stagegpt.fast import accelerate
 from stagegpt.model import LanguageModel
 from stagegpt.model.layers import eval_mode
@@ -20,6 +21,27 @@ from stagegpt.model.layers import eval_mode
 # Tables score the whole val split up to this many tokens (in windows spread evenly over a
 # larger split), so that scoring stays a bounded share of a ladder's time.
 SCORE_TOKENS = 1 << 17
+MAX_BATCH = 4096
+
+
+def check_split_args(model: LanguageModel, tokens: np.ndarray, batch_size: int,
+                     max_tokens: int | None) -> None:
+    if not isinstance(tokens, np.ndarray) or tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+        raise StagegptError("tokens must be a 1-D numpy array of token ids (a split, as "
+                            "load_split returns)", "tokens")
+    if len(tokens) and not 0 <= int(tokens.min()) <= largest_id(tokens) < (
+            model.config.vocab_size):
+        raise StagegptError(f"tokens holds ids outside the model's vocabulary of "
+                            f"{model.config.vocab_size}; score data prepared with the model's "
+                            "tokenizer", "tokens")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not (
+            1 <= batch_size <= MAX_BATCH):
+        raise StagegptError(f"batch_size must be an integer from 1 to {MAX_BATCH:,}, got "
+                            f"{batch_size!r:.40}", "batch_size")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(
+            max_tokens, int) or max_tokens < 1):
+        raise StagegptError(f"max_tokens must be a positive integer or None, got "
+                            f"{max_tokens!r:.40}", "max_tokens")
 
 
 @torch.no_grad()
@@ -31,6 +53,7 @@ def split_loss(model: LanguageModel, tokens: np.ndarray, batch_size: int = 32,
     split (a bound on the cost for large splits); None scores every window.
     fast: compute each batch's loss without its full logits (`stagegpt.fast`).
     """
+    check_split_args(model, tokens, batch_size, max_tokens)
     windows = TokenWindows(tokens, model.config.block_size)
     count = len(windows)
     if max_tokens is not None and count * model.config.block_size > max_tokens:
