@@ -273,14 +273,21 @@ def test_method_and_package_export(tiny_config):
     (dict(seed=-1), "^seed "),
     (dict(seed=2**64), "^seed "),
     (dict(seed="7"), "^seed "),
+    (dict(stop_ids=["a"]), "^stop_ids "),
+    (dict(stop_ids=5), "^stop_ids "),
+    (dict(stop_ids=[2**70]), "^stop_ids "),
+    (dict(stop_ids=[True]), "^stop_ids "),
+    (dict(max_new_tokens=1 << 24, idx=torch.zeros(1, 1, dtype=torch.long).expand(1 << 20, 1)),
+     "^idx: 1,048,576 rows of 16,777,217 ids needs"),
 ])
 def test_bad_arguments_raise_one_line_errors_naming_the_parameter(kwargs, flag, tiny_config):
     model = peaky_model(5, tiny_config)
-    args = {"max_new_tokens": 3, **kwargs}
+    args = {"max_new_tokens": 3, "idx": prompts(tiny_config), **kwargs}
     for fn in (generate, stream):  # stream checks eagerly, before the first next()
         with pytest.raises(StagegptError, match=flag) as err:
-            fn(model, prompts(tiny_config), **args)
+            fn(model, **args)
         assert "\n" not in str(err.value)
+        assert err.value.param == flag[1:].split()[0].rstrip(":")
 
 
 @pytest.mark.parametrize("idx", [

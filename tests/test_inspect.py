@@ -181,3 +181,16 @@ def test_inspect_cli_preset_and_checkpoint(checkpoint, capsys):
     assert "(2, 4, " in capsys.readouterr().out
     assert main(["inspect", "--ckpt", str(checkpoint), "--stage", "3"]) == 2
     assert "holds stage 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch", str(10**20)], "--batch-size must be an integer from 1 to 1,048,576"),
+    (["--batch", "0"], "--batch-size must be an integer from 1"),
+    (["--seq", "0"], "--seq must be between 1 and block_size"),
+])
+def test_inspect_bounds_its_trace_on_the_meta_device_too(capsys, flags, message):
+    """A preset is traced on the meta device, where no memory check applies: the batch is
+    bounded itself, so 10**20 rows are refused instead of overflowing inside torch."""
+    assert main(["inspect", "--stage", "5", "--preset", "gpt2-xl", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

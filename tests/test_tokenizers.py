@@ -293,3 +293,14 @@ def test_chunked_encoding_equals_whole_text_encoding(gpt2, bpe, pieces, size):
     assert "".join(chunks) == text
     for tok in (gpt2, bpe):
         assert tok.encode_array(chunks).tolist() == tok.encode(text)
+
+
+@pytest.mark.parametrize("text", ["a\udcff b", "\ud800", "ok \udcfe\udcff"])
+def test_a_lone_surrogate_encodes_as_the_replacement_character_everywhere(gpt2, text):
+    """Bytes that are not UTF-8 in a command-line argument arrive as lone surrogates; the
+    BPE tokenizer encodes them as U+FFFD, as GPT-2's (tiktoken) does, instead of raising."""
+    bpe = get_tokenizer("bpe:300", "the cat sat on the mat, a b ok " * 50)
+    replaced = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    assert bpe.encode(text) == bpe.encode(replaced)
+    assert bpe.encode_batch([text, "a"]) == [bpe.encode(replaced), bpe.encode("a")]
+    assert "\ufffd" in bpe.decode(bpe.encode(text)) and gpt2.encode(text)

@@ -42,6 +42,14 @@ MAX_TOKENIZER_BYTES = 64 << 20  # a BPE tokenizer.json of 65k tokens is ~2 MB
 GPT2_EOT_ID = GPT2_VOCAB - 1  # <|endoftext|>, GPT-2's last token
 
 
+def without_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (which no UTF-8 can hold) replaced by U+FFFD, as
+    tiktoken does: an argument holding bytes that are not UTF-8 still encodes."""
+    if not isinstance(text, str):
+        raise StagegptError(f"text to encode must be a string, got {type(text).__name__}")
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 class Tokenizer:
     """What every tokenizer offers. Ids are ints in [0, vocab_size)."""
 
@@ -270,10 +278,13 @@ class BPETokenizer(Tokenizer):
         return cls(hf, f"bpe:{size}")
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text).ids
+        return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(list(texts))]
+        try:
+            return [e.ids for e in self.hf.encode_batch(list(texts))]
+        except TypeError:  # a lone surrogate (undecodable bytes from argv, a JSON escape)
+            return [e.ids for e in self.hf.encode_batch([without_surrogates(t) for t in texts])]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode(self._check_ids(ids), skip_special_tokens=False)

@@ -30,6 +30,7 @@ same logits faster on a CPU.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 
@@ -39,6 +40,7 @@ from torch import Tensor
 from stagegpt.errors import StagegptError
 from stagegpt.fast import FastDecoder
 from stagegpt.generation.sampling import check_sampling_args, sample_next
+from stagegpt.limits import check_fits
 from stagegpt.model.layers import KVCache, eval_mode
 from stagegpt.model.stages import LanguageModel
 
@@ -75,8 +77,8 @@ def stream(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: 
     on_logits: called with the logits (B, V) each column is sampled from, just before the
     draw (`sampling_probs` turns them into the distribution the draw uses).
     """
-    out, T = _start(model, idx, max_new_tokens, temperature, top_k, top_p, seed)
-    return _decode(model, out, T, max_new_tokens, temperature, top_k, top_p, seed, stop_ids,
+    out, T, stop = _start(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_ids)
+    return _decode(model, out, T, max_new_tokens, temperature, top_k, top_p, seed, stop,
                    use_cache, fast, on_logits, slide)
 
 
@@ -105,10 +107,10 @@ def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature
     Prompts longer than `block_size` are cropped to their last `block_size` tokens, and
     so is the context once generation runs past it (see the module docstring).
     """
-    out, T = _start(model, idx, max_new_tokens, temperature, top_k, top_p, seed)
+    out, T, stop = _start(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_ids)
     n = 0
     with closing(_decode(model, out, T, max_new_tokens, temperature, top_k, top_p, seed,
-                         stop_ids, use_cache, fast, slide=slide)) as columns:
+                         stop, use_cache, fast, slide=slide)) as columns:
         for column in columns:
             n += 1
             if on_token is not None:
@@ -117,32 +119,57 @@ def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature
 
 
 def _start(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float,
-           top_k: int | None, top_p: float | None, seed: int | None) -> tuple[Tensor, int]:
-    """Check the arguments; return the output buffer (B, T + n) holding the prompt, and T."""
+           top_k: int | None, top_p: float | None, seed: int | None,
+           stop_ids: Iterable[int] | None) -> tuple[Tensor, int, list[int]]:
+    """Check the arguments; return the output buffer (B, T + n) holding the prompt, T, and
+    the stop ids."""
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, seed)
     if not isinstance(model, LanguageModel):
-        raise StagegptError(f"model must be a stagegpt LanguageModel, got {type(model).__name__}")
+        raise StagegptError(f"model must be a stagegpt LanguageModel, got {type(model).__name__}",
+                            "model")
     if (not isinstance(idx, Tensor) or idx.dim() != 2 or idx.is_floating_point()
             or idx.dtype == torch.bool or idx.is_complex()):
         raise StagegptError("idx must be a (batch, time) integer tensor of token ids; use "
-                            "idx[None] for a single prompt")
+                            "idx[None] for a single prompt", "idx")
     B, T = idx.shape
     if B == 0 or T == 0:
         raise StagegptError(f"idx is an empty prompt batch of shape {tuple(idx.shape)}; give "
-                            "every prompt at least one token (e.g. the tokenizer's start id)")
+                            "every prompt at least one token (e.g. the tokenizer's start id)",
+                            "idx")
     vocab_size = model.config.vocab_size
     if idx.min() < 0 or idx.max() >= vocab_size:
         raise StagegptError(f"idx holds token ids outside [0, {vocab_size}) for this model; "
-                            "encode the prompt with the model's own tokenizer")
+                            "encode the prompt with the model's own tokenizer", "idx")
+    stop = checked_stop_ids(stop_ids, vocab_size)
+    check_fits(8 * B * (T + max_new_tokens), f"idx: {B:,} rows of {T + max_new_tokens:,} ids",
+               "generate fewer rows or tokens at a time", "idx")
     device = next(model.parameters()).device
     out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=device)
     out[:, :T] = idx
-    return out, T
+    return out, T, stop
+
+
+def checked_stop_ids(stop_ids: Iterable[int] | None, vocab_size: int) -> list[int]:
+    """The stop ids as a sorted list, each an int in the vocabulary."""
+    if stop_ids is None:
+        return []
+    if isinstance(stop_ids, str | bytes) or not isinstance(stop_ids, Iterable):
+        raise StagegptError(f"stop_ids must be a list of token ids, got "
+                            f"{type(stop_ids).__name__}", "stop_ids")
+    given = list(stop_ids)
+    try:  # ints and numpy's integers; not bools, floats or strings
+        ids = [operator.index(i) for i in given if not isinstance(i, bool)]
+    except TypeError:
+        ids = []
+    if len(ids) != len(given) or not all(0 <= i < vocab_size for i in ids):
+        raise StagegptError(f"stop_ids must be token ids in [0, {vocab_size}), got "
+                            f"{given!r:.60}", "stop_ids")
+    return sorted(set(ids))
 
 
 def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: float,
             top_k: int | None, top_p: float | None, seed: int | None,
-            stop_ids: Iterable[int] | None, use_cache: bool, fast: bool,
+            stop_ids: list[int], use_cache: bool, fast: bool,
             on_logits: Callable[[Tensor], object] | None = None,
             slide: bool = True) -> Iterator[Tensor]:
     """The decoding loop: writes new ids into `out[:, T:]` and yields each column."""
@@ -153,7 +180,7 @@ def _decode(model: LanguageModel, out: Tensor, T: int, n: int, temperature: floa
     generator = None
     if seed is not None and temperature > 0:
         generator = torch.Generator(device=device).manual_seed(seed)
-    stop = torch.tensor(sorted({int(s) for s in stop_ids or ()}), dtype=torch.long, device=device)
+    stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
     finished = torch.zeros(B, 1, dtype=torch.bool, device=device)
     with eval_mode(model):
         decoder = FastDecoder(model, n) if fast else PlainDecoder(model)
