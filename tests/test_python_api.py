@@ -61,3 +61,11 @@ def test_the_notebooks_never_replace_a_folder_that_is_not_their_data(tmp_path):
     with pytest.raises(StagegptError, match="^overwrite is off"):
         demo_data(folder)
     assert (folder / "thesis.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("path", [None, "", 5])
+def test_load_checkpoint_names_its_path_parameter(path):
+    """Not the current directory for "", not a TypeError for None."""
+    with pytest.raises(StagegptError, match="^path must name a checkpoint") as err:
+        load_checkpoint(path)
+    assert err.value.param == "path"
