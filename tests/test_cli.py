@@ -97,6 +97,15 @@ def test_train_help_shows_each_default(capsys):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: 1000)" in out and "(default: 0.001)" in out and "(default: n_head / 2" in out
+    assert "--stage N which stage to train, 1 to 9" in out
+
+
+def test_ladder_help_says_max_seconds_is_per_stage_and_not_with_max_steps(capsys):
+    with pytest.raises(SystemExit):
+        main(["ladder", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--max-seconds MAX_SECONDS seconds of training per stage, instead of --max-steps " \
+           "(not both)" in out and "its own step budget, once" in out
 
 
 def test_an_error_names_the_flag_only_where_it_names_the_parameter():

@@ -85,6 +85,8 @@ FLAG_CASES = {
         "give --max-steps or --max-seconds, not both"),
     "train --config a directory": ([*NEW_RUN, "--config", "{w}/data"], None,
                                    "config file .*/data is a directory"),
+    "train --config a device": ([*NEW_RUN, "--config", "/dev/null"], None,
+                                "config file /dev/null is a device, not a file"),
 }
 
 
