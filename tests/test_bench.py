@@ -1,5 +1,7 @@
 """`stagegpt bench`: its arguments, and one cheap section run for real."""
 
+import pytest
+
 from stagegpt.cli import main
 from stagegpt.tools import bench
 
@@ -14,10 +16,19 @@ def test_bench_prepare_section_reports_throughput(capsys):
     assert "MB/s" in capsys.readouterr().out
 
 
-def test_bench_refuses_zero_char_processes(capsys):
-    assert main(["bench", "--char-processes", "0"]) == 2
+@pytest.mark.parametrize("flags, message", [
+    (["--char-processes", "0"], "--char-processes must be from 1 to 100, got 0"),
+    (["--char-processes", "101"], "--char-processes must be from 1 to 100, got 101"),
+    (["--rounds", "1001"], "--rounds must be from 1 to 1000, got 1001"),
+    (["--threads", str(10**20)], f"--threads must be from 1 to 1024, got {10**20}"),
+    (["--only", ","], "--only names no section"),
+    (["--json", "/nonexistent/x.json"], "the directory /nonexistent does not exist"),
+    (["--json", "{tmp}"], "is a directory"),
+])
+def test_bench_refuses_bad_flags_before_running(flags, message, tmp_path, capsys):
+    assert main(["bench", *(f.format(tmp=tmp_path) for f in flags)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("--char-processes must be >= 1, got 0") and len(err.splitlines()) == 1
+    assert message in err and len(err.splitlines()) == 1, err
 
 
 def test_char_trials_run_in_a_fresh_process():

@@ -19,7 +19,8 @@ def test_version(capsys):
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"stagegpt {__version__}"
 
 
-def test_threads_sets_torch_threads_and_refuses_zero(capsys):
+@pytest.mark.parametrize("threads", ["0", "1025", "4294967296", str(10**20)])
+def test_threads_sets_torch_threads_and_refuses_what_torch_cannot_take(threads, capsys):
     before = torch.get_num_threads()
     try:
         assert main(["inspect", "--stage", "1", "--preset", "micro", "--threads", "1"]) == 0
@@ -27,9 +28,28 @@ def test_threads_sets_torch_threads_and_refuses_zero(capsys):
     finally:
         torch.set_num_threads(before)
     capsys.readouterr()
-    assert main(["inspect", "--stage", "1", "--threads", "0"]) == 2
+    assert main(["inspect", "--stage", "1", "--threads", threads]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "stagegpt inspect: error: --threads must be >= 1, got 0"
+    assert err == f"stagegpt inspect: error: --threads must be from 1 to 1024, got {threads}"
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--stage", "1", "--data", "d", "--out", ""],
+    ["train", "--stage", "1", "--data", "d", "--out", "o", "--config", ""],
+    ["ladder", "--data", "", "--out", "o"],
+    ["inspect", "--stage", "1", "--preset", ""],
+    ["sample", "--ckpt", ""],
+    ["eval", "--ckpt", ""],
+    ["prepare", "text", "", "--tokenizer", "char", "--out", "o"],
+    ["bench", "--json", ""],
+])
+def test_an_empty_path_or_name_is_refused_not_taken_as_here(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 2 and "must not be empty" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_preset_help_lists_the_presets_and_refuses_others(capsys):
@@ -77,6 +97,15 @@ def test_train_help_shows_each_default(capsys):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: 1000)" in out and "(default: 0.001)" in out and "(default: n_head / 2" in out
+    assert "--stage N which stage to train, 1 to 9" in out
+
+
+def test_ladder_help_says_max_seconds_is_per_stage_and_not_with_max_steps(capsys):
+    with pytest.raises(SystemExit):
+        main(["ladder", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--max-seconds MAX_SECONDS seconds of training per stage, instead of --max-steps " \
+           "(not both)" in out and "its own step budget, once" in out
 
 
 def test_an_error_names_the_flag_only_where_it_names_the_parameter():

@@ -316,6 +316,7 @@ def tiny_training(monkeypatch):
     snippet makes trains at most MAX_DOC_STEPS steps, evaluates on 2 batches and warms up
     for at most a quarter of its steps, so a snippet runs in seconds. Nothing else changes."""
     import stagegpt.train.config as config
+    import stagegpt.train.trainer  # noqa: F401  (binds the real class, which it checks for)
 
     real = config.TrainConfig
 

@@ -160,6 +160,27 @@ def test_bad_config_is_a_clear_error(bad):
         ModelConfig(**bad)
 
 
+@pytest.mark.parametrize("bad, param", [
+    (dict(vocab_size=0), "vocab_size"), (dict(block_size=-1), "block_size"),
+    (dict(n_embd=2**41), "n_embd"), (dict(n_layer=0), "n_layer"), (dict(n_head=0), "n_head"),
+    (dict(dropout=1.5), "dropout"), (dict(n_embd=30, n_head=4), "n_head")])
+def test_config_errors_start_with_their_parameter(bad, param):
+    with pytest.raises(StagegptError) as err:
+        ModelConfig(**bad)
+    assert err.value.param == param and str(err.value).startswith(f"{param} ")
+
+
+def test_a_saved_config_names_no_flag():
+    with pytest.raises(StagegptError, match="^model config: n_head must") as err:
+        ModelConfig.from_dict({"n_head": 0})
+    assert err.value.param is None
+
+
+def test_unknown_preset_overrides_are_one_line_errors():
+    with pytest.raises(StagegptError, match="unknown ModelConfig settings: foo;"):
+        ModelConfig.from_preset("micro", foo=1)
+
+
 def test_unknown_stage_and_preset(tiny_config):
     with pytest.raises(StagegptError, match="stage"):
         build_model(10, tiny_config)

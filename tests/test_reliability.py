@@ -399,6 +399,13 @@ BAD_INPUTS = {
     "train: --out under a regular file": (
         [*TRAIN[:6], "{w}/notes.txt/run", *TRAIN[7:]], None, "cannot create directory"),
     "train: negative --lr": ([*NEW_RUN, "--lr", "-1"], None, "--lr must be a finite number >= 0"),
+    "train: --out is the data dir": (
+        [*TRAIN[:6], "{w}/data", *TRAIN[7:]], None, "--out .*/data is the data dir"),
+    "train: --out inside the data dir": (
+        [*TRAIN[:6], "{w}/data/run", *TRAIN[7:]], None, "--out .* is inside the data dir"),
+    "ladder: --out holding the data dir": (
+        ["ladder", "--data", "{w}/data", "--out", "{w}", "--max-steps", "1", "--no-progress"],
+        None, "--out .* holds the data dir"),
     "train: --config that is binary": (
         [*NEW_RUN, "--config", "{w}/binary.bin"], None, "not valid TOML"),
     "train: disk full on resume": (

@@ -231,6 +231,31 @@ def test_bad_training_input_is_one_line_error(case, markov1, tmp_path, capsys):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_integer_betas_from_toml_become_floats_adamw_takes():
+    from stagegpt.model import build_model
+    from stagegpt.train.optim import make_optimizer
+
+    config = TrainConfig(beta1=0, beta2=0)
+    assert (config.beta1, config.beta2) == (0.0, 0.0) and isinstance(config.beta1, float)
+    model = build_model(5, ModelConfig(vocab_size=16, block_size=8, n_embd=16, n_layer=1,
+                                       n_head=1))
+    assert make_optimizer(model, config).param_groups[0]["betas"] == (0.0, 0.0)
+
+
+def test_a_diverging_loss_names_lr_in_python_and_cli(markov1, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Trainer, "_train_step", lambda self: float("nan"))
+    config = ModelConfig(vocab_size=16, block_size=8, n_embd=16, n_layer=1, n_head=1)
+    trainer = Trainer(5, config, TrainConfig(max_steps=2, eval_batches=1, batch_size=2),
+                      markov1, tmp_path / "run", progress=False)
+    with pytest.raises(StagegptError) as err:
+        trainer.fit()
+    message = str(err.value)
+    assert err.value.param == "lr" and message.startswith("lr 0.001 may be too high")
+    assert "--" not in message and "grad_clip" in message
+    assert main(train_args(markov1, tmp_path / "cli", 2)) == 2
+    assert "error: --lr 0.001 may be too high: the loss became nan" in capsys.readouterr().err
+
+
 def test_token_ids_outside_the_vocabulary_are_a_clear_error(markov1, tmp_path, capsys):
     import shutil
 

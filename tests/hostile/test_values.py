@@ -10,6 +10,7 @@ from world import SAMPLE, TRAIN, assert_refused, copy_world, make_world
 
 from stagegpt import ModelConfig, StagegptError, TrainConfig, build_model, generate
 from stagegpt.cli import main
+from stagegpt.train.trainer import Trainer
 
 NEW_RUN = [a if a != "{w}/run" else "{w}/fresh" for a in TRAIN]
 
@@ -62,6 +63,30 @@ FLAG_CASES = {
          "--max-steps", "1", "--no-progress"], None, "--prompt cannot be encoded"),
     "ladder --jobs 0": (["ladder", "--data", "{w}/data", "--out", "{w}/lad", "--jobs", "0",
                          "--max-steps", "1", "--no-progress"], None, "--jobs must be a whole"),
+    "train --n-head 0": ([*NEW_RUN, "--n-head", "0"], None,
+                         "^stagegpt train: error: --n-head must be a positive integer"),
+    "train --n-head not dividing --n-embd": ([*NEW_RUN, "--n-head", "3"], None,
+                                             r"error: --n-head \(3\) must divide n_embd \(16\)"),
+    "train --eval-batches 10**8": ([*NEW_RUN, "--eval-batches", str(10**8)], None,
+                                   "100000000 validation batches needs .* GB of memory"),
+    "TOML beta2 that rounds to 1": (
+        [*NEW_RUN, "--config", "{w}/cfg.toml"],
+        lambda w: toml(w, "[train]\nbeta2 = 0.9999999999999999999\n"),
+        r"error: beta2 \(in the --config file's \[train\] table\) must be below 1"),
+    "TOML lr past any float": ([*NEW_RUN, "--config", "{w}/cfg.toml"],
+                               lambda w: toml(w, "[train]\nlr = 1" + "0" * 400 + "\n"),
+                               r"--lr must be a finite number >= 0, got 1000.*\(401 characters"),
+    "TOML stage that is not --stage": ([*NEW_RUN, "--config", "{w}/cfg.toml"],
+                                       lambda w: toml(w, "stage = 9\n"),
+                                       "sets stage = 9 but --stage is 5"),
+    "TOML max_seconds with --max-steps in a ladder": (
+        ["ladder", "--data", "{w}/data", "--out", "{w}/lad", "--config", "{w}/cfg.toml",
+         "--max-steps", "2", "--no-progress"], lambda w: toml(w, "[train]\nmax_seconds = 0.3\n"),
+        "give --max-steps or --max-seconds, not both"),
+    "train --config a directory": ([*NEW_RUN, "--config", "{w}/data"], None,
+                                   "config file .*/data is a directory"),
+    "train --config a device": ([*NEW_RUN, "--config", "/dev/null"], None,
+                                "config file /dev/null is a device, not a file"),
 }
 
 
@@ -91,6 +116,13 @@ CONFIG = ModelConfig(vocab_size=16, block_size=8, n_embd=16, n_layer=1, n_head=1
     (lambda: TrainConfig(lr="1e-3"), "lr"),
     (lambda: TrainConfig(batch_size=True), "batch_size"),
     (lambda: TrainConfig(beta2=1.0), "beta2"),
+    (lambda: TrainConfig(lr=10**400), "lr"),
+    (lambda: ModelConfig(block_size=0), "block_size"),
+    (lambda: ModelConfig(n_embd=30, n_head=4), "n_head"),
+    (lambda: Trainer(5, CONFIG.to_dict(), TrainConfig(), "d", "o"), "model_config"),
+    (lambda: Trainer(5, CONFIG, None, "d", "o"), "train_config"),
+    (lambda: Trainer(5, CONFIG, TrainConfig(), None, "o"), "data_dir"),
+    (lambda: Trainer(5, CONFIG, TrainConfig(), "d", ""), "out_dir"),
     (lambda: build_model(5, dict), "config"),
     (lambda: build_model("5", CONFIG), "stage"),
     (lambda: generate(build_model(5, CONFIG), torch.zeros(1, 2, dtype=torch.long), -1),

@@ -2,9 +2,11 @@
 
 A verb module defines HELP (one line), `add_arguments(parser)` and `run(args) -> int`, and
 may define FLAGS, a map from the library's parameter names to its flags where they are not
-simply `--name-with-dashes`. User errors (`StagegptError`, named by flag) and failed file
-operations (`OSError`: a full disk, a read-only or forbidden path) become one line on
-stderr and exit code 2; `--debug` shows the traceback instead.
+simply `--name-with-dashes`. Every flag or argument naming a file, a dir or a preset
+(PATH_AND_NAME_DESTS) refuses an empty value, which would otherwise mean the current dir
+or a default; --threads takes 1 to MAX_THREADS. User errors (`StagegptError`, named by
+flag) and failed file operations (`OSError`: a full disk, a read-only or forbidden path)
+become one line on stderr and exit code 2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -36,6 +38,38 @@ def _available_verbs() -> dict[str, object]:
 # verbs that take --threads (bench sets its own)
 THREADED = ("train", "sample", "ladder", "inspect", "attention", "convert", "eval",
             "finetune", "classify", "chat", "merge", "play")
+MAX_THREADS = 1024  # far past any CPU's cores; torch/OpenMP fail or crash on huge counts
+
+# arguments that name a file, a dir or a preset, in any verb (or `prepare`'s sources)
+PATH_AND_NAME_DESTS = ("data", "out", "config", "ckpt", "preset", "prompt_file", "from_hf",
+                       "json", "base", "text_file", "ladder", "gpt2_ranks", "file", "paths",
+                       "tokenizer")
+
+
+def non_empty(value: str) -> str:
+    """argparse type of a path or name: an empty one is refused, not taken as '.' or a
+    default."""
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty; give a path or a name")
+    return value
+
+
+def threads_problem(threads: int) -> str | None:
+    """Why `threads` cannot be torch's thread count, or None if it can."""
+    if not 1 <= threads <= MAX_THREADS:
+        return f"--threads must be from 1 to {MAX_THREADS}, got {threads}"
+    return None
+
+
+def refuse_empty_paths(parser: argparse.ArgumentParser) -> None:
+    """Give every path or name argument of `parser` (and its sub-verbs) the non_empty type."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                refuse_empty_paths(sub)
+        elif action.dest in PATH_AND_NAME_DESTS and action.type is None and (
+                action.choices is None):
+            action.type = non_empty
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -61,9 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="show full tracebacks instead of one-line errors")
         if verb in THREADED:
             sub.add_argument("--threads", type=int, metavar="N",
-                             help="CPU threads for torch (default: torch's choice, all cores); "
-                                  "on a machine shared with other jobs 1 is often much faster")
+                             help=f"CPU threads for torch, 1 to {MAX_THREADS} (default: "
+                                  "torch's choice, all cores); on a machine shared with other "
+                                  "jobs 1 is often much faster")
         module.add_arguments(sub)
+        refuse_empty_paths(sub)
         sub.set_defaults(run=module.run, flags=getattr(module, "FLAGS", {}))
     return parser
 
@@ -105,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if getattr(args, "threads", None) is not None and args.verb in THREADED:
-        if args.threads < 1:
-            print(f"stagegpt {args.verb}: error: --threads must be >= 1, got {args.threads}",
-                  file=sys.stderr)
+        problem = threads_problem(args.threads)
+        if problem is not None:
+            print(f"stagegpt {args.verb}: error: {problem}", file=sys.stderr)
             return 2
         import torch
 

@@ -27,7 +27,8 @@ from stagegpt.errors import StagegptError
 from stagegpt.train.config import TrainConfig, replace_known
 
 HELP = "fine-tune a checkpoint into a classifier or instruction follower (full or LoRA)"
-FLAGS = {"rank": "--lora-rank", "alpha": "--lora-alpha", "targets": "--lora-targets"}
+FLAGS = {"rank": "--lora-rank", "alpha": "--lora-alpha", "targets": "--lora-targets",
+         "out_dir": "--out", "data_dir": "--data"}
 FINETUNE_DEFAULTS = {"max_steps": 300, "warmup_steps": 20, "batch_size": 16,
                      "eval_every": 50, "ckpt_every": 100, "eval_batches": 10}
 

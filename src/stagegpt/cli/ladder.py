@@ -18,12 +18,13 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from stagegpt.cli.train import FLAGS as TRAIN_FLAGS
 from stagegpt.cli.train import add_model_arguments, add_train_arguments, configs_from_args
 from stagegpt.errors import StagegptError
 from stagegpt.model.stages import STAGES
 
 HELP = "train stages (1-5 by default, up to 9) on one budget; write a table, plot, samples"
-FLAGS = {"max_new_tokens": "--sample-tokens"}
+FLAGS = {**TRAIN_FLAGS, "max_new_tokens": "--sample-tokens"}
 
 
 def parse_stages(text: str) -> list[int]:
@@ -63,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "turn in this process)")
     add_model_arguments(parser)
     add_train_arguments(parser)
+    budget = next(a for a in parser._actions if a.dest == "max_seconds")
+    budget.help = ("seconds of training per stage, instead of --max-steps (not both): each "
+                   "stage times a few steps first and turns it into its own step budget, "
+                   "once, so --resume continues exactly")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,9 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from stagegpt.tools.ladder_jobs import auto_jobs
 
     stages = parse_stages(args.stages)
-    if args.max_steps is not None and args.max_seconds is not None:
-        raise StagegptError("give --max-steps or --max-seconds, not both")
-    model_config, train_config = configs_from_args(args)
+    model_config, train_config = configs_from_args(args, one_budget=True)
     budget_seconds = train_config.max_seconds
     jobs = auto_jobs(len(stages), train_config.device) if args.jobs is None else args.jobs
     train_config = replace(train_config, max_seconds=None)

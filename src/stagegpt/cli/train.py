@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import argparse
 
+from stagegpt.errors import StagegptError
 from stagegpt.model.config import PRESETS, ModelConfig
 from stagegpt.model.stages import STAGES
 from stagegpt.train.config import TrainConfig, load_toml, replace_known
 
 HELP = "train one stage (1-9) on a prepared data dir, with exact --resume"
+# settings with no flag of their own, set in the --config file only
+FLAGS = {"beta1": "beta1 (in the --config file's [train] table)",
+         "beta2": "beta2 (in the --config file's [train] table)",
+         "out_dir": "--out", "data_dir": "--data"}
 
 MODEL_FLAGS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "n_kv_head",
                "rope_theta", "mlp_hidden")
@@ -33,7 +38,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="model shape preset, one of: " + ", ".join(PRESETS) +
                             " (default: small, or the --config file's preset)")
     group.add_argument("--config", metavar="FILE.toml",
-                       help="TOML file with [model] and [train] tables; flags override it")
+                       help="TOML file with [model] and [train] tables (and optionally "
+                            "`preset` and `stage`); flags override it")
     preset = " (default: the preset's)"
     group.add_argument("--block-size", type=int, help="context length T" + preset)
     group.add_argument("--n-layer", type=int, help="transformer blocks (stages 4-9)" + preset)
@@ -84,7 +90,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", type=int, required=True, choices=list(STAGES))
+    parser.add_argument("--stage", type=int, required=True, choices=list(STAGES),
+                        metavar="N", help="which stage to train, 1 to 9 (see `stagegpt "
+                        "ladder --help` for what each adds); a --config file's `stage` must "
+                        "agree")
     parser.add_argument("--data", required=True, help="data dir written by `stagegpt prepare`")
     parser.add_argument("--out", required=True, help="run dir for checkpoints and metrics")
     parser.add_argument("--resume", action="store_true",
@@ -94,18 +103,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser)
 
 
-def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
-    """preset -> TOML file -> flags, later ones winning."""
+def configs_from_args(args: argparse.Namespace,
+                      one_budget: bool = False) -> tuple[ModelConfig, TrainConfig]:
+    """preset -> TOML file -> flags, later ones winning. one_budget: refuse max_steps
+    together with max_seconds, wherever each was set (the ladder's rule)."""
     toml = load_toml(args.config) if args.config else {}
+    check_toml_stage(toml, getattr(args, "stage", None), args.config)
     model = ModelConfig.from_preset(args.preset or toml.get("preset", "small"))
     model = replace_known(model, toml.get("model", {}))
     model = replace_known(model, {k: getattr(args, k) for k in (*MODEL_FLAGS, "tie_head")
                                   if getattr(args, k, None) is not None})
-    train = replace_known(TrainConfig(), toml.get("train", {}))
     flags = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
     if getattr(args, "compile", None):
         flags["compile"] = True
-    return model, replace_known(train, flags)
+    train_values = {**toml.get("train", {}), **flags}
+    if one_budget and {"max_steps", "max_seconds"} <= set(train_values):
+        raise StagegptError("give --max-steps or --max-seconds, not both (counting the "
+                            "--config file's [train] table)")
+    return model, replace_known(TrainConfig(), train_values)
+
+
+def check_toml_stage(toml: dict, stage: int | None, path: str | None) -> None:
+    """A TOML `stage` must be the stage this command trains (the ladder takes --stages)."""
+    if "stage" not in toml or toml["stage"] == stage:
+        return
+    if stage is None:
+        raise StagegptError(f"config file {path} sets stage = {toml['stage']}, but the ladder "
+                            "trains the stages of --stages; remove `stage` from the file")
+    raise StagegptError(f"config file {path} sets stage = {toml['stage']} but --stage is "
+                        f"{stage}; remove `stage` from the file or pass --stage "
+                        f"{toml['stage']}")
 
 
 def run(args: argparse.Namespace) -> int:

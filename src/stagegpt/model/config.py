@@ -37,27 +37,27 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not (
                     1 <= value <= MAX_SIZE):
-                raise StagegptError(f"model {name} must be a positive integer up to 2**40, "
-                                    f"got {value!r:.40}")
+                raise StagegptError(f"{name} must be a positive integer up to 2**40, "
+                                    f"got {value!r:.40}", name)
         if self.n_embd % self.n_head:
             raise StagegptError(
-                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
-                "pick a width that is a multiple of the head count"
-            )
+                f"n_head ({self.n_head}) must divide n_embd ({self.n_embd}); pick a head "
+                "count that divides the width", "n_head")
         dropout = self.dropout
         if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not (
                 0.0 <= dropout < 1.0):  # also refuses nan
-            raise StagegptError(f"model dropout must be a number in [0, 1), got {dropout!r}")
+            raise StagegptError(f"dropout must be a number in [0, 1), got {dropout!r:.40}",
+                                "dropout")
         self.dropout = float(dropout)
         for name in ("bias", "tie_head"):
             if not isinstance(getattr(self, name), bool):
-                raise StagegptError(f"model {name} must be true or false, got "
+                raise StagegptError(f"{name} must be true or false, got "
                                     f"{getattr(self, name)!r}", name)
         for name in ("n_kv_head", "mlp_hidden"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                       or not 1 <= value <= MAX_SIZE):
-                raise StagegptError(f"model {name} must be a positive integer up to 2**40 or "
+                raise StagegptError(f"{name} must be a positive integer up to 2**40 or "
                                     f"unset, got {value!r:.40}", name)
         if self.n_kv_head is not None and self.n_head % self.n_kv_head:
             raise StagegptError(f"n_head ({self.n_head}) must be a multiple of n_kv_head "
@@ -66,7 +66,7 @@ class ModelConfig:
         theta = self.rope_theta
         if isinstance(theta, bool) or not isinstance(theta, int | float) or not (
                 1 < theta <= sys.float_info.max):  # also refuses nan, inf and huge integers
-            raise StagegptError(f"model rope_theta must be a finite number > 1, got "
+            raise StagegptError(f"rope_theta must be a finite number > 1, got "
                                 f"{theta!r:.40}", "rope_theta")
         self.rope_theta = float(theta)
 
@@ -86,6 +86,10 @@ class ModelConfig:
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
         if name not in PRESETS:
             raise StagegptError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise StagegptError(f"unknown ModelConfig settings: {', '.join(sorted(unknown))}; "
+                                f"choose from {', '.join(f.name for f in fields(cls))}")
         return cls(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,13 +97,18 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """A saved config (a checkpoint's, a ladder's): its errors name no parameter, as no
+        flag set them."""
         if not isinstance(data, dict):
             raise StagegptError(f"a model config must be a table of settings, got {data!r:.60}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise StagegptError(f"unknown model config keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except StagegptError as err:
+            raise StagegptError(f"model config: {err}") from None
 
 
 PRESETS: dict[str, dict[str, Any]] = {

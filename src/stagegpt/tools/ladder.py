@@ -32,7 +32,7 @@ from stagegpt.tools.ladder_jobs import train_side_by_side
 from stagegpt.train.config import TrainConfig
 from stagegpt.train.distributed import env_world
 from stagegpt.train.plots import plot_curves
-from stagegpt.train.rundir import RunLock, read_metrics
+from stagegpt.train.rundir import RunLock, check_apart, read_metrics
 from stagegpt.train.trainer import Trainer
 
 SETTINGS_FILE = "ladder.json"
@@ -241,6 +241,7 @@ def run_ladder(data_dir: str | Path, out_dir: str | Path, model_config: ModelCon
     `if __name__ == "__main__":` guard.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    check_apart(data_dir, out_dir)
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise StagegptError(f"jobs must be a whole number >= 1, got {jobs!r}", "jobs")
     if env_world() > 1:

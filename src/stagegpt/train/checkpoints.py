@@ -231,6 +231,12 @@ def training_bytes(stage: int, model_config: ModelConfig, train_config: TrainCon
     return 4 * model_bytes(stage, c) + activations
 
 
+def val_batches_bytes(model_config: ModelConfig, train_config: TrainConfig) -> int:
+    """The fixed validation batches a Trainer holds: eval_batches (x, y) pairs of
+    (batch, T) int64 ids."""
+    return train_config.eval_batches * 2 * train_config.batch_size * model_config.block_size * 8
+
+
 def empty_model(stage: int, config: ModelConfig) -> LanguageModel:
     """A model of `stage` and `config` with uninitialized weights, to load values into:
     its size checked on the meta device first, then built on the CPU without init."""

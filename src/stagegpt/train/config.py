@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+import stat
+import sys
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -16,6 +17,19 @@ MAX_COUNT = 1 << 40  # steps, batches: anything past this is a typo, not a plan
 
 def _is_real(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _shown(value: object, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + f"... ({len(text):,} characters)"
+
+
+def _check_real(name: str, value: object) -> float:
+    """`value` as a float, if it is a finite number >= 0 (an int that no float holds is
+    refused, not overflowed)."""
+    if not _is_real(value) or not 0 <= value <= sys.float_info.max:  # also refuses nan
+        raise StagegptError(f"{name} must be a finite number >= 0, got {_shown(value)}", name)
+    return float(value)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
@@ -54,9 +68,7 @@ class TrainConfig:
         _check_int("warmup_steps", self.warmup_steps, 0, MAX_COUNT)
         _check_int("seed", self.seed, 0, 2**63 - 1)
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2"):
-            value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value) or value < 0:
-                raise StagegptError(f"{name} must be a finite number >= 0, got {value!r}", name)
+            setattr(self, name, _check_real(name, getattr(self, name)))  # TOML's 0 -> 0.0
         if self.lr == 0:
             raise StagegptError("lr must be > 0", "lr")
         for name in ("beta1", "beta2"):
@@ -97,7 +109,7 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a TOML config with optional [model] and [train] tables."""
     path = Path(path)
     if not path.is_file():
-        raise StagegptError(f"config file {path} does not exist")
+        raise StagegptError(f"config file {path} {_not_a_file(path)}; give a TOML file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -114,6 +126,21 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
             raise StagegptError(f"config file {path}: `{table}` must be a [{table}] table of "
                                 "settings, not a single value")
     return data
+
+
+def _not_a_file(path: Path) -> str:
+    """What `path` is instead of a regular file."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "does not exist"
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO), not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a file"
+    return "is not a regular file"
 
 
 def replace_known(obj: Any, values: dict[str, Any]) -> Any:

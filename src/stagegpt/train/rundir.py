@@ -90,6 +90,19 @@ class RunLock:
         self.release()
 
 
+def check_apart(data_dir: Path, out_dir: Path, param: str = "out_dir") -> None:
+    """Refuse an output dir that is the data dir, inside it, or holds it: checkpoints would
+    be written among (or next to be mistaken for) the data."""
+    data, out = data_dir.resolve(), out_dir.resolve()
+    if out == data or data in out.parents:
+        where = "is the data dir" if out == data else f"is inside the data dir {data_dir}"
+        raise StagegptError(f"{param} {out_dir} {where}; choose an output dir outside it",
+                            param)
+    if out in data.parents:
+        raise StagegptError(f"{param} {out_dir} holds the data dir {data_dir}; choose an "
+                            "output dir that does not contain the data", param)
+
+
 def step_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:08d}"
 

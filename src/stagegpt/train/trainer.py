@@ -12,6 +12,7 @@ import contextlib
 import gc
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -41,6 +42,7 @@ from stagegpt.train.checkpoints import (
     rng_to_str,
     save_checkpoint,
     training_bytes,
+    val_batches_bytes,
 )
 from stagegpt.train.config import TrainConfig, changed_settings
 from stagegpt.train.distributed import agree_to_stop, resolve_device, world_and_rank
@@ -48,6 +50,7 @@ from stagegpt.train.optim import lr_at, make_optimizer
 from stagegpt.train.plots import plot_run
 from stagegpt.train.rundir import (
     RunLock,
+    check_apart,
     clean_stale_temp_dirs,
     prune_step_checkpoints,
     read_metrics,
@@ -81,6 +84,22 @@ def same_model(saved: Any, config: ModelConfig) -> bool:
         return False
 
 
+def check_trainer_arguments(model_config: Any, train_config: Any, data_dir: Any,
+                            out_dir: Any) -> None:
+    """The types Trainer needs, refused in one line naming the parameter."""
+    for name, value, kind, build in (
+            ("model_config", model_config, ModelConfig, "ModelConfig(...) or "
+             "ModelConfig.from_preset(name)"),
+            ("train_config", train_config, TrainConfig, "TrainConfig(...)")):
+        if not isinstance(value, kind):
+            raise StagegptError(f"{name} must be a {kind.__name__}, got "
+                                f"{type(value).__name__}; build one with {build}", name)
+    for name, value in (("data_dir", data_dir), ("out_dir", out_dir)):
+        if not isinstance(value, str | os.PathLike) or not str(value):
+            raise StagegptError(f"{name} must be a non-empty path (a str or Path), got "
+                                f"{value!r:.60}", name)
+
+
 class Trainer:
     """Train one stage on a prepared data dir, writing checkpoints and metrics to `out_dir`."""
 
@@ -90,8 +109,10 @@ class Trainer:
                  fast: bool = True):
         """fast: train through `stagegpt.fast.accelerate(model)` (the same numbers, faster on
         a CPU); False trains the plain model as written."""
+        check_trainer_arguments(model_config, train_config, data_dir, out_dir)
         self.stage, self.tc, self.fast, self.on_step = stage, train_config, fast, on_step
         self.data_dir, self.out_dir = Path(data_dir), Path(out_dir)
+        check_apart(self.data_dir, self.out_dir)
         self.progress = progress
         self._load_data(model_config)
         self.world, self.rank = world_and_rank()
@@ -113,9 +134,12 @@ class Trainer:
         self.train_tokens = load_split(self.data_dir, "train")
         self.val_tokens = load_split(self.data_dir, "val")
         self._check_data_fits()
-        check_fits(training_bytes(self.stage, self.mc, self.tc),
+        check_fits(training_bytes(self.stage, self.mc, self.tc) +
+                   val_batches_bytes(self.mc, self.tc),
                    f"training stage {self.stage} with batch {self.tc.batch_size} x "
-                   f"{self.mc.block_size} tokens", "use a smaller model or batch")
+                   f"{self.mc.block_size} tokens and {self.tc.eval_batches} validation "
+                   "batches",
+                   "use a smaller model or batch, or fewer validation batches (eval_batches)")
         self._check_ids()
         self.tokenizer = load_tokenizer_from_data(self.data_dir)
 
@@ -323,9 +347,10 @@ class Trainer:
             train_loss = self._train_step()
             if not math.isfinite(train_loss):
                 raise StagegptError(
-                    f"loss became {train_loss} at step {self.step + 1}; stopped. The last good "
-                    f"checkpoint is kept in {self.out_dir}; lower --lr or set --grad-clip"
-                )
+                    f"lr {self.tc.lr} may be too high: the loss became {train_loss} at step "
+                    f"{self.step + 1} and training stopped (the last good checkpoint is kept "
+                    f"in {self.out_dir}); lower it, or clip gradients with grad_clip > 0",
+                    "lr")
             self.step += 1
             self.tokens += tokens_per_step
             speed = tokens_per_step / max(time.perf_counter() - t_step, 1e-9)
