@@ -24,7 +24,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from stagegpt.data.datasets import load_split, load_tokenizer_from_data, read_meta, sample_batch
+from stagegpt.data.datasets import (
+    largest_id,
+    load_split,
+    load_tokenizer_from_data,
+    read_meta,
+    sample_batch,
+)
 from stagegpt.errors import StagegptError
 from stagegpt.fast import FastModel, accelerate, cpu
 from stagegpt.fileio import read_json, write_text
@@ -61,7 +67,6 @@ from stagegpt.train.rundir import (
 from stagegpt.train.signals import signals_to
 
 KEEP_CHECKPOINTS = 2
-CHUNK = 1 << 24  # ids read at a time when checking a split
 
 
 @dataclass
@@ -155,7 +160,7 @@ class Trainer:
     def _check_ids(self) -> None:
         """Every id of both splits must be in the model's vocabulary (one pass over each)."""
         for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
-            top = max(int(tokens[i:i + CHUNK].max()) for i in range(0, len(tokens), CHUNK))
+            top = largest_id(tokens)
             if top >= self.mc.vocab_size:
                 raise StagegptError(
                     f"{self.data_dir}/{split}.bin holds token id {top}, outside the vocabulary "
