@@ -194,3 +194,12 @@ def test_inspect_bounds_its_trace_on_the_meta_device_too(capsys, flags, message)
     assert main(["inspect", "--stage", "5", "--preset", "gpt2-xl", *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_real_trace_checks_its_activations_fit(checkpoint, monkeypatch):
+    """On a real device the trace's activations are checked against free memory."""
+    monkeypatch.setattr("stagegpt.limits.available_bytes", lambda: 1 << 20)
+    model = load_checkpoint(checkpoint).model
+    with pytest.raises(StagegptError, match="needs .* GB of memory") as err:
+        inspect_model(model, batch=1000, seq=8)
+    assert err.value.param == "batch"

@@ -38,7 +38,7 @@ FLAG_CASES = {
     "train --seed -3": ([*NEW_RUN, "--seed", "-3"], None, "--seed must be an integer from 0"),
     "train --lr inf": ([*NEW_RUN, "--lr", "inf"], None, "--lr must be a finite number"),
     "inspect --batch 10**9": (["inspect", "--ckpt", "{w}/run", "--batch", str(10**9)], None,
-                              "needs .* GB of memory"),
+                              "--batch-size must be an integer from 1 to 1,048,576"),
     "prepare markov --tokens 10**12": (
         ["prepare", "markov", "--tokens", str(10**12), "--out", "{w}/m"], None,
         "needs .* GB of memory"),

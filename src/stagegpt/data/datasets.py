@@ -136,6 +136,15 @@ def largest_id(tokens: np.ndarray) -> int:
     return max(int(tokens[i:i + ID_CHUNK].max()) for i in range(0, len(tokens), ID_CHUNK))
 
 
+def check_ids_fit(tokens: np.ndarray, vocab_size: int, source: str) -> None:
+    """Refuse a split holding an id outside a model's vocabulary of `vocab_size`."""
+    top = largest_id(tokens) if len(tokens) else -1
+    if top >= vocab_size:
+        raise StagegptError(f"{source} holds token id {top}, outside the vocabulary of "
+                            f"{vocab_size}; prepare the data dir again with the model's "
+                            "tokenizer")
+
+
 class TokenWindows(torch.utils.data.Dataset):
     """Windows over a split: item i is (x, y), the `block_size + 1` tokens from
     i * stride on, with y = x shifted by one, both (T,) int64.

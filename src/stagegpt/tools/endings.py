@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stagegpt.data.datasets import largest_id, load_split, read_meta
+from stagegpt.data.datasets import check_ids_fit, load_split, read_meta
 from stagegpt.errors import StagegptError
 from stagegpt.interop import load_checkpoint
 from stagegpt.model import LanguageModel
@@ -194,10 +194,7 @@ def evaluate_checkpoint(ckpt_dir: str | Path, data_dir: str | Path, items: int =
                             f"checkpoint {ckpt_dir}; evaluate on data prepared with the "
                             "tokenizer the model was trained with")
     tokens = load_split(data_dir, "val")
-    if len(tokens) and largest_id(tokens) >= ckpt.model.config.vocab_size:
-        raise StagegptError(f"{data_dir}/val.bin holds token id {largest_id(tokens)}, outside "
-                            f"the checkpoint's vocabulary of {ckpt.model.config.vocab_size}; "
-                            "prepare the data dir again with the model's tokenizer")
+    check_ids_fit(tokens, ckpt.model.config.vocab_size, f"{data_dir}/val.bin")
     val_loss = split_loss(ckpt.model, tokens, max_tokens=SCORE_TOKENS)
     score = score_endings(ckpt.model, make_items(tokens, items, context, ending, seed))
     return {"val_loss": val_loss, "val_ppl": math.exp(val_loss), **asdict(score)}

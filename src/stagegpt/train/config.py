@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import stat
 import sys
 import tomllib
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from stagegpt.errors import StagegptError
+from stagegpt.model.config import ModelConfig
 
 MAX_COUNT = 1 << 40  # steps, batches: anything past this is a typo, not a plan
 
@@ -150,3 +152,19 @@ def replace_known(obj: Any, values: dict[str, Any]) -> Any:
     if unknown:
         raise StagegptError(f"unknown {type(obj).__name__} keys: {', '.join(sorted(unknown))}")
     return dataclasses.replace(obj, **values)
+
+
+def check_trainer_arguments(model_config: Any, train_config: Any, data_dir: Any,
+                            out_dir: Any) -> None:
+    """The types Trainer needs, refused in one line naming the parameter."""
+    for name, value, kind, build in (
+            ("model_config", model_config, ModelConfig, "ModelConfig(...) or "
+             "ModelConfig.from_preset(name)"),
+            ("train_config", train_config, TrainConfig, "TrainConfig(...)")):
+        if not isinstance(value, kind):
+            raise StagegptError(f"{name} must be a {kind.__name__}, got "
+                                f"{type(value).__name__}; build one with {build}", name)
+    for name, value in (("data_dir", data_dir), ("out_dir", out_dir)):
+        if not isinstance(value, str | os.PathLike) or not str(value):
+            raise StagegptError(f"{name} must be a non-empty path (a str or Path), got "
+                                f"{value!r:.60}", name)

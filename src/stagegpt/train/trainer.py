@@ -12,7 +12,6 @@ import contextlib
 import gc
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -25,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from stagegpt.data.datasets import (
-    largest_id,
+    check_ids_fit,
     load_split,
     load_tokenizer_from_data,
     read_meta,
@@ -50,7 +49,7 @@ from stagegpt.train.checkpoints import (
     training_bytes,
     val_batches_bytes,
 )
-from stagegpt.train.config import TrainConfig, changed_settings
+from stagegpt.train.config import TrainConfig, changed_settings, check_trainer_arguments
 from stagegpt.train.distributed import agree_to_stop, resolve_device, world_and_rank
 from stagegpt.train.optim import lr_at, make_optimizer
 from stagegpt.train.plots import plot_run
@@ -89,22 +88,6 @@ def same_model(saved: Any, config: ModelConfig) -> bool:
         return False
 
 
-def check_trainer_arguments(model_config: Any, train_config: Any, data_dir: Any,
-                            out_dir: Any) -> None:
-    """The types Trainer needs, refused in one line naming the parameter."""
-    for name, value, kind, build in (
-            ("model_config", model_config, ModelConfig, "ModelConfig(...) or "
-             "ModelConfig.from_preset(name)"),
-            ("train_config", train_config, TrainConfig, "TrainConfig(...)")):
-        if not isinstance(value, kind):
-            raise StagegptError(f"{name} must be a {kind.__name__}, got "
-                                f"{type(value).__name__}; build one with {build}", name)
-    for name, value in (("data_dir", data_dir), ("out_dir", out_dir)):
-        if not isinstance(value, str | os.PathLike) or not str(value):
-            raise StagegptError(f"{name} must be a non-empty path (a str or Path), got "
-                                f"{value!r:.60}", name)
-
-
 class Trainer:
     """Train one stage on a prepared data dir, writing checkpoints and metrics to `out_dir`."""
 
@@ -139,11 +122,10 @@ class Trainer:
         self.train_tokens = load_split(self.data_dir, "train")
         self.val_tokens = load_split(self.data_dir, "val")
         self._check_data_fits()
-        check_fits(training_bytes(self.stage, self.mc, self.tc) +
-                   val_batches_bytes(self.mc, self.tc),
-                   f"training stage {self.stage} with batch {self.tc.batch_size} x "
-                   f"{self.mc.block_size} tokens and {self.tc.eval_batches} validation "
-                   "batches",
+        mc, tc = self.mc, self.tc
+        check_fits(training_bytes(self.stage, mc, tc) + val_batches_bytes(mc, tc),
+                   f"training stage {self.stage} with batch {tc.batch_size} x {mc.block_size} "
+                   f"tokens and {tc.eval_batches} validation batches",
                    "use a smaller model or batch, or fewer validation batches (eval_batches)")
         self._check_ids()
         self.tokenizer = load_tokenizer_from_data(self.data_dir)
@@ -160,11 +142,7 @@ class Trainer:
     def _check_ids(self) -> None:
         """Every id of both splits must be in the model's vocabulary (one pass over each)."""
         for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
-            top = largest_id(tokens)
-            if top >= self.mc.vocab_size:
-                raise StagegptError(
-                    f"{self.data_dir}/{split}.bin holds token id {top}, outside the vocabulary "
-                    f"of {self.mc.vocab_size}; prepare the data dir again")
+            check_ids_fit(tokens, self.mc.vocab_size, f"{self.data_dir}/{split}.bin")
 
     def _find_resume(self, resume: bool) -> Path | None:
         if not run_exists(self.out_dir):
