@@ -145,7 +145,7 @@ def test_ladder_stage_lists_and_ranges(text, stages):
     assert parse_stages(text) == stages
 
 
-@pytest.mark.parametrize("text", ["0-3", "5-10", "a-b", ""])
+@pytest.mark.parametrize("text", ["0-3", "5-10", "a-b", "", "9-5", "1-99999999999999999999"])
 def test_ladder_refuses_stages_it_does_not_have(text):
     from stagegpt.cli.ladder import parse_stages
     from stagegpt.errors import StagegptError
