@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 import shlex
@@ -316,17 +315,15 @@ def tiny_training(monkeypatch):
     snippet makes trains at most MAX_DOC_STEPS steps, evaluates on 2 batches and warms up
     for at most a quarter of its steps, so a snippet runs in seconds. Nothing else changes."""
     import stagegpt.train.config as config
-    import stagegpt.train.trainer  # noqa: F401  (binds the real class, which it checks for)
 
-    real = config.TrainConfig
+    class Capped(config.TrainConfig):  # still a TrainConfig, which Trainer checks for
+        def __post_init__(self):
+            super().__post_init__()
+            self.max_steps = min(self.max_steps, MAX_DOC_STEPS)
+            self.eval_batches = min(self.eval_batches, 2)
+            self.warmup_steps = min(self.warmup_steps, self.max_steps // 4)
 
-    def capped(*args, **kwargs):
-        c = real(*args, **kwargs)
-        steps = min(c.max_steps, MAX_DOC_STEPS)
-        return dataclasses.replace(c, max_steps=steps, eval_batches=min(c.eval_batches, 2),
-                                   warmup_steps=min(c.warmup_steps, steps // 4))
-
-    monkeypatch.setattr(config, "TrainConfig", capped)
+    monkeypatch.setattr(config, "TrainConfig", Capped)
 
 
 def gpt2_tokenizer_or_skip() -> None:
