@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "stagegpt"
-LAYERS = {"errors": 0, "fileio": 0, "limits": 0, "model": 1, "fast": 2, "data": 3, "train": 4,
-          "generation": 4, "interop": 5, "finetune": 6, "tools": 6, "play": 6, "cli": 7,
-          "__main__": 8}
+LAYERS = {"errors": 0, "fileio": 0, "limits": 0, "values": 0, "model": 1, "fast": 2,
+          "data": 3, "train": 4, "generation": 4, "interop": 5, "finetune": 6, "tools": 6,
+          "play": 6, "cli": 7, "__main__": 8}
 
 
 def module_name(path: Path) -> str:

@@ -43,6 +43,7 @@ def test_split_loss_scores_at_most_max_tokens_spread_over_the_split(model, monke
 
 @pytest.mark.parametrize("change, param", [
     (dict(tokens=np.array([0, 1, 16] * 10)), "tokens"),  # 16: past the vocabulary
+    (dict(tokens=np.array([0, -1] * 20)), "tokens"),
     (dict(tokens=np.zeros((4, 9), dtype=np.int64)), "tokens"),
     (dict(tokens=[0, 1] * 10), "tokens"),
     (dict(batch_size=0), "batch_size"), (dict(batch_size=10**30), "batch_size"),

@@ -136,13 +136,18 @@ def largest_id(tokens: np.ndarray) -> int:
     return max(int(tokens[i:i + ID_CHUNK].max()) for i in range(0, len(tokens), ID_CHUNK))
 
 
-def check_ids_fit(tokens: np.ndarray, vocab_size: int, source: str) -> None:
-    """Refuse a split holding an id outside a model's vocabulary of `vocab_size`."""
-    top = largest_id(tokens) if len(tokens) else -1
-    if top >= vocab_size:
-        raise StagegptError(f"{source} holds token id {top}, outside the vocabulary of "
-                            f"{vocab_size}; prepare the data dir again with the model's "
-                            "tokenizer")
+def check_ids_fit(tokens: np.ndarray, vocab_size: int, source: str,
+                  param: str | None = None) -> None:
+    """Refuse a split holding an id outside a model's vocabulary of `vocab_size` (a signed
+    array is also read for negative ids; a prepared split is unsigned)."""
+    if not len(tokens):
+        return
+    low = int(tokens.min()) if tokens.dtype.kind == "i" else 0
+    bad = low if low < 0 else largest_id(tokens)
+    if not 0 <= bad < vocab_size:
+        raise StagegptError(f"{source} holds token id {bad}, outside the vocabulary of "
+                            f"{vocab_size}; tokenize the data again with the model's "
+                            "tokenizer", param)
 
 
 class TokenWindows(torch.utils.data.Dataset):

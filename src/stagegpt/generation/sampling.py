@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from stagegpt.errors import StagegptError
+from stagegpt.values import is_int, is_real
 
 MAX_NEW_TOKENS = 1 << 24  # ids of one row alone would take 128 MB; far past any use
 
@@ -15,17 +16,17 @@ MAX_NEW_TOKENS = 1 << 24  # ids of one row alone would take 128 MB; far past any
 def check_sampling_args(max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                         top_p: float | None = None, seed: int | None = None) -> None:
     """Raise StagegptError, naming the parameter, on a value sampling cannot use."""
-    if not _is_int(max_new_tokens) or not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+    if not is_int(max_new_tokens) or not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise StagegptError(f"max_new_tokens must be an integer from 0 to {MAX_NEW_TOKENS:,}, "
                             f"got {max_new_tokens!r:.40}", "max_new_tokens")
-    if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
+    if not is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
         raise StagegptError(f"temperature must be a finite number >= 0 (0 means greedy), got "
                             f"{temperature!r:.40}", "temperature")
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise StagegptError(f"top_k must be an integer >= 1, got {top_k!r:.40}", "top_k")
-    if top_p is not None and (not _is_real(top_p) or not 0.0 < top_p <= 1.0):
+    if top_p is not None and (not is_real(top_p) or not 0.0 < top_p <= 1.0):
         raise StagegptError(f"top_p must be in (0, 1], got {top_p!r:.40}", "top_p")
-    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**64):
+    if seed is not None and (not is_int(seed) or not 0 <= seed < 2**64):
         raise StagegptError(f"seed must be an integer in [0, 2**64), got {seed!r:.40}", "seed")
 
 
@@ -136,17 +137,3 @@ def _nucleus(logits: Tensor, top_p: float) -> tuple[Tensor, Tensor]:
         if k >= V // 4 or not keep[:, -1].any():  # the nucleus ends inside the candidates
             return probs.masked_fill_(~keep, 0.0), ids
         k *= 8
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    """An int or float that is a number as a float: not NaN, not an integer past 1.8e308."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return not math.isnan(float(value))
-    except OverflowError:
-        return False

@@ -19,6 +19,7 @@ from stagegpt.errors import StagegptError
 from stagegpt.fileio import JSON_ERRORS, json_problem
 from stagegpt.generation import check_sampling_args
 from stagegpt.play.catalog import ServedModel
+from stagegpt.values import is_int
 
 MAX_BODY_BYTES = 1 << 16
 MAX_PLAY_TOKENS = 1024  # new tokens per request: a page of text, and a bounded worker turn
@@ -69,7 +70,7 @@ def _fields(kind: type, data: dict[str, Any], served: dict[int, ServedModel]) ->
         raise StagegptError(f"unknown field {unknown[0]!r:.40}; the fields are "
                             f"{', '.join(known)}", unknown[0])
     stage = data.get("stage", next(iter(served)))
-    if not _is_int(stage) or stage not in served:
+    if not is_int(stage) or stage not in served:
         choices = ", ".join(map(str, served))
         raise StagegptError(f"stage must be one of the stages served here ({choices}), got "
                             f"{stage!r:.40}", "stage")
@@ -111,7 +112,7 @@ def attention_request(data: dict[str, Any], served: dict[int, ServedModel]) -> A
         raise StagegptError(f"stage {request.stage} has no attention to show; pick a stage "
                             "from 3 up", "stage")
     ids = request.ids
-    if not isinstance(ids, list) or not ids or not all(_is_int(i) for i in ids):
+    if not isinstance(ids, list) or not ids or not all(is_int(i) for i in ids):
         raise StagegptError("ids must be a non-empty list of token ids (integers)", "ids")
     if len(ids) > config.block_size:
         raise StagegptError(f"ids holds {len(ids)} tokens but stage {request.stage}'s context "
@@ -121,7 +122,7 @@ def attention_request(data: dict[str, Any], served: dict[int, ServedModel]) -> A
                             f"{request.stage}", "ids")
     for name, count in (("layer", n_layer), ("head", n_head)):
         value = getattr(request, name)
-        if not _is_int(value) or not 0 <= value < count:
+        if not is_int(value) or not 0 <= value < count:
             raise StagegptError(f"{name} must be between 0 and {count - 1} for stage "
                                 f"{request.stage}, got {value!r:.40}", name)
     return request
@@ -134,7 +135,3 @@ def check_utf8(text: str, name: str) -> None:
     except UnicodeEncodeError:
         raise StagegptError(f"{name} is not valid UTF-8 text (it holds a lone surrogate); "
                             "send real characters", name) from None
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

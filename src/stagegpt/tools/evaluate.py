@@ -12,11 +12,12 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from stagegpt.data.datasets import TokenWindows, largest_id
+from stagegpt.data.datasets import TokenWindows, check_ids_fit
 from stagegpt.errors import StagegptError
 from stagegpt.fast import accelerate
 from stagegpt.model import LanguageModel
 from stagegpt.model.layers import eval_mode
+from stagegpt.values import is_int
 
 # Tables score the whole val split up to this many tokens (in windows spread evenly over a
 # larger split), so that scoring stays a bounded share of a ladder's time.
@@ -29,17 +30,11 @@ def check_split_args(model: LanguageModel, tokens: np.ndarray, batch_size: int,
     if not isinstance(tokens, np.ndarray) or tokens.ndim != 1 or tokens.dtype.kind not in "iu":
         raise StagegptError("tokens must be a 1-D numpy array of token ids (a split, as "
                             "load_split returns)", "tokens")
-    if len(tokens) and not 0 <= int(tokens.min()) <= largest_id(tokens) < (
-            model.config.vocab_size):
-        raise StagegptError(f"tokens holds ids outside the model's vocabulary of "
-                            f"{model.config.vocab_size}; score data prepared with the model's "
-                            "tokenizer", "tokens")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not (
-            1 <= batch_size <= MAX_BATCH):
+    check_ids_fit(tokens, model.config.vocab_size, "tokens", "tokens")
+    if not is_int(batch_size) or not 1 <= batch_size <= MAX_BATCH:
         raise StagegptError(f"batch_size must be an integer from 1 to {MAX_BATCH:,}, got "
                             f"{batch_size!r:.40}", "batch_size")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(
-            max_tokens, int) or max_tokens < 1):
+    if max_tokens is not None and (not is_int(max_tokens) or max_tokens < 1):
         raise StagegptError(f"max_tokens must be a positive integer or None, got "
                             f"{max_tokens!r:.40}", "max_tokens")
 

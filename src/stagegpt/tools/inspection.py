@@ -37,6 +37,7 @@ from stagegpt.model.layers import (
 )
 from stagegpt.model.stages import LanguageModel
 from stagegpt.train.checkpoints import meta_model
+from stagegpt.values import is_int
 
 COMPONENTS = ("embeddings", "attention", "mlp", "norms", "head")
 
@@ -343,10 +344,6 @@ def model_to_inspect(stage: int | None, preset: str | None = None,
 MAX_BATCH = 1 << 20  # a trace on the meta device has no memory to check; this bounds it
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def inspect_model(model: LanguageModel, batch: int = 1, seq: int = 8,
                   flops_context: int | None = None) -> Inspection:
     """Trace one forward pass of a (batch, seq) input and count parameters and FLOPs.
@@ -355,13 +352,13 @@ def inspect_model(model: LanguageModel, batch: int = 1, seq: int = 8,
     which is what the ladder reports). The model may live on the meta device.
     """
     config = model.config
-    if not _is_count(batch) or not 1 <= batch <= MAX_BATCH:
+    if not is_int(batch) or not 1 <= batch <= MAX_BATCH:
         raise StagegptError(f"batch must be an integer from 1 to {MAX_BATCH:,}, got "
                             f"{batch!r:.40}", "batch")
-    if not _is_count(seq) or not 1 <= seq <= config.block_size:
+    if not is_int(seq) or not 1 <= seq <= config.block_size:
         raise StagegptError(f"seq must be between 1 and block_size {config.block_size}, "
                             f"got {seq!r:.40}", "seq")
-    if flops_context is not None and (not _is_count(flops_context) or flops_context < 1):
+    if flops_context is not None and (not is_int(flops_context) or flops_context < 1):
         raise StagegptError(f"flops_context must be a positive integer or None, got "
                             f"{flops_context!r:.40}", "flops_context")
     device = next(model.parameters()).device

@@ -1,0 +1,21 @@
+"""What counts as a number when it comes from outside (JSON, TOML, Python callers): bools
+are not integers here, and a "real" must convert to a float that is not NaN."""
+
+from __future__ import annotations
+
+import math
+
+
+def is_int(value: object) -> bool:
+    """An int, not a bool (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    """An int or float that is a number as a float: not NaN, not an integer past 1.8e308."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return not math.isnan(float(value))
+    except OverflowError:
+        return False
