@@ -50,8 +50,8 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse impossible settings before anything runs."""
     if args.rounds is not None and not 1 <= args.rounds <= MAX_ROUNDS:
         raise StagegptError(f"--rounds must be from 1 to {MAX_ROUNDS}, got {args.rounds}")
-    if threads_problem(args.threads):
-        raise StagegptError(threads_problem(args.threads))
+    if problem := threads_problem(args.threads):
+        raise StagegptError(problem)
     if not 1 <= args.char_processes <= MAX_CHAR_PROCESSES:
         raise StagegptError(f"--char-processes must be from 1 to {MAX_CHAR_PROCESSES}, got "
                             f"{args.char_processes}")

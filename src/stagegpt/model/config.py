@@ -86,14 +86,18 @@ class ModelConfig:
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
         if name not in PRESETS:
             raise StagegptError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise StagegptError(f"unknown ModelConfig settings: {', '.join(sorted(unknown))}; "
-                                f"choose from {', '.join(f.name for f in fields(cls))}")
+        cls._refuse_unknown(overrides, "unknown ModelConfig settings", list_known=True)
         return cls(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def _refuse_unknown(cls, settings: dict[str, Any], what: str, list_known: bool = False):
+        known = [f.name for f in fields(cls)]
+        if unknown := sorted(set(settings) - set(known)):
+            choices = f"; choose from {', '.join(known)}" if list_known else ""
+            raise StagegptError(f"{what}: {', '.join(unknown)}{choices}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -101,10 +105,7 @@ class ModelConfig:
         flag set them."""
         if not isinstance(data, dict):
             raise StagegptError(f"a model config must be a table of settings, got {data!r:.60}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise StagegptError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        cls._refuse_unknown(data, "unknown model config keys")
         try:
             return cls(**data)
         except StagegptError as err:
