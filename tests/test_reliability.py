@@ -282,6 +282,13 @@ def retype_weights(path: Path, dtype: torch.dtype) -> None:
     save_file({k: v.to(dtype) for k, v in load_file(path).items()}, str(path))
 
 
+def poison_weight(path: Path, value: float) -> None:
+    """Rewrite a safetensors file with one value of its first tensor set to `value`."""
+    weights = load_file(path)
+    next(iter(weights.values())).view(-1)[0] = value
+    save_file(weights, str(path))
+
+
 def sparse_pickled_hf(w: Path) -> None:
     """The Hugging Face export as a pytorch_model.bin of sparse tensors."""
     weights = load_file(w / "hf" / "model.safetensors")
@@ -427,6 +434,9 @@ BAD_INPUTS = {
     "sample: boolean weights": (
         SAMPLE, lambda w, mp: retype_weights(newest(w) / "model.safetensors", torch.bool),
         "is a bool tensor"),
+    "sample: a NaN weight": (
+        SAMPLE, lambda w, mp: poison_weight(newest(w) / "model.safetensors", float("nan")),
+        "holds NaN or infinite values; the file is damaged or its run diverged"),
     "sample: binary --prompt-file": (
         [*SAMPLE, "--prompt-file", "{w}/binary.bin"], None, "cannot read prompt file"),
     "sample: a data dir as --ckpt": (
@@ -444,6 +454,9 @@ BAD_INPUTS = {
     "convert: 8-bit float weights": (
         FROM_HF, lambda w, mp: retype_weights(w / "hf" / "model.safetensors",
                                               torch.float8_e4m3fn), "is a float8_e4m3fn tensor"),
+    "convert: an infinite Hugging Face weight": (
+        FROM_HF, lambda w, mp: poison_weight(w / "hf" / "model.safetensors", float("inf")),
+        "holds NaN or infinite values"),
     "convert: a pytorch_model.bin of sparse tensors": (
         FROM_HF, lambda w, mp: sparse_pickled_hf(w), "is a sparse_coo tensor"),
     "convert: a shard index naming a list": (

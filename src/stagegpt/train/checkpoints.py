@@ -116,7 +116,8 @@ WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 def check_weight_tensors(weights: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
     """`weights`, refused unless every tensor is an ordinary dense floating-point one
     (loading would silently cast integers or booleans, and fail on sparse, quantized or
-    meta tensors deep inside torch)."""
+    meta tensors deep inside torch) holding finite values (a NaN weight makes every
+    logit NaN, and sampling would print the same token over and over)."""
     for name, tensor in weights.items():
         if (tensor.layout != torch.strided or tensor.is_quantized or tensor.is_meta
                 or tensor.dtype not in WEIGHT_DTYPES):
@@ -124,6 +125,9 @@ def check_weight_tensors(weights: dict[str, torch.Tensor], path: Path) -> dict[s
             raise StagegptError(f"{path}: {name} is a {str(kind).removeprefix('torch.')} "
                                 "tensor; weights must be dense float32, bfloat16, float16 or "
                                 "float64 tensors (is the file damaged?)")
+        if not torch.isfinite(tensor).all():
+            raise StagegptError(f"{path}: {name} holds NaN or infinite values; the file is "
+                                "damaged or its run diverged: use an earlier checkpoint")
     return weights
 
 
