@@ -118,6 +118,21 @@ def test_an_error_names_the_flag_only_where_it_names_the_parameter():
         assert StagegptError(text, "data").for_flags() == text  # a path or another word
 
 
+def test_an_error_names_the_other_parameters_it_mentions_as_flags():
+    import pickle
+
+    from stagegpt.errors import StagegptError
+
+    err = StagegptError("pass `resume=True`, choose a new `out_dir`, try `seed=3`; `stage` is "
+                        "a TOML key", mentions=("resume", "out_dir", "seed"))
+    assert str(err) == ("pass `resume=True`, choose a new `out_dir`, try `seed=3`; `stage` is "
+                        "a TOML key")
+    assert err.for_flags() == ("pass --resume, choose a new --out, try --seed 3; `stage` is a "
+                               "TOML key")
+    again = pickle.loads(pickle.dumps(err))  # as a ladder worker's error arrives
+    assert again.for_flags({"seed": "--s"}).endswith("try --s 3; `stage` is a TOML key")
+
+
 @pytest.mark.parametrize("argv, configured", [
     (["sample", "--ckpt", "no/such/run"], True),
     (["prepare", "text", "no/such/file.txt", "--tokenizer", "char", "--out", "no/out"], False)])

@@ -326,7 +326,7 @@ def test_resuming_on_another_base_is_refused_before_anything_is_written(
 
     run = finished["root"] / name
     before = read_tree(run)
-    with pytest.raises(StagegptError, match="pass the original --base or choose a new --out"):
+    with pytest.raises(StagegptError, match="pass the original `base` or choose a new `out_dir`"):
         finetune(finished["other"], genre, run, RESUMABLE[name], ONE_STEP, resume=True,
                  progress=False)
     assert read_tree(run) == before
@@ -355,7 +355,7 @@ def test_resuming_with_other_fine_tuning_settings_is_refused_in_one_line(
         finetune(base, genre, run, settings, ONE_STEP, resume=True, progress=False)
     message = str(refused.value)
     assert message.startswith(f"cannot resume {run}: its fine-tuning settings differ")
-    assert changed in message and message.endswith("or choose a new --out")
+    assert changed in message and message.endswith("or choose a new `out_dir`")
     assert "optimizer" not in message and "delete" not in message and "\n" not in message
     assert read_tree(run) == before
 

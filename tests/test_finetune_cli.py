@@ -149,6 +149,23 @@ def test_missing_base_and_foreign_tokenizer_are_refused(runs, capsys, tmp_path):
     assert "prepared for" in err and "--tokenizer from:BASE" in err
 
 
+def test_a_text_longer_than_the_context_names_truncate_as_python_and_as_a_flag(
+        runs, capsys, tmp_path):
+    from stagegpt.errors import StagegptError
+
+    long = write_classify_dir(tmp_path / "long", [{"text": "king " * 200, "label": "x"},
+                                                  {"text": "king", "label": "y"}],
+                              runs["tokenizer"])
+    with pytest.raises(StagegptError, match=r"train.jsonl:1: .* pass `truncate=True` to keep"):
+        finetune(runs["base"], long, tmp_path / "py", FinetuneSettings("classify"),
+                 TrainConfig(max_steps=1, **QUICK), progress=False)
+    args = finetune_args(runs)
+    args[args.index("--data") + 1] = str(long)
+    assert main(args) == 2
+    assert "; pass --truncate to keep the first block_size tokens" in capsys.readouterr().err
+    assert main([*args, "--truncate"]) == 0
+
+
 def test_verbs_refuse_the_other_task_and_an_existing_merge_target(runs, capsys, tmp_path):
     assert main(["classify", "--ckpt", str(runs["chat"]), "--text", "king"]) == 2
     assert "not a classifier" in capsys.readouterr().err

@@ -186,10 +186,11 @@ class FinetuneTrainer(Trainer):
             if not item[0] or no_reply:
                 raise StagegptError(f"{where}: the record has no tokens to learn from")
             if len(item[0]) > T:
-                advice = ("pass --truncate to keep the first block_size tokens"
+                advice = ("pass `truncate=True` to keep the first block_size tokens"
                           if self.settings.task == "classify" else "shorten the record")
                 raise StagegptError(f"{where}: the record has {len(item[0])} tokens, more "
-                                    f"than the base's context of {T}; {advice}")
+                                    f"than the base's context of {T}; {advice}",
+                                    mentions=("truncate",))
             out.append(item)
         return out
 
@@ -262,7 +263,8 @@ class FinetuneTrainer(Trainer):
         info = meta.get("finetune") if isinstance(meta, dict) else None
         if not isinstance(info, dict):
             raise StagegptError(f"cannot resume {self.out_dir}: {directory} is not a "
-                                "fine-tuning checkpoint; choose a new --out")
+                                "fine-tuning checkpoint; choose a new `out_dir`",
+                                mentions=("out_dir",))
         ours = self.info()
         changed = {k: (info.get(k), ours.get(k)) for k in RESUME_SETTINGS
                    if info.get(k) != ours.get(k)}
@@ -274,7 +276,7 @@ class FinetuneTrainer(Trainer):
                                 for k, (run, now) in changed.items())
             raise StagegptError(f"cannot resume {self.out_dir}: its fine-tuning settings differ "
                                 f"({details}); rerun with the run's own settings or choose a "
-                                "new --out")
+                                "new `out_dir`", mentions=("out_dir",))
         self._check_same_base(directory, info.get("base"))
 
     def _check_same_base(self, directory: Path, recorded: Any) -> None:
@@ -285,7 +287,8 @@ class FinetuneTrainer(Trainer):
         origin = recorded.get("path") if isinstance(recorded, dict) else None
         raise StagegptError(f"cannot resume {self.out_dir}: it fine-tunes the base "
                             f"{origin or '(unrecorded)'}, not {self.base_dir} (their weights "
-                            "differ); pass the original --base or choose a new --out")
+                            "differ); pass the original `base` or choose a new `out_dir`",
+                            mentions=("base", "out_dir"))
 
     def _is_our_base(self, recorded: dict) -> bool:
         if recorded.get("sha256") is None and self.base_sha256 is None:
