@@ -362,3 +362,17 @@ def test_a_client_that_leaves_mid_body_is_a_stagegpt_error_not_a_traceback():
              "headers": [(b"content-type", b"application/json")]}
     with pytest.raises(StagegptError, match="the client left before sending the whole body"):
         asyncio.run(read_body(Request(scope, receive)))
+
+
+def test_a_port_in_use_is_named_as_python_and_as_a_flag():
+    from stagegpt.errors import StagegptError
+    from stagegpt.play.server import bind
+
+    with closing(bind(0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(StagegptError) as refused:
+            bind(port)
+    assert str(refused.value).startswith(f"port {port} on 127.0.0.1 cannot be used")
+    assert str(refused.value).endswith("pass another `port`")
+    assert refused.value.for_flags() == str(refused.value).replace(
+        "port", "--port", 1).replace("`port`", "--port")

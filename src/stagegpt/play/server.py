@@ -178,7 +178,7 @@ def bind(port: int) -> socket.socket:
     except OSError as err:
         sock.close()
         raise StagegptError(f"port {port} on {HOST} cannot be used ({err.strerror}); stop what "
-                            "holds it or pass another --port", "port") from None
+                            "holds it or pass another `port`", "port", ("port",)) from None
     sock.listen(128)
     return sock
 
