@@ -226,6 +226,22 @@ def test_jobs_are_checked_and_chosen_by_the_threads_there_are(markov2, tmp_path,
         assert ladder_jobs.auto_jobs(stages) == expected
 
 
+def test_jobs_past_threads_is_refused_not_run_on_more_threads(markov2, tmp_path, capsys):
+    """--threads is the whole ladder's: `--threads 1 --jobs 2` ran two workers of a thread
+    each, twice the threads asked for."""
+    before = torch.get_num_threads()
+    try:
+        assert main(["ladder", "--data", str(markov2), "--out", str(tmp_path / "l"),
+                     "--max-steps", "1", "--no-progress", "--threads", "1", "--jobs", "2"]) == 2
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err.strip()
+    assert err == ("stagegpt ladder: error: --jobs 2 needs a thread per worker, but there are "
+                   "1 (--threads, or the cores); pass --jobs 1 to train the stages in turn, or "
+                   "more --threads")
+    assert not (tmp_path / "l").exists()
+
+
 def test_a_stagegpt_error_keeps_its_parameter_through_pickling():
     import pickle
 
