@@ -65,9 +65,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, help="windows per micro-batch (per process)")
     group.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
     group.add_argument("--lr", type=float, help="peak learning rate, above 0 and at most 1")
-    group.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine, at most --lr")
+    group.add_argument("--min-lr", type=float,
+                       help="learning rate at the end of the cosine, at most --lr")
     group.add_argument("--warmup-steps", type=int, help="linear warmup steps")
-    group.add_argument("--weight-decay", type=float, help="AdamW decay on matrices (times --lr at most 1)")
+    group.add_argument("--weight-decay", type=float,
+                       help="AdamW decay on matrices (times --lr at most 1)")
     group.add_argument("--grad-clip", type=float, help="clip the gradient norm (0 = off)")
     group.add_argument("--eval-every", type=int, help="steps between validation passes")
     group.add_argument("--eval-batches", type=int, help="fixed validation batches per pass")
