@@ -304,13 +304,8 @@ class Trainer:
         while not (stop or self._signalled_alone()):
             t_step = time.perf_counter()
             train_loss = self._train_step()
-            if not math.isfinite(train_loss):
-                raise StagegptError(
-                    f"lr {self.tc.lr} may be too high: the loss became {train_loss} at step "
-                    f"{self.step + 1} and training stopped (the last good checkpoint is kept "
-                    f"in {self.out_dir}); lower it, or clip gradients with grad_clip > 0",
-                    "lr")
             self.step += 1
+            self._check_finite(train_loss, "loss")
             self.tokens += tokens_per_step
             speed = tokens_per_step / max(time.perf_counter() - t_step, 1e-9)
             self.elapsed = start_elapsed + time.perf_counter() - t0
@@ -324,6 +319,7 @@ class Trainer:
             stop = done or signalled
             if self.step % self.tc.eval_every == 0 or done:
                 val_loss = row["val_loss"] = self.evaluate()
+                self._check_finite(val_loss, "validation loss")
                 self._after_eval(val_loss)
             if self.step % self.tc.ckpt_every == 0 or stop:
                 self._save_step_checkpoint()
@@ -348,6 +344,16 @@ class Trainer:
         mean_speed = self.tokens / self.elapsed if self.elapsed else 0.0
         return TrainResult(self.step, train_loss, val_loss, mean_speed, self.elapsed,
                            interrupted, self.out_dir)
+
+    def _check_finite(self, loss: float, what: str) -> None:
+        """Stop a diverged run before its weights are saved or its metrics written."""
+        if math.isfinite(loss):
+            return
+        kept = (f"the last good checkpoint is kept in {self.out_dir}" if step_dirs(self.out_dir)
+                else "no checkpoint was written")
+        raise StagegptError(f"lr {self.tc.lr} may be too high: the {what} became {loss} at step "
+                            f"{self.step} and training stopped ({kept}); lower it, or clip "
+                            "gradients with grad_clip > 0", "lr")
 
     def _out_of_time(self) -> bool:
         return self.tc.max_seconds is not None and self.elapsed >= self.tc.max_seconds
