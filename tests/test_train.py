@@ -257,6 +257,21 @@ def test_a_diverging_loss_names_lr_in_python_and_cli(markov1, tmp_path, monkeypa
     assert "(no checkpoint was written)" in message  # it used to claim one was kept
 
 
+def test_a_finished_run_resumed_without_good_metrics_reports_what_it_has(markov1, tmp_path,
+                                                                          capsys):
+    """A finished run's metrics.jsonl deleted or edited: --resume raised a TypeError or a
+    KeyError traceback formatting its last figures."""
+    out = tmp_path / "run"
+    assert main(train_args(markov1, out, 2)) == 0
+    (out / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "train_loss": "x"}\n')
+    capsys.readouterr()
+    assert main(train_args(markov1, out, 2, "--resume")) == 0
+    assert capsys.readouterr().out.startswith("stage 5: step 2, train loss -, val loss -, ")
+    (out / "metrics.jsonl").unlink()
+    assert main(train_args(markov1, out, 2, "--resume")) == 0
+    assert capsys.readouterr().out.startswith("stage 5: step 2, train loss -, val loss -, ")
+
+
 def test_a_nan_validation_loss_stops_the_run_before_saving_it(markov1, tmp_path,
                                                                 monkeypatch, capsys):
     """A finite train loss with NaN weights after the step: the run ended with exit 0 and

@@ -156,7 +156,12 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 130
     if trainer.rank == 0:
-        print(f"stage {args.stage}: step {result.step}, train loss {result.train_loss:.4f}, "
-              f"val loss {result.val_loss:.4f}, {result.tokens_per_sec:,.0f} tokens/s, "
+        print(f"stage {args.stage}: step {result.step}, train loss {_loss(result.train_loss)}, "
+              f"val loss {_loss(result.val_loss)}, {result.tokens_per_sec:,.0f} tokens/s, "
               f"{result.elapsed:.1f} s -> {args.out}")
     return 0
+
+
+def _loss(value: float | None) -> str:
+    """A loss for the summary line: a finished run resumed without its metrics has none."""
+    return "-" if value is None else f"{value:.4f}"
