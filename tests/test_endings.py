@@ -142,6 +142,22 @@ def test_eval_fits_its_defaults_to_a_small_window_and_writes_nan_as_null(
     assert json.loads(capsys.readouterr().out)["val_loss"] is None
 
 
+def test_eval_reads_the_val_splits_largest_id_once(markov_data, tmp_path, monkeypatch,
+                                                   capsys):
+    """Its vocabulary check was a full pass over val.bin, and split_loss made a second."""
+    from stagegpt.data import datasets
+
+    data = markov_data(order=1, vocab=12, tokens=20_000, seed=0, concentration=0.05)
+    config = ModelConfig(vocab_size=12, block_size=16, n_embd=16, n_layer=1, n_head=2)
+    save_checkpoint(tmp_path / "ckpt", build_model(5, config), None)
+    passes = []
+    original = datasets.largest_id
+    monkeypatch.setattr(datasets, "largest_id", lambda t: passes.append(len(t)) or original(t))
+    assert main(["eval", "--ckpt", str(tmp_path / "ckpt"), "--data", str(data), "--items",
+                 "10", "--json"]) == 0
+    assert passes == [len(np.fromfile(data / "val.bin", dtype=np.uint16))]
+
+
 def test_a_split_too_uniform_for_four_endings_is_refused_not_looped_on():
     """Three tokens cycling: every 1-token ending is one of three, so four different ones
     cannot be drawn; the draws are bounded and the refusal names `ending`."""

@@ -226,6 +226,38 @@ def test_jobs_are_checked_and_chosen_by_the_threads_there_are(markov2, tmp_path,
         assert ladder_jobs.auto_jobs(stages) == expected
 
 
+def test_the_ladder_reads_the_val_splits_largest_id_once_a_stage(markov2, tmp_path,
+                                                                 monkeypatch):
+    """The trainer checks val.bin's ids; the table's val loss read the split again."""
+    from stagegpt.data import datasets
+
+    passes = []
+    original = datasets.largest_id
+    monkeypatch.setattr(datasets, "largest_id", lambda t: passes.append(len(t)) or original(t))
+    train = TrainConfig(max_steps=1, batch_size=2, eval_batches=1, warmup_steps=0)
+    small = ModelConfig(n_embd=16, n_layer=1, n_head=1, block_size=8)
+    assert ladder.run_ladder(markov2, tmp_path / "l", small, train, stages=(1, 3),
+                             progress=False, sample_tokens=2) is not None
+    val = len(np.fromfile(markov2 / "val.bin", dtype=np.uint16))
+    assert passes.count(val) == 2
+
+
+def test_jobs_past_threads_is_refused_not_run_on_more_threads(markov2, tmp_path, capsys):
+    """--threads is the whole ladder's: `--threads 1 --jobs 2` ran two workers of a thread
+    each, twice the threads asked for."""
+    before = torch.get_num_threads()
+    try:
+        assert main(["ladder", "--data", str(markov2), "--out", str(tmp_path / "l"),
+                     "--max-steps", "1", "--no-progress", "--threads", "1", "--jobs", "2"]) == 2
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err.strip()
+    assert err == ("stagegpt ladder: error: --jobs 2 needs a thread per worker, but there are "
+                   "1 (--threads, or the cores); pass --jobs 1 to train the stages in turn, or "
+                   "more --threads")
+    assert not (tmp_path / "l").exists()
+
+
 def test_a_stagegpt_error_keeps_its_parameter_through_pickling():
     import pickle
 

@@ -16,7 +16,7 @@ from stagegpt.interop import load_checkpoint
 from stagegpt.model.config import ModelConfig
 from stagegpt.train.config import TrainConfig
 from stagegpt.train.optim import lr_at, param_groups
-from stagegpt.train.rundir import step_dirs
+from stagegpt.train.rundir import read_metrics, step_dirs
 from stagegpt.train.trainer import Trainer
 
 MODEL = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16"]
@@ -254,6 +254,37 @@ def test_a_diverging_loss_names_lr_in_python_and_cli(markov1, tmp_path, monkeypa
     assert "--" not in message and "grad_clip" in message
     assert main(train_args(markov1, tmp_path / "cli", 2)) == 2
     assert "error: --lr 0.001 may be too high: the loss became nan" in capsys.readouterr().err
+    assert "(no checkpoint was written)" in message  # it used to claim one was kept
+
+
+def test_a_finished_run_resumed_without_good_metrics_reports_what_it_has(markov1, tmp_path,
+                                                                          capsys):
+    """A finished run's metrics.jsonl deleted or edited: --resume raised a TypeError or a
+    KeyError traceback formatting its last figures."""
+    out = tmp_path / "run"
+    assert main(train_args(markov1, out, 2)) == 0
+    (out / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "train_loss": "x"}\n')
+    capsys.readouterr()
+    assert main(train_args(markov1, out, 2, "--resume")) == 0
+    assert capsys.readouterr().out.startswith("stage 5: step 2, train loss -, val loss -, ")
+    (out / "metrics.jsonl").unlink()
+    assert main(train_args(markov1, out, 2, "--resume")) == 0
+    assert capsys.readouterr().out.startswith("stage 5: step 2, train loss -, val loss -, ")
+
+
+def test_a_nan_validation_loss_stops_the_run_before_saving_it(markov1, tmp_path,
+                                                                monkeypatch, capsys):
+    """A finite train loss with NaN weights after the step: the run ended with exit 0 and
+    a NaN-weighted newest checkpoint, val loss nan."""
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: float("nan"))
+    out = tmp_path / "run"
+    assert main(train_args(markov1, out, 4, "--eval-every", "2", "--ckpt-every", "1")) == 2
+    err = capsys.readouterr().err
+    assert err == ("stagegpt train: error: --lr 0.001 may be too high: the validation loss "
+                   f"became nan at step 2 and training stopped (the last good checkpoint is "
+                   f"kept in {out}); lower it, or clip gradients with grad_clip > 0\n")
+    assert [p.name for p in step_dirs(out)] == ["step_00000001"]
+    assert [r["step"] for r in read_metrics(out)] == [1]
 
 
 def test_token_ids_outside_the_vocabulary_are_a_clear_error(markov1, tmp_path, capsys):

@@ -225,6 +225,17 @@ def readable_dir(target: str | Path) -> Path:
 MAX_JSON_BYTES = 64 << 20  # config, meta and state files are kilobytes
 
 
+def _not_a_file(mode: int) -> str:
+    """What a path of `mode` is instead of a regular file."""
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO), not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a file"
+    return "is not a regular file"
+
+
 def read_small_file(path: str | Path, what: str = "file",
                     max_bytes: int = MAX_JSON_BYTES) -> bytes:
     """A regular file of at most `max_bytes`, or a clear user error (never a read of a
@@ -237,7 +248,7 @@ def read_small_file(path: str | Path, what: str = "file",
     except OSError as err:
         raise StagegptError(f"cannot read {what} {path}: {err.strerror}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise StagegptError(f"{what} {path} is not a regular file; refusing to read it")
+        raise StagegptError(f"{what} {path} {_not_a_file(info.st_mode)}; refusing to read it")
     if info.st_size > max_bytes:
         raise StagegptError(f"{what} {path} is {info.st_size:,} bytes, more than the "
                             f"{max_bytes:,} such a file can be; it is not one")

@@ -4,12 +4,14 @@ and trainer_state.json. Each is refused with one line, exit 2, nothing changed."
 import base64
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from world import RESUME, SAMPLE, assert_refused, copy_world, edit_json, make_world, newest
 
+from stagegpt.cli import main
 from stagegpt.train.rundir import step_dirs
 
 
@@ -64,14 +66,14 @@ CONFIG_CASES = {
     "tokenizer file a device": (
         lambda w: (os.symlink("/dev/zero", newest(w) / "tok.json"),
                    edit_json(config_json(w), tokenizer={"kind": "bpe", "file": "tok.json"})),
-        "not a regular file"),
+        "is a device, not a file"),
     "tokenizer file a list": (
         lambda w: edit_json(config_json(w), tokenizer={"kind": "bpe", "file": ["a"]}),
         "not a plain file name"),
     "tokenizer spec a string": (lambda w: edit_json(config_json(w), tokenizer="char"),
                                 "unknown tokenizer spec"),
     "config.json a device": (lambda w: to_device(config_json(w)),
-                             "holds no checkpoint|not a regular file"),
+                             "holds no checkpoint|is a device, not a file"),
     "config.json of 100 MB": (
         lambda w: config_json(w).write_bytes(b" " * (100 << 20)), "more than the"),
     "config.json nested 100,000 deep": (
@@ -175,6 +177,21 @@ def test_resume_refuses_other_training_settings_and_keeps_the_final_checkpoint(
                              capsys)
     assert "may change" in message
     assert_refused([*RESUME, "--lr", "0.5"], w, "lr was 0.001, now 0.5", capsys)
+
+
+def test_resume_refuses_other_data_of_the_same_vocabulary(pristine, tmp_path, capsys):
+    """Another data dir with the run's vocabulary was taken as it came: the run went on
+    training on other text, exit 0."""
+    from stagegpt.data.prepare import prepare_markov
+
+    w = copy_world(pristine, tmp_path)
+    prepare_markov(w / "other", order=2, vocab=16, tokens=4000, seed=4)
+    other = [a if a != "{w}/data" else "{w}/other" for a in RESUME]
+    line = assert_refused(other, w, r"cannot resume .*/run on other data: it trained on "
+                          r"'.*/data' \(text sha256 [0-9a-f]{12}\.\.\.\)", capsys)
+    assert line.endswith("pass the run's own --data, or train into a new --out")
+    shutil.copytree(w / "data", w / "moved")  # the same text elsewhere still resumes
+    assert main([a.replace("{w}/data", "{w}/moved").format(w=w) for a in RESUME]) == 0
 
 
 def test_a_hugging_face_config_of_10_11_positions_is_refused(pristine, tmp_path, capsys):

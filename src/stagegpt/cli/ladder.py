@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--jobs", type=int, metavar="N",
                         help="stages trained at once, each in a process of its own with an "
-                             "equal share of the threads (default: 2 on a CPU with 2 or more "
+                             "equal share of the threads, at most --threads (default: 2 on a "
+                             "CPU with 2 or more "
                              "threads, else 1: a small stage's steps cannot keep many threads "
                              "busy, so two side by side finish sooner; 1 trains them in "
                              "turn in this process)")
@@ -74,6 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "once, so --resume continues exactly")
 
 
+def check_jobs_fit_threads(jobs: int) -> None:
+    """--threads is the whole ladder's: each of --jobs workers needs one of them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if jobs > threads:
+        raise StagegptError(f"--jobs {jobs} needs a thread per worker, but there are {threads} "
+                            "(--threads, or the cores); pass --jobs 1 to train the stages in "
+                            "turn, or more --threads")
+
+
 def run(args: argparse.Namespace) -> int:
     from stagegpt.tools.ladder import run_ladder
     from stagegpt.tools.ladder_jobs import auto_jobs
@@ -82,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     model_config, train_config = configs_from_args(args, one_budget=True)
     budget_seconds = train_config.max_seconds
     jobs = auto_jobs(len(stages), train_config.device) if args.jobs is None else args.jobs
+    check_jobs_fit_threads(jobs)
     train_config = replace(train_config, max_seconds=None)
     rows = run_ladder(args.data, args.out, model_config, train_config, stages,
                       resume=args.resume, max_seconds=budget_seconds, prompt=args.prompt,

@@ -64,10 +64,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-seconds", type=float, help="also stop after this much training")
     group.add_argument("--batch-size", type=int, help="windows per micro-batch (per process)")
     group.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-    group.add_argument("--lr", type=float, help="peak learning rate")
-    group.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine")
+    group.add_argument("--lr", type=float, help="peak learning rate, above 0 and at most 1")
+    group.add_argument("--min-lr", type=float,
+                       help="learning rate at the end of the cosine, at most --lr")
     group.add_argument("--warmup-steps", type=int, help="linear warmup steps")
-    group.add_argument("--weight-decay", type=float, help="AdamW decay on matrices")
+    group.add_argument("--weight-decay", type=float,
+                       help="AdamW decay on matrices (times --lr at most 1)")
     group.add_argument("--grad-clip", type=float, help="clip the gradient norm (0 = off)")
     group.add_argument("--eval-every", type=int, help="steps between validation passes")
     group.add_argument("--eval-batches", type=int, help="fixed validation batches per pass")
@@ -154,7 +156,12 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 130
     if trainer.rank == 0:
-        print(f"stage {args.stage}: step {result.step}, train loss {result.train_loss:.4f}, "
-              f"val loss {result.val_loss:.4f}, {result.tokens_per_sec:,.0f} tokens/s, "
+        print(f"stage {args.stage}: step {result.step}, train loss {_loss(result.train_loss)}, "
+              f"val loss {_loss(result.val_loss)}, {result.tokens_per_sec:,.0f} tokens/s, "
               f"{result.elapsed:.1f} s -> {args.out}")
     return 0
+
+
+def _loss(value: float | None) -> str:
+    """A loss for the summary line: a finished run resumed without its metrics has none."""
+    return "-" if value is None else f"{value:.4f}"

@@ -195,6 +195,6 @@ def evaluate_checkpoint(ckpt_dir: str | Path, data_dir: str | Path, items: int =
                             "tokenizer the model was trained with")
     tokens = load_split(data_dir, "val")
     check_ids_fit(tokens, ckpt.model.config.vocab_size, f"{data_dir}/val.bin")
-    val_loss = split_loss(ckpt.model, tokens, max_tokens=SCORE_TOKENS)
+    val_loss = split_loss(ckpt.model, tokens, max_tokens=SCORE_TOKENS, check_ids=False)
     score = score_endings(ckpt.model, make_items(tokens, items, context, ending, seed))
     return {"val_loss": val_loss, "val_ppl": math.exp(val_loss), **asdict(score)}

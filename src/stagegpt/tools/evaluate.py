@@ -26,11 +26,12 @@ MAX_BATCH = 4096
 
 
 def check_split_args(model: LanguageModel, tokens: np.ndarray, batch_size: int,
-                     max_tokens: int | None) -> None:
+                     max_tokens: int | None, check_ids: bool = True) -> None:
     if not isinstance(tokens, np.ndarray) or tokens.ndim != 1 or tokens.dtype.kind not in "iu":
         raise StagegptError("tokens must be a 1-D numpy array of token ids (a split, as "
                             "load_split returns)", "tokens")
-    check_ids_fit(tokens, model.config.vocab_size, "tokens", "tokens")
+    if check_ids:  # a pass over the whole split
+        check_ids_fit(tokens, model.config.vocab_size, "tokens", "tokens")
     if not is_int(batch_size) or not 1 <= batch_size <= MAX_BATCH:
         raise StagegptError(f"batch_size must be an integer from 1 to {MAX_BATCH:,}, got "
                             f"{batch_size!r:.40}", "batch_size")
@@ -41,14 +42,17 @@ def check_split_args(model: LanguageModel, tokens: np.ndarray, batch_size: int,
 
 @torch.no_grad()
 def split_loss(model: LanguageModel, tokens: np.ndarray, batch_size: int = 32,
-               fast: bool = True, max_tokens: int | None = None) -> float:
+               fast: bool = True, max_tokens: int | None = None,
+               check_ids: bool = True) -> float:
     """Mean next-token cross-entropy of `model` over every full window of `tokens`.
 
     max_tokens: score at most about this many tokens, in windows spread evenly over the
     split (a bound on the cost for large splits); None scores every window.
     fast: compute each batch's loss without its full logits (`stagegpt.fast`).
+    check_ids: False if the caller has checked every id of `tokens` against the model's
+    vocabulary already (a Trainer's splits), to spare a second pass over the split.
     """
-    check_split_args(model, tokens, batch_size, max_tokens)
+    check_split_args(model, tokens, batch_size, max_tokens, check_ids)
     windows = TokenWindows(tokens, model.config.block_size)
     count = len(windows)
     if max_tokens is not None and count * model.config.block_size > max_tokens:

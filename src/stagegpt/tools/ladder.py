@@ -104,7 +104,7 @@ def _row_for(stage: int, trainer: Trainer, result, items: list[Item] | None) -> 
     curve's sample of batches."""
     model = trainer.model
     val_loss = split_loss(model, trainer.val_tokens, fast=trainer.fast,
-                          max_tokens=SCORE_TOKENS)
+                          max_tokens=SCORE_TOKENS, check_ids=False)  # the trainer checked
     endings = score_endings(model, items) if items else None
     return LadderRow(
         stage=stage, adds=STAGES[stage].idea, params=model.num_params(),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import stat
 import sys
 import tomllib
 from dataclasses import asdict, dataclass, fields
@@ -12,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from stagegpt.errors import StagegptError
+from stagegpt.fileio import JSON_ERRORS, json_problem, read_text
 from stagegpt.model.config import ModelConfig
+from stagegpt.values import is_int, is_real
 
 MAX_COUNT = 1 << 40  # steps, batches: anything past this is a typo, not a plan
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+MAX_LR = 1.0  # an AdamW step moves each weight by about lr: past 1 a run only diverges
 
 
 def _shown(value: object, width: int = 40) -> str:
@@ -29,13 +27,13 @@ def _shown(value: object, width: int = 40) -> str:
 def _check_real(name: str, value: object) -> float:
     """`value` as a float, if it is a finite number >= 0 (an int that no float holds is
     refused, not overflowed)."""
-    if not _is_real(value) or not 0 <= value <= sys.float_info.max:  # also refuses nan
+    if not is_real(value) or not 0 <= value <= sys.float_info.max:
         raise StagegptError(f"{name} must be a finite number >= 0, got {_shown(value)}", name)
     return float(value)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+    if not is_int(value) or not low <= value <= high:
         raise StagegptError(f"{name} must be an integer from {low} to {high:,}, got {value!r}",
                             name)
 
@@ -71,8 +69,7 @@ class TrainConfig:
         _check_int("seed", self.seed, 0, 2**63 - 1)
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2"):
             setattr(self, name, _check_real(name, getattr(self, name)))  # TOML's 0 -> 0.0
-        if self.lr == 0:
-            raise StagegptError("lr must be > 0", "lr")
+        self._check_rates()
         for name in ("beta1", "beta2"):
             if not getattr(self, name) < 1:
                 raise StagegptError(f"{name} must be below 1, got {getattr(self, name)!r}", name)
@@ -83,10 +80,24 @@ class TrainConfig:
                                 "device")
         if not isinstance(self.compile, bool):
             raise StagegptError(f"compile must be true or false, got {self.compile!r}", "compile")
-        if self.max_seconds is not None and not (_is_real(self.max_seconds)
-                                                 and self.max_seconds > 0):  # refuses nan
+        if self.max_seconds is not None and not (is_real(self.max_seconds)
+                                                 and self.max_seconds > 0):
             raise StagegptError(f"max_seconds must be a number > 0, got {self.max_seconds!r}",
                                 "max_seconds")
+
+    def _check_rates(self) -> None:
+        """The schedule's rates and AdamW's decay, each already a finite float >= 0."""
+        if not 0 < self.lr <= MAX_LR:
+            raise StagegptError(f"lr must be above 0 and at most {MAX_LR:g}, got {self.lr!r} "
+                                "(AdamW moves each weight by about lr a step; 1e-4 to 1e-2 "
+                                "is usual)", "lr")
+        if self.min_lr > self.lr:
+            raise StagegptError(f"min_lr ({self.min_lr!r}) must be at most lr ({self.lr!r}): "
+                                "the schedule decays from lr down to min_lr", "min_lr")
+        if self.lr * self.weight_decay > 1:
+            raise StagegptError(f"weight_decay ({self.weight_decay!r}) times lr ({self.lr!r}) "
+                                "must be at most 1: AdamW scales each decayed weight by 1 - lr "
+                                "x weight_decay a step (0.1 is usual)", "weight_decay")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,40 +120,24 @@ def changed_settings(saved: Any, config: TrainConfig) -> str:
 
 def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a TOML config with optional [model] and [train] tables."""
-    path = Path(path)
-    if not path.is_file():
-        raise StagegptError(f"config file {path} {_not_a_file(path)}; give a TOML file")
+    text = read_text(path, "config file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise StagegptError(f"config file {path} is not valid TOML: {err}") from None
+        data = tomllib.loads(text)
+    except JSON_ERRORS as err:  # also integers past 4,300 digits, nesting past the stack
+        reason = str(err) if isinstance(err, tomllib.TOMLDecodeError) else json_problem(err)
+        raise StagegptError(f"config file {path} is not valid TOML: {reason}") from None
     unknown = set(data) - {"model", "train", "stage", "preset"}
     if unknown:
         raise StagegptError(
             f"config file {path} has unknown tables {sorted(unknown)}; use [model] and [train]"
         )
-    if not isinstance(data.get("preset", ""), str) or not isinstance(data.get("stage", 1), int):
+    if not isinstance(data.get("preset", ""), str) or not is_int(data.get("stage", 1)):
         raise StagegptError(f"config file {path}: `preset` must be a name and `stage` a number")
     for table in ("model", "train"):
         if not isinstance(data.get(table, {}), dict):
             raise StagegptError(f"config file {path}: `{table}` must be a [{table}] table of "
                                 "settings, not a single value")
     return data
-
-
-def _not_a_file(path: Path) -> str:
-    """What `path` is instead of a regular file."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return "does not exist"
-    if stat.S_ISDIR(mode):
-        return "is a directory"
-    if stat.S_ISFIFO(mode):
-        return "is a named pipe (FIFO), not a file"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "is a device, not a file"
-    return "is not a regular file"
 
 
 def replace_known(obj: Any, values: dict[str, Any]) -> Any:

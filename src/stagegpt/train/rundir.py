@@ -25,6 +25,7 @@ from stagegpt.fileio import (
     remove_dead_writers_tmp,
 )
 from stagegpt.train.checkpoints import CONFIG_FILE
+from stagegpt.values import is_int, is_real
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 METRICS_FILE = "metrics.jsonl"
@@ -136,16 +137,27 @@ def run_exists(out_dir: Path) -> bool:
     return (out_dir / METRICS_FILE).exists() or bool(step_dirs(out_dir))
 
 
+ROW_NUMBERS = ("tokens", "train_loss", "lr", "tokens_per_sec", "elapsed")
+
+
+def _is_row(row: object) -> bool:
+    """A metrics row as a trainer writes it: a step, its numbers, a val loss or None."""
+    return (isinstance(row, dict) and is_int(row.get("step"))
+            and all(is_real(row.get(key)) for key in ROW_NUMBERS)
+            and (row.get("val_loss") is None or is_real(row["val_loss"])))
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of RUN_DIR/metrics.jsonl. A damaged line (say, torn by a kill mid-write) is
-    skipped: the checkpoint, not this log, is the truth about where training stands."""
+    """The rows of RUN_DIR/metrics.jsonl. A damaged line (say, torn by a kill mid-write, or
+    edited into something else) is skipped: the checkpoint, not this log, is the truth
+    about where training stands."""
     path = Path(run_dir) / METRICS_FILE
     rows = []
     if path.exists():
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             with contextlib.suppress(*JSON_ERRORS):
                 row = json.loads(line)
-                if isinstance(row, dict) and isinstance(row.get("step"), int):
+                if _is_row(row):
                     rows.append(row)
     return rows
 

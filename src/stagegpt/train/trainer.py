@@ -32,12 +32,11 @@ from stagegpt.data.datasets import (
 )
 from stagegpt.errors import StagegptError
 from stagegpt.fast import FastModel, accelerate, cpu
-from stagegpt.fileio import read_json, write_text
+from stagegpt.fileio import write_text
 from stagegpt.limits import check_fits
 from stagegpt.model import LanguageModel, ModelConfig, build_model
 from stagegpt.model.layers import eval_mode
 from stagegpt.train.checkpoints import (
-    CONFIG_FILE,
     OPTIMIZER_FILE,
     check_optimizer_state,
     load_optimizer_state,
@@ -49,10 +48,11 @@ from stagegpt.train.checkpoints import (
     training_bytes,
     val_batches_bytes,
 )
-from stagegpt.train.config import TrainConfig, changed_settings, check_trainer_arguments
+from stagegpt.train.config import TrainConfig, check_trainer_arguments
 from stagegpt.train.distributed import agree_to_stop, resolve_device, world_and_rank
 from stagegpt.train.optim import lr_at, make_optimizer
 from stagegpt.train.plots import plot_run
+from stagegpt.train.resume import check_resumable
 from stagegpt.train.rundir import (
     RunLock,
     check_apart,
@@ -77,15 +77,6 @@ class TrainResult:
     elapsed: float
     interrupted: bool
     out_dir: Path
-
-
-def same_model(saved: Any, config: ModelConfig) -> bool:
-    """Whether a checkpoint's saved model config is `config` (a config saved before a field
-    was added has that field's default)."""
-    try:
-        return isinstance(saved, dict) and ModelConfig.from_dict(saved) == config
-    except StagegptError:
-        return False
 
 
 class Trainer:
@@ -155,22 +146,7 @@ class Trainer:
         found = step_dirs(self.out_dir)
         if not found:
             return None
-        meta = read_json(found[-1] / CONFIG_FILE, "checkpoint config")
-        if not isinstance(meta, dict):
-            raise StagegptError(f"{found[-1] / CONFIG_FILE} is not a checkpoint config; delete "
-                                f"{found[-1]} to resume from the checkpoint before it")
-        if meta.get("stage") != self.stage or not same_model(meta.get("model"), self.mc):
-            raise StagegptError(
-                f"cannot resume: {found[-1]} holds stage {meta.get('stage')} with "
-                f"{meta.get('model')}, but this command asks for stage {self.stage} with "
-                f"{self.mc.to_dict()}; use the original settings or a new --out"
-            )
-        changed = changed_settings(meta.get("train"), self.tc)
-        if changed:
-            raise StagegptError(
-                f"cannot resume {self.out_dir} with other training settings ({changed}); rerun "
-                "with the run's own settings (only device, compile, max_seconds, eval_every "
-                "and ckpt_every may change), or train into a new --out")
+        check_resumable(found[-1], self.stage, self.mc, self.tc, self.meta, self.out_dir)
         return found[-1]
 
     def _build(self) -> None:
@@ -328,13 +304,8 @@ class Trainer:
         while not (stop or self._signalled_alone()):
             t_step = time.perf_counter()
             train_loss = self._train_step()
-            if not math.isfinite(train_loss):
-                raise StagegptError(
-                    f"lr {self.tc.lr} may be too high: the loss became {train_loss} at step "
-                    f"{self.step + 1} and training stopped (the last good checkpoint is kept "
-                    f"in {self.out_dir}); lower it, or clip gradients with grad_clip > 0",
-                    "lr")
             self.step += 1
+            self._check_finite(train_loss, "loss")
             self.tokens += tokens_per_step
             speed = tokens_per_step / max(time.perf_counter() - t_step, 1e-9)
             self.elapsed = start_elapsed + time.perf_counter() - t0
@@ -348,6 +319,7 @@ class Trainer:
             stop = done or signalled
             if self.step % self.tc.eval_every == 0 or done:
                 val_loss = row["val_loss"] = self.evaluate()
+                self._check_finite(val_loss, "validation loss")
                 self._after_eval(val_loss)
             if self.step % self.tc.ckpt_every == 0 or stop:
                 self._save_step_checkpoint()
@@ -372,6 +344,16 @@ class Trainer:
         mean_speed = self.tokens / self.elapsed if self.elapsed else 0.0
         return TrainResult(self.step, train_loss, val_loss, mean_speed, self.elapsed,
                            interrupted, self.out_dir)
+
+    def _check_finite(self, loss: float, what: str) -> None:
+        """Stop a diverged run before its weights are saved or its metrics written."""
+        if math.isfinite(loss):
+            return
+        kept = (f"the last good checkpoint is kept in {self.out_dir}" if step_dirs(self.out_dir)
+                else "no checkpoint was written")
+        raise StagegptError(f"lr {self.tc.lr} may be too high: the {what} became {loss} at step "
+                            f"{self.step} and training stopped ({kept}); lower it, or clip "
+                            "gradients with grad_clip > 0", "lr")
 
     def _out_of_time(self) -> bool:
         return self.tc.max_seconds is not None and self.elapsed >= self.tc.max_seconds
@@ -404,7 +386,8 @@ class Trainer:
                 "world_size": self.world}
 
     def _extra(self) -> dict[str, Any]:
-        return {"train": self.tc.to_dict(), "data": str(self.data_dir)}
+        return {"train": self.tc.to_dict(), "data": str(self.data_dir),
+                "data_sha256": self.meta.get("sha256")}
 
     def _save_step_checkpoint(self) -> None:
         self.saved_step = self.step
