@@ -81,7 +81,7 @@ def test_interrupted_ladder_resumes_skipping_finished_stages(markov2, tmp_path, 
         assert ladder.run_ladder(markov2, out, MODEL, train, stages=(1, 3), progress=False,
                                  sample_tokens=5) is None
     stage1 = (out / "stage1" / "metrics.jsonl").stat().st_mtime_ns
-    with pytest.raises(StagegptError, match="--resume"):
+    with pytest.raises(StagegptError, match="pass `resume=True` to continue it or choose a new"):
         ladder.run_ladder(markov2, out, MODEL, train, stages=(1, 3), progress=False)
     rows = ladder.run_ladder(markov2, out, MODEL, train, stages=(1, 3), resume=True,
                              progress=False, sample_tokens=5)
@@ -316,6 +316,6 @@ def test_a_dead_worker_is_a_one_line_error_that_says_how_to_go_on(markov2, tmp_p
                                                                    monkeypatch):
     monkeypatch.setattr(ladder, "StageJob", DiesAtStep2)
     train = TrainConfig(max_steps=4, batch_size=4, eval_every=4, eval_batches=2)
-    with pytest.raises(StagegptError, match="worker process died.*--resume.*--jobs 1"):
+    with pytest.raises(StagegptError, match="worker process died.*`resume=True`.*`jobs=1`"):
         ladder.run_ladder(markov2, tmp_path / "l", MODEL, train, stages=(1, 3),
                           progress=False, sample_tokens=5, jobs=2)

@@ -182,7 +182,8 @@ def test_ddp_ranks_stop_together_on_a_time_budget(markov1, tmp_path):
 
 
 def test_sigkill_leaves_complete_checkpoints_and_resume_continues(markov1, tmp_path):
-    args = train_args(markov1, tmp_path / "run", 20)
+    threads = ["--threads", str(torch.get_num_threads())]  # the reference's, bit for bit
+    args = train_args(markov1, tmp_path / "run", 20, *threads)
     args[args.index("--ckpt-every") + 1] = "1"
     proc = subprocess.Popen([sys.executable, "-m", "stagegpt", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -196,7 +197,7 @@ def test_sigkill_leaves_complete_checkpoints_and_resume_continues(markov1, tmp_p
     assert found, "no checkpoint before the kill"
     for directory in found:
         load_checkpoint(directory)  # every visible checkpoint is complete
-    resumed = run_cli(*train_args(markov1, tmp_path / "run", 20, "--resume"))
+    resumed = run_cli(*train_args(markov1, tmp_path / "run", 20, "--resume", *threads))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr
     assert main(train_args(markov1, tmp_path / "ref", 20)) == 0

@@ -16,8 +16,7 @@ from stagegpt.train.rundir import step_dirs
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
+def pristine(tmp_path_factory, one_thread) -> Path:  # the thread count is restored after
     return make_world(tmp_path_factory.mktemp("hostile"))
 
 

@@ -64,15 +64,16 @@ def _check_settings(out_dir: Path, settings: dict, resume: bool) -> None:
     if not path.exists():
         return
     if not resume:
-        raise StagegptError(f"{out_dir} already holds a ladder; pass --resume to continue it "
-                            "or choose a new --out")
+        raise StagegptError(f"{out_dir} already holds a ladder; pass `resume=True` to continue "
+                            "it or choose a new `out_dir`", mentions=("resume", "out_dir"))
     previous = read_json(path, "ladder settings")
     if isinstance(previous, dict) and isinstance(previous.get("model"), dict):
         with contextlib.suppress(StagegptError):  # fields added since get their defaults
             previous["model"] = ModelConfig.from_dict(previous["model"]).to_dict()
     if previous != settings:
         raise StagegptError(f"cannot resume: {path} was run with other settings; rerun with "
-                            "the original flags or choose a new --out")
+                            "the original settings or choose a new `out_dir`",
+                            mentions=("out_dir",))
 
 
 def steps_for_seconds(stage: int, model_config: ModelConfig, train_config: TrainConfig,

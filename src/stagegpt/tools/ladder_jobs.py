@@ -117,8 +117,8 @@ def train_side_by_side(job, stages, jobs: int) -> dict | None:
         stop.set()
         raise StagegptError("a ladder worker process died (killed, out of memory, or started "
                             "by a Python script without the `if __name__ == \"__main__\":` "
-                            "guard); continue with --resume, or train one stage at a time "
-                            "with --jobs 1") from None
+                            "guard); continue with `resume=True`, or train one stage at a "
+                            "time with `jobs=1`", mentions=("resume", "jobs")) from None
     except BaseException:
         stop.set()
         raise

@@ -34,16 +34,18 @@ def check_resumable(newest: Path, stage: int, mc: ModelConfig, tc: TrainConfig,
         raise StagegptError(
             f"cannot resume: {newest} holds stage {meta.get('stage')} with "
             f"{meta.get('model')}, but this command asks for stage {stage} with "
-            f"{mc.to_dict()}; use the original settings or a new --out")
+            f"{mc.to_dict()}; use the original settings or a new `out_dir`",
+            mentions=("out_dir",))
     changed = changed_settings(meta.get("train"), tc)
     if changed:
         raise StagegptError(
             f"cannot resume {out_dir} with other training settings ({changed}); rerun "
             "with the run's own settings (only device, compile, max_seconds, eval_every "
-            "and ckpt_every may change), or train into a new --out")
+            "and ckpt_every may change), or train into a new `out_dir`", mentions=("out_dir",))
     saved = meta.get("data_sha256")  # None in a checkpoint written before it was recorded
     if saved is not None and saved != data_meta.get("sha256"):
         raise StagegptError(
             f"cannot resume {out_dir} on other data: it trained on {meta.get('data')!r:.80} "
             f"(text sha256 {str(saved)[:12]}...), and this data dir holds other text; pass "
-            "the run's own --data, or train into a new --out", "data_dir")
+            "the run's own `data_dir`, or train into a new `out_dir`",
+            mentions=("data_dir", "out_dir"))

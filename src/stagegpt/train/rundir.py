@@ -67,7 +67,7 @@ class RunLock:
             os.close(fd)
             raise StagegptError(
                 f"{self.run_dir} is in use by process {pid} ({kind}); wait for it to finish "
-                "or stop it, or choose another --out") from None
+                "or stop it, or choose another `out_dir`", mentions=("out_dir",)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n{self.what}\n".encode(), 0)
         self.fd = fd

@@ -140,9 +140,8 @@ class Trainer:
             return None
         if not resume:
             raise StagegptError(
-                f"{self.out_dir} already holds a training run; pass --resume to continue it "
-                "or choose a new --out"
-            )
+                f"{self.out_dir} already holds a training run; pass `resume=True` to continue "
+                "it or choose a new `out_dir`", mentions=("resume", "out_dir"))
         found = step_dirs(self.out_dir)
         if not found:
             return None
