@@ -91,7 +91,7 @@ FLAG_CASES = {
                       lambda w: toml(w, "[train]\nlr = 1e299\n"),
                       "--lr must be above 0 and at most 1"),
     "train --min-lr above --lr": ([*NEW_RUN, "--lr", "1e-3", "--min-lr", "0.5"], None,
-                                  r"error: --min-lr \(0.5\) must be at most lr \(0.001\)"),
+                                  r"error: --min-lr 0.5 \(by default 1e-4\) must be at most lr "),
     "train --weight-decay 1e299": ([*NEW_RUN, "--weight-decay", "1e299"], None,
                                    r"error: --weight-decay \(1e\+299\) times lr \(0.001\) must be"),
     "TOML integer past 4,300 digits": ([*NEW_RUN, "--config", "{w}/cfg.toml"],

@@ -92,8 +92,9 @@ class TrainConfig:
                                 "(AdamW moves each weight by about lr a step; 1e-4 to 1e-2 "
                                 "is usual)", "lr")
         if self.min_lr > self.lr:
-            raise StagegptError(f"min_lr ({self.min_lr!r}) must be at most lr ({self.lr!r}): "
-                                "the schedule decays from lr down to min_lr", "min_lr")
+            raise StagegptError(f"min_lr {self.min_lr!r} (by default 1e-4) must be at most lr "
+                                f"{self.lr!r}: the schedule decays from lr down to min_lr; set "
+                                "it too (lr / 10 is usual)", "min_lr")
         if self.lr * self.weight_decay > 1:
             raise StagegptError(f"weight_decay ({self.weight_decay!r}) times lr ({self.lr!r}) "
                                 "must be at most 1: AdamW scales each decayed weight by 1 - lr "
