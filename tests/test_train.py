@@ -181,6 +181,23 @@ def test_ddp_ranks_stop_together_on_a_time_budget(markov1, tmp_path):
     assert f"step {step}," in ddp.stdout
 
 
+def test_max_seconds_is_the_runs_whole_budget_across_resumes(markov1, tmp_path, capsys):
+    """A run that used up its --max-seconds resumes to nothing (it trained one more step
+    and wrote one more checkpoint each time); a larger budget trains on."""
+    out = tmp_path / "run"
+
+    def run(seconds, *extra):
+        assert main(train_args(markov1, out, 100000, "--max-seconds", seconds, "--eval-every",
+                               "100000", *extra)) == 0
+        return step_dirs(out)[-1].name
+
+    first = run("0.5")
+    capsys.readouterr()
+    assert run("0.5", "--resume") == first
+    assert "its max_seconds: nothing to do (raise it to train on)" in capsys.readouterr().err
+    assert run("1.0", "--resume") > first
+
+
 def test_sigkill_leaves_complete_checkpoints_and_resume_continues(markov1, tmp_path):
     threads = ["--threads", str(torch.get_num_threads())]  # the reference's, bit for bit
     args = train_args(markov1, tmp_path / "run", 20, *threads)

@@ -61,7 +61,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training (each default is TrainConfig's)")
     group.add_argument("--max-steps", type=int, help="optimizer steps (sets the lr schedule)")
-    group.add_argument("--max-seconds", type=float, help="also stop after this much training")
+    group.add_argument("--max-seconds", type=float,
+                       help="also stop after this much training time, in all (a resumed run "
+                            "counts its earlier sessions)")
     group.add_argument("--batch-size", type=int, help="windows per micro-batch (per process)")
     group.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
     group.add_argument("--lr", type=float, help="peak learning rate, above 0 and at most 1")

@@ -109,7 +109,7 @@ RESUMABLE_CHANGES = ("device", "compile", "max_seconds", "eval_every", "ckpt_eve
 
 def changed_settings(saved: Any, config: TrainConfig) -> str:
     """What `config` changes of a run's saved training settings, beyond what a resume may
-    change (where it runs, how long this session lasts, how often it reports); '' if nothing.
+    change (where it runs, how long the run may train, how often it reports); '' if nothing.
     A run saved without settings (an old checkpoint) is taken as it is."""
     if not isinstance(saved, dict):
         return ""

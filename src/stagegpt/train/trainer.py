@@ -299,7 +299,11 @@ class Trainer:
                    desc=f"stage {self.stage}")
         train_loss, val_loss, speed, smooth = None, None, 0.0, None
         start_elapsed, t0 = self.elapsed, time.perf_counter()
-        time_up, stop = False, self.step >= self.tc.max_steps
+        time_up = self._out_of_time()  # max_seconds counts the run's earlier sessions too
+        stop = self.step >= self.tc.max_steps or time_up
+        if time_up and self._is_main():
+            tqdm.write(f"the run has trained {self.elapsed:.0f} s, its max_seconds: nothing "
+                       "to do (raise it to train on)", file=sys.stderr)
         while not (stop or self._signalled_alone()):
             t_step = time.perf_counter()
             train_loss = self._train_step()
