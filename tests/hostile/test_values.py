@@ -100,6 +100,13 @@ FLAG_CASES = {
     "TOML nested past the stack": ([*NEW_RUN, "--config", "{w}/cfg.toml"],
                                    lambda w: toml(w, "a = " + "[" * 5000 + "]" * 5000 + "\n"),
                                    "cfg.toml is not valid TOML: nested too deeply"),
+    "TOML unknown train key": ([*NEW_RUN, "--config", "{w}/cfg.toml"],
+                               lambda w: toml(w, "[train]\nlearning_rate = 0.1\n"),
+                               r"unknown \[train\] table \(.*cfg.toml\) keys: learning_rate; "
+                               "the known ones are batch_size, beta1"),
+    "TOML unknown model key": ([*NEW_RUN, "--config", "{w}/cfg.toml"],
+                               lambda w: toml(w, "[model]\nwidth = 8\n"),
+                               r"unknown \[model\] table \(.*cfg.toml\) keys: width; "),
     "TOML stage true": ([*NEW_RUN, "--config", "{w}/cfg.toml"], lambda w: toml(w, "stage = true\n"),
                         "`stage` a number"),
     "train --config a device": ([*NEW_RUN, "--config", "/dev/null"], None,

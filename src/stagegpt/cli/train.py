@@ -114,7 +114,7 @@ def configs_from_args(args: argparse.Namespace,
     toml = load_toml(args.config) if args.config else {}
     check_toml_stage(toml, getattr(args, "stage", None), args.config)
     model = ModelConfig.from_preset(args.preset or toml.get("preset", "small"))
-    model = replace_known(model, toml.get("model", {}))
+    model = replace_known(model, toml.get("model", {}), f"[model] table ({args.config})")
     model = replace_known(model, {k: getattr(args, k) for k in (*MODEL_FLAGS, "tie_head")
                                   if getattr(args, k, None) is not None})
     flags = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
@@ -124,7 +124,7 @@ def configs_from_args(args: argparse.Namespace,
     if one_budget and {"max_steps", "max_seconds"} <= set(train_values):
         raise StagegptError("give --max-steps or --max-seconds, not both (counting the "
                             "--config file's [train] table)")
-    return model, replace_known(TrainConfig(), train_values)
+    return model, replace_known(TrainConfig(), train_values, f"[train] table ({args.config})")
 
 
 def check_toml_stage(toml: dict, stage: int | None, path: str | None) -> None:

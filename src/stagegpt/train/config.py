@@ -141,12 +141,15 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
     return data
 
 
-def replace_known(obj: Any, values: dict[str, Any]) -> Any:
-    """dataclasses.replace that names unknown keys instead of raising TypeError."""
+def replace_known(obj: Any, values: dict[str, Any], where: str | None = None) -> Any:
+    """dataclasses.replace that names unknown keys instead of raising TypeError (`where`:
+    what held them, such as a config file's table)."""
     known = {f.name for f in fields(obj)}
     unknown = set(values) - known
     if unknown:
-        raise StagegptError(f"unknown {type(obj).__name__} keys: {', '.join(sorted(unknown))}")
+        raise StagegptError(f"unknown {where or type(obj).__name__} keys: "
+                            f"{', '.join(sorted(unknown))}; the known ones are "
+                            f"{', '.join(sorted(known))}")
     return dataclasses.replace(obj, **values)
 
 
