@@ -2,7 +2,7 @@ import csv
 import json
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,10 @@ def test_interrupted_ladder_resumes_skipping_finished_stages(markov2, tmp_path, 
     stage1 = (out / "stage1" / "metrics.jsonl").stat().st_mtime_ns
     with pytest.raises(StagegptError, match="pass `resume=True` to continue it or choose a new"):
         ladder.run_ladder(markov2, out, MODEL, train, stages=(1, 3), progress=False)
+    with pytest.raises(StagegptError, match=r"other settings \(stages \[1, 3\] then, \[1\] now; "
+                       r"train.lr 0.001 then, 0.002 now\); rerun"):
+        ladder.run_ladder(markov2, out, MODEL, replace(train, lr=2e-3), stages=(1,),
+                          resume=True, progress=False)
     rows = ladder.run_ladder(markov2, out, MODEL, train, stages=(1, 3), resume=True,
                              progress=False, sample_tokens=5)
     assert (out / "stage1" / "metrics.jsonl").stat().st_mtime_ns == stage1  # skipped

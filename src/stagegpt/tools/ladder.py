@@ -16,6 +16,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -71,9 +72,26 @@ def _check_settings(out_dir: Path, settings: dict, resume: bool) -> None:
         with contextlib.suppress(StagegptError):  # fields added since get their defaults
             previous["model"] = ModelConfig.from_dict(previous["model"]).to_dict()
     if previous != settings:
-        raise StagegptError(f"cannot resume: {path} was run with other settings; rerun with "
-                            "the original settings or choose a new `out_dir`",
-                            mentions=("out_dir",))
+        raise StagegptError(f"cannot resume: {path} was run with other settings "
+                            f"({_differences(previous, settings)}); rerun with the original "
+                            "settings or choose a new `out_dir`", mentions=("out_dir",))
+
+
+def _differences(previous: Any, settings: dict) -> str:
+    """What differs, setting by setting: 'train.lr 0.002 then, 0.001 now; ...'."""
+    if not isinstance(previous, dict):
+        return "the file is not a table"
+    changed = []
+    for key, now in settings.items():
+        then = previous.get(key)
+        if isinstance(now, dict) and isinstance(then, dict):
+            changed += [(f"{key}.{k}", then.get(k), now.get(k)) for k in {**then, **now}
+                        if then.get(k) != now.get(k)]
+        elif then != now:
+            changed.append((key, then, now))
+    shown = "; ".join(f"{name} {then!r:.60} then, {now!r:.60} now"
+                      for name, then, now in sorted(changed, key=lambda c: c[0])[:4])
+    return shown + ("; ..." if len(changed) > 4 else "")
 
 
 def steps_for_seconds(stage: int, model_config: ModelConfig, train_config: TrainConfig,
