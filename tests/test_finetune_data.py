@@ -18,7 +18,7 @@ from finetune_data import (
 
 from stagegpt.cli import main
 from stagegpt.data import genre, load_tokenizer_from_data, read_finetune_dir
-from stagegpt.data.chat_data import read_conversations
+from stagegpt.data.chat_data import prepare_chat, read_conversations
 from stagegpt.data.finetune_prepare import base_context, tokenizer_from_dir
 from stagegpt.data.plays import Speech, passages, speeches
 from stagegpt.data.r8 import read_tab
@@ -324,6 +324,22 @@ def test_shakespeare_questions_have_exact_answers_and_unseen_test_plays(fake_pla
             else:
                 assert question.startswith("Continue this speech by ")
                 assert answer.startswith(("and a second line", "Speech"))
+
+
+@pytest.mark.parametrize("flag", ["--val-fraction", "--test-fraction"])
+def test_shakespeare_chat_refuses_a_fraction_given_even_at_its_default(fake_plays, tmp_path,
+                                                                       capsys, flag):
+    """The plays are split by play: a fraction given is refused, 0.1 (chatterbot's default)
+    too, instead of being silently ignored."""
+    out = tmp_path / "s"
+    assert main(["prepare", "chat", "--source", "shakespeare", "--tokenizer", "char", "--out",
+                 str(out), flag, "0.1", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"stagegpt prepare: error: {flag} splits chatterbot's conversations; the shakespeare "
+        "records are split by play, so leave it out")
+    assert not out.exists()
+    with pytest.raises(StagegptError, match="^test_fraction splits chatterbot"):
+        prepare_chat(out, "shakespeare", "char", test_fraction=0.1)
 
 
 # ---------------------------------------------------------------------------------------

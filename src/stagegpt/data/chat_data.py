@@ -194,23 +194,27 @@ def shakespeare_chat_records(texts: dict[str, str], seed: int = 0, per_play: int
 
 
 def prepare_chat(out: str | Path, source: str, tokenizer: str, seed: int = 0,
-                 val_fraction: float = 0.1, test_fraction: float = 0.1, per_play: int = 50,
+                 val_fraction: float | None = None, test_fraction: float | None = None,
+                 per_play: int = 50,
                  max_chars: int | None = None, min_chars: int = 30,
                  unknown_chars: str | None = None,
                  overwrite: bool = False, progress: bool = True,
                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """An instruct dir from chatterbot-corpus or the plays (module docstring); its meta.
-    `max_chars` defaults to 300 for chatterbot, 120 for shakespeare."""
+    `max_chars` defaults to 300 for chatterbot, 120 for shakespeare; the fractions (0.1
+    each by default) split chatterbot only, so shakespeare refuses any given."""
     meta: dict[str, Any] = {"task": "instruct", "source": source, "settings": settings or {}}
     if max_chars is not None and max_chars < 1:
         raise StagegptError(f"max_chars must be at least 1, got {max_chars}", "max_chars")
     if source == "chatterbot":
+        val_fraction = 0.1 if val_fraction is None else val_fraction
+        test_fraction = 0.1 if test_fraction is None else test_fraction
         split_by_key([], seed, val_fraction, test_fraction)  # checks the fractions first
         splits = chatterbot_records(chatterbot_files(), seed, val_fraction, test_fraction,
                                     max_chars or 300)
     elif source == "shakespeare":
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if value != 0.1:  # also refuses nan
+            if value is not None:
                 raise StagegptError(f"{name} splits chatterbot's conversations; the "
                                     "shakespeare records are split by play, so leave it out",
                                     name)
