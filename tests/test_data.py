@@ -30,6 +30,7 @@ from stagegpt.data.datasets import (
 )
 from stagegpt.data.markov import MarkovSource
 from stagegpt.errors import StagegptError
+from stagegpt.fileio import MAX_JSON_BYTES
 
 TEXT = ("First Citizen:\r\nBefore we proceed any further, hear me speak.\r\n\r\n"
         "All:\r\nSpeak, speak. Café — naïve 日本 😀\r\n") * 40
@@ -363,6 +364,26 @@ def test_if_missing_repairs_a_damaged_dataset_and_a_foreign_dir_is_refused(tmp_p
     assert prepare("markov", "--out", foreign, "--force") == 2
     assert "not a stagegpt data dir" in capsys.readouterr().err
     assert (foreign / "me.jpg").exists()
+
+
+def test_a_meta_json_no_data_dir_could_hold_is_never_read(tmp_path, capsys):
+    """--if-missing reads the settings of an existing meta.json through the bounded reader:
+    one past the size limit, or a device that never ends, is unreadable, not read whole."""
+    out = tmp_path / "m"
+    args = ["markov", "--vocab", "6", "--tokens", "2000", "--out", out, "--if-missing"]
+    assert prepare(*args) == 0
+    meta_json = (out / "meta.json").read_text()
+    (out / "meta.json").write_text(meta_json + " " * MAX_JSON_BYTES)
+    before = bins(out)
+    for meta in ("huge", "/dev/zero"):
+        if meta == "/dev/zero":
+            (out / "meta.json").unlink()
+            (out / "meta.json").symlink_to("/dev/zero")
+        capsys.readouterr()
+        assert prepare(*args) == 2
+        assert "holds a dataset prepared with other settings ({})" in capsys.readouterr().err
+        assert bins(out) == before
+    assert prepare(*args[:-1], "--force") == 0 and read_meta(out)["train_tokens"] == 1800
 
 
 def test_text_folders_are_read_recursively_in_order(tmp_path):
