@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stagegpt.cli import main
 from stagegpt.data import gpt2_ranks, registry
 from stagegpt.data.prepare import text_chunks
 from stagegpt.data.tokenizers import (
@@ -15,6 +16,7 @@ from stagegpt.data.tokenizers import (
     CharTokenizer,
     GPT2Tokenizer,
     get_tokenizer,
+    gpt2_encoding,
     load_tokenizer,
 )
 from stagegpt.errors import StagegptError
@@ -163,6 +165,46 @@ def test_gpt2_table_is_read_from_the_whisper_sdist_and_cached(gpt2, monkeypatch,
     assert {"download", "--no-deps", "openai-whisper==20250625"} <= set(calls[0])
     gpt2_ranks.gpt2_ranks_path()
     assert len(calls) == 1  # cached: no second fetch
+
+
+def test_gpt2_ranks_flag_errors_name_the_flag_and_what_the_path_is(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("hello there\n" * 50)
+    for ranks, problem in [(tmp_path, "is not a regular file"),
+                           (text, "is not GPT-2's r50k_base table")]:
+        assert main(["prepare", "text", str(text), "--tokenizer", "gpt2", "--gpt2-ranks",
+                     str(ranks), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"stagegpt prepare: error: --gpt2-ranks file {ranks} {problem}")
+        assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_cache_that_cannot_keep_the_table_is_refused_before_fetching(monkeypatch, tmp_path):
+    _no_other_sources(monkeypatch, tmp_path)
+    (tmp_path / "cache").write_text("a file where the cache dir belongs")
+    calls = []
+    monkeypatch.setattr(registry.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    with pytest.raises(StagegptError, match=f"^cannot keep fetched files in the cache dir "
+                       f"{tmp_path / 'cache'} \\(it is not a directory\\); set "
+                       "\\$STAGEGPT_CACHE to a writable directory"):
+        gpt2_ranks.gpt2_ranks_path()
+    assert calls == []  # nothing fetched that could not be kept
+
+
+def test_a_local_table_is_read_without_writing_any_cache(gpt2, monkeypatch, tmp_path):
+    """$STAGEGPT_GPT2_RANKS works with no usable cache dir: tiktoken's loader, which copies
+    each file it reads into its cache dir, is not used."""
+    table = tmp_path / "r50k_base.tiktoken"
+    table.write_bytes(gpt2_ranks.gpt2_ranks_path().read_bytes())
+    _no_other_sources(monkeypatch, tmp_path)
+    (tmp_path / "cache").write_text("a file where the cache dir belongs")
+    monkeypatch.setenv(gpt2_ranks.RANKS_ENV, str(table))
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    gpt2_encoding.cache_clear()
+    try:
+        assert GPT2Tokenizer().encode("Hello world") == [15496, 995]
+    finally:
+        gpt2_encoding.cache_clear()
 
 
 # ---------------------------------------------------------------------------------------

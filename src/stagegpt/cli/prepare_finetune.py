@@ -15,7 +15,7 @@ from typing import Any
 from stagegpt.data.chat_data import prepare_chat
 from stagegpt.data.finetune_prepare import UNKNOWN_CHARS, check_tokenizer_choice
 from stagegpt.data.genre import prepare_genre
-from stagegpt.data.gpt2_ranks import RANKS_ENV
+from stagegpt.data.gpt2_ranks import RANKS_ENV, read_table
 from stagegpt.data.r8 import prepare_r8
 from stagegpt.data.user_records import prepare_user_file
 
@@ -164,9 +164,15 @@ def finetune_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def run_finetune(args: argparse.Namespace, settings: dict[str, Any]) -> int:
+def use_gpt2_ranks(args: argparse.Namespace) -> None:
+    """--gpt2-ranks FILE: checked (errors name the flag), then used as $STAGEGPT_GPT2_RANKS."""
     if getattr(args, "gpt2_ranks", None):
+        read_table(Path(args.gpt2_ranks).expanduser(), "--gpt2-ranks")
         os.environ[RANKS_ENV] = args.gpt2_ranks
+
+
+def run_finetune(args: argparse.Namespace, settings: dict[str, Any]) -> int:
+    use_gpt2_ranks(args)
     common = {"unknown_chars": args.unknown_chars, "overwrite": True,  # --out is checked
               "progress": not args.no_progress, "settings": settings}
     if args.source == "genre":

