@@ -305,6 +305,7 @@ def _bad_inputs(tmp_path):
     small.write_text("To be, or not to be: that is the question.\n" * 10)
     return {
         "missing path": ([tmp_path / "nope.txt"], "does not exist"),
+        "a device": (["/dev/zero"], "/dev/zero is not a file or a folder (a device or a pipe)"),
         "empty file": ([empty], "is empty"),
         "folder with no text": ([folder], "holds no text files"),
         "non-UTF-8 bytes": ([latin1], "not UTF-8 text (byte 0xe9 at offset 3)"),
@@ -312,7 +313,7 @@ def _bad_inputs(tmp_path):
     }
 
 
-@pytest.mark.parametrize("case", ["missing path", "empty file", "folder with no text",
+@pytest.mark.parametrize("case", ["missing path", "a device", "empty file", "folder with no text",
                                   "non-UTF-8 bytes", "too small for one val window"])
 def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, case):
     paths, message = _bad_inputs(tmp_path)[case]
@@ -331,6 +332,10 @@ def test_bad_markov_settings_are_one_line(capsys, tmp_path):
     assert "too many" in capsys.readouterr().err
     assert prepare("markov", "--tokens", "100", "--out", tmp_path / "m") == 2
     assert "fewer than the 65 needed" in capsys.readouterr().err
+    for value in ("inf", "1e309", "nan", "0"):  # inf used to spin, then advise a larger one
+        assert prepare("markov", "--concentration", value, "--out", tmp_path / "m") == 2
+        assert capsys.readouterr().err.startswith(
+            "stagegpt prepare: error: --concentration must be a finite number > 0, got ")
     assert not (tmp_path / "m").exists()
 
 

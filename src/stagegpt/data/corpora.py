@@ -156,6 +156,9 @@ def _text_files(paths: Iterable[str | Path]) -> list[tuple[Path, bool]]:
             files.extend((p, False) for p in found)
         elif path.is_file():
             files.append((path, True))
+        elif path.exists():
+            raise StagegptError(f"{path} is not a file or a folder (a device or a pipe); pass "
+                                "UTF-8 text files or folders")
         else:
             raise StagegptError(f"{path} does not exist; pass UTF-8 text files or folders")
     seen: set[Path] = set()
