@@ -1,6 +1,7 @@
 """Tokenizers: GPT-2's exact ids, lossless round trips, save/load, and clear errors."""
 
 import io
+import json
 import subprocess
 import tarfile
 
@@ -276,6 +277,18 @@ def test_bpe_save_load_and_tamper_check(bpe, tmp_path):
     (tmp_path / "tokenizer.json").unlink()
     with pytest.raises(StagegptError, match="missing"):
         load_tokenizer(bpe.to_spec(), tmp_path)
+
+
+def test_a_bpe_file_without_its_eot_names_the_file(bpe, tmp_path):
+    bpe.save(tmp_path)
+    data = json.loads((tmp_path / "tokenizer.json").read_text())
+    data["added_tokens"] = []
+    del data["model"]["vocab"]["<|endoftext|>"]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    spec = {k: v for k, v in bpe.to_spec().items() if k not in ("sha256", "vocab_size")}
+    with pytest.raises(StagegptError, match=f"^{tmp_path}/tokenizer.json: this bpe:300 "
+                       "tokenizer has no <\\|endoftext\\|> token; prepare the data again$"):
+        load_tokenizer(spec, tmp_path)
 
 
 def test_bpe_training_is_deterministic(bpe):

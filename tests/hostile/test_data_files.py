@@ -36,7 +36,17 @@ def vocab_beyond_the_tokenizer(w):
     edit_json(w / "data" / "meta.json", vocab_size=65536, tokenizer=data["tokenizer"])
 
 
+def train_bin_a_directory(w):
+    (w / "data" / "train.bin").unlink()
+    (w / "data" / "train.bin").mkdir()
+
+
 CASES = {
+    "train.bin a directory": (train_bin_a_directory, "train.bin is not a regular file but "
+                                                     "meta.json says"),
+    "char vocabulary with repeats": (
+        meta(tokenizer={"kind": "char", "vocab_size": 16, "chars": "a" * 16}),
+        "the char tokenizer in .*/data has no list of distinct characters"),
     "vocab_size larger than the tokenizer's": (vocab_beyond_the_tokenizer,
                                                "tokenizer has 16 tokens but meta.json says "
                                                "vocab_size 65536"),

@@ -78,7 +78,8 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
         path, tokens = data_dir / f"{split}.bin", meta[f"{split}_tokens"]
         size = path.stat().st_size if path.is_file() else None
         if size != tokens * itemsize:
-            found = "is missing" if size is None else f"has {size:,} bytes"
+            found = (f"has {size:,} bytes" if size is not None else
+                     "is not a regular file" if path.exists() else "is missing")
             raise StagegptError(f"{path} {found} but meta.json says {tokens:,} {meta['dtype']} "
                                 "tokens; the data dir is damaged, prepare it again")
     return meta

@@ -364,9 +364,9 @@ def load_tokenizer(spec: dict[str, Any], directory: str | Path | None = None) ->
             chars = vocab.get("chars") if isinstance(vocab, dict) else None
             if isinstance(chars, list) and all(isinstance(c, str) for c in chars):
                 chars = "".join(chars)
-        if not isinstance(chars, str):
-            raise StagegptError(f"the char tokenizer{where} has no list of characters (its "
-                                "vocab.json or spec is damaged); prepare the data again")
+        if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
+            raise StagegptError(f"the char tokenizer{where} has no list of distinct characters "
+                                "(its vocab.json or spec is damaged); prepare the data again")
         tokenizer = CharTokenizer(chars)
     elif kind == "bpe":
         if directory is None:
@@ -388,8 +388,8 @@ def load_tokenizer(spec: dict[str, Any], directory: str | Path | None = None) ->
 
         try:
             tokenizer = BPETokenizer(HFTokenizer.from_str(text), spec.get("name", "bpe"), text)
-        except StagegptError:
-            raise
+        except StagegptError as err:
+            raise StagegptError(f"{path}: {err}; prepare the data again") from None
         except Exception as err:  # the Rust parser raises a bare Exception
             reason = " ".join(str(err).split())[:80] or type(err).__name__
             raise StagegptError(f"{path} is not a byte-level BPE tokenizer file ({reason}); "
