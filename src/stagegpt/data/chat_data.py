@@ -32,7 +32,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from stagegpt.data.finetune_prepare import prepare_finetune
+from stagegpt.data.finetune_prepare import check_fractions, prepare_finetune
 from stagegpt.data.genre import PLAYS, play_splits, play_texts
 from stagegpt.data.plays import Speech, passages, speeches
 from stagegpt.data.registry import cached_members, fetch_from_wheel
@@ -86,10 +86,7 @@ def split_by_key(items: list[tuple[str, dict]], seed: int, val_fraction: float,
                  test_fraction: float) -> dict[str, list[dict]]:
     """Items grouped by key, the groups shuffled with `seed` and dealt into test, val and
     train by the fractions: one key never spans two splits."""
-    if not (0.0 < val_fraction < 1.0 and 0.0 <= test_fraction < 1.0
-            and val_fraction + test_fraction < 1.0):
-        raise StagegptError(f"val_fraction ({val_fraction}) must be in (0, 1), test_fraction "
-                            f"({test_fraction}) in [0, 1), together below 1", "val_fraction")
+    check_fractions(val_fraction, test_fraction)
     keys = sorted({key for key, _ in items})
     random.Random(seed).shuffle(keys)
     n_test, n_val = round(len(keys) * test_fraction), max(1, round(len(keys) * val_fraction))
