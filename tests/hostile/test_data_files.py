@@ -46,7 +46,7 @@ CASES = {
                                                      "meta.json says"),
     "char vocabulary with repeats": (
         meta(tokenizer={"kind": "char", "vocab_size": 16, "chars": "a" * 16}),
-        "the char tokenizer in .*/data has no list of distinct characters"),
+        "the char tokenizer in .*/data has no list of characters, or repeats one"),
     "vocab_size larger than the tokenizer's": (vocab_beyond_the_tokenizer,
                                                "tokenizer has 16 tokens but meta.json says "
                                                "vocab_size 65536"),

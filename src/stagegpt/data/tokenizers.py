@@ -365,8 +365,9 @@ def load_tokenizer(spec: dict[str, Any], directory: str | Path | None = None) ->
             if isinstance(chars, list) and all(isinstance(c, str) for c in chars):
                 chars = "".join(chars)
         if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
-            raise StagegptError(f"the char tokenizer{where} has no list of distinct characters "
-                                "(its vocab.json or spec is damaged); prepare the data again")
+            raise StagegptError(f"the char tokenizer{where} has no list of characters, or "
+                                "repeats one (its vocab.json or spec is damaged); prepare the "
+                                "data again")
         tokenizer = CharTokenizer(chars)
     elif kind == "bpe":
         if directory is None:
