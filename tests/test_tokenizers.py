@@ -1,6 +1,7 @@
 """Tokenizers: GPT-2's exact ids, lossless round trips, save/load, and clear errors."""
 
 import io
+import json
 import subprocess
 import tarfile
 
@@ -8,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stagegpt.cli import main
 from stagegpt.data import gpt2_ranks, registry
 from stagegpt.data.prepare import text_chunks
 from stagegpt.data.tokenizers import (
@@ -15,6 +17,7 @@ from stagegpt.data.tokenizers import (
     CharTokenizer,
     GPT2Tokenizer,
     get_tokenizer,
+    gpt2_encoding,
     load_tokenizer,
 )
 from stagegpt.errors import StagegptError
@@ -165,6 +168,46 @@ def test_gpt2_table_is_read_from_the_whisper_sdist_and_cached(gpt2, monkeypatch,
     assert len(calls) == 1  # cached: no second fetch
 
 
+def test_gpt2_ranks_flag_errors_name_the_flag_and_what_the_path_is(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("hello there\n" * 50)
+    for ranks, problem in [(tmp_path, "is not a regular file"),
+                           (text, "is not GPT-2's r50k_base table")]:
+        assert main(["prepare", "text", str(text), "--tokenizer", "gpt2", "--gpt2-ranks",
+                     str(ranks), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"stagegpt prepare: error: --gpt2-ranks file {ranks} {problem}")
+        assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_cache_that_cannot_keep_the_table_is_refused_before_fetching(monkeypatch, tmp_path):
+    _no_other_sources(monkeypatch, tmp_path)
+    (tmp_path / "cache").write_text("a file where the cache dir belongs")
+    calls = []
+    monkeypatch.setattr(registry.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    with pytest.raises(StagegptError, match=f"^cannot keep fetched files in the cache dir "
+                       f"{tmp_path / 'cache'} \\(it is not a directory\\); set "
+                       "\\$STAGEGPT_CACHE to a writable directory"):
+        gpt2_ranks.gpt2_ranks_path()
+    assert calls == []  # nothing fetched that could not be kept
+
+
+def test_a_local_table_is_read_without_writing_any_cache(gpt2, monkeypatch, tmp_path):
+    """$STAGEGPT_GPT2_RANKS works with no usable cache dir: tiktoken's loader, which copies
+    each file it reads into its cache dir, is not used."""
+    table = tmp_path / "r50k_base.tiktoken"
+    table.write_bytes(gpt2_ranks.gpt2_ranks_path().read_bytes())
+    _no_other_sources(monkeypatch, tmp_path)
+    (tmp_path / "cache").write_text("a file where the cache dir belongs")
+    monkeypatch.setenv(gpt2_ranks.RANKS_ENV, str(table))
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    gpt2_encoding.cache_clear()
+    try:
+        assert GPT2Tokenizer().encode("Hello world") == [15496, 995]
+    finally:
+        gpt2_encoding.cache_clear()
+
+
 # ---------------------------------------------------------------------------------------
 # Characters
 
@@ -234,6 +277,18 @@ def test_bpe_save_load_and_tamper_check(bpe, tmp_path):
     (tmp_path / "tokenizer.json").unlink()
     with pytest.raises(StagegptError, match="missing"):
         load_tokenizer(bpe.to_spec(), tmp_path)
+
+
+def test_a_bpe_file_without_its_eot_names_the_file(bpe, tmp_path):
+    bpe.save(tmp_path)
+    data = json.loads((tmp_path / "tokenizer.json").read_text())
+    data["added_tokens"] = []
+    del data["model"]["vocab"]["<|endoftext|>"]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    spec = {k: v for k, v in bpe.to_spec().items() if k not in ("sha256", "vocab_size")}
+    with pytest.raises(StagegptError, match=f"^{tmp_path}/tokenizer.json: this bpe:300 "
+                       "tokenizer has no <\\|endoftext\\|> token; prepare the data again$"):
+        load_tokenizer(spec, tmp_path)
 
 
 def test_bpe_training_is_deterministic(bpe):

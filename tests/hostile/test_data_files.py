@@ -1,6 +1,7 @@
 """Crafted data dirs: meta.json fields of the wrong type or range, ids outside the
 vocabulary. Refused before training, with one line, exit 2, nothing changed."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,27 @@ def poke(split, value):
     return setup
 
 
+def vocab_beyond_the_tokenizer(w):
+    """A spec without its vocab_size, so only the tokenizer itself can disagree."""
+    data = json.loads((w / "data" / "meta.json").read_text())
+    del data["tokenizer"]["vocab_size"]
+    edit_json(w / "data" / "meta.json", vocab_size=65536, tokenizer=data["tokenizer"])
+
+
+def train_bin_a_directory(w):
+    (w / "data" / "train.bin").unlink()
+    (w / "data" / "train.bin").mkdir()
+
+
 CASES = {
+    "train.bin a directory": (train_bin_a_directory, "train.bin is not a regular file but "
+                                                     "meta.json says"),
+    "char vocabulary with repeats": (
+        meta(tokenizer={"kind": "char", "vocab_size": 16, "chars": "a" * 16}),
+        "the char tokenizer in .*/data has no list of characters, or repeats one"),
+    "vocab_size larger than the tokenizer's": (vocab_beyond_the_tokenizer,
+                                               "tokenizer has 16 tokens but meta.json says "
+                                               "vocab_size 65536"),
     "vocab_size as a string": (meta(vocab_size="16"), "vocab_size '16', not a count"),
     "negative token count": (meta(train_tokens=-1), "train_tokens -1, not a count"),
     "dtype float64": (meta(dtype="float64"), "expected uint16 or uint32"),

@@ -50,6 +50,8 @@ LABELS = {  # name: (file name, contents, extra flags, expected message)
     "bad --labels": ("d.jsonl", jl(*GOOD), ["--labels", "a"], r"--labels must be 2 to 1000"),
     "bad --val-fraction": ("d.jsonl", jl(*GOOD), ["--val-fraction", "1.5"],
                            r"--val-fraction \(1\.5\) must be in \(0, 1\)"),
+    "bad --test-fraction": ("d.jsonl", jl(*GOOD), ["--test-fraction", "nan"],
+                            r": error: --test-fraction \(nan\) must be in \[0, 1\)"),
     "fractions adding to 1": ("d.jsonl", jl(*GOOD), ["--val-fraction", "0.5",
                               "--test-fraction", "0.5"], r"together below 1"),
     "tokenizer from nothing": ("d.jsonl", jl(*GOOD), ["--tokenizer", "from:"],

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from stagegpt.cli.prepare_finetune import (
     add_output_flags,
     finetune_settings,
     run_finetune,
+    use_gpt2_ranks,
 )
 from stagegpt.data.corpora import shakespeare_corpus, text_corpus
 from stagegpt.data.datasets import read_meta
@@ -186,8 +186,7 @@ def run(args: argparse.Namespace) -> int:
         check_tokenizer_name(args.tokenizer)
     if not _should_prepare(out, settings, args):
         return 0
-    if getattr(args, "gpt2_ranks", None):
-        os.environ[RANKS_ENV] = args.gpt2_ranks
+    use_gpt2_ranks(args)
     if args.source == "markov":
         meta = prepare_markov(out, args.order, args.vocab, args.tokens, args.seed,
                               val_fraction=args.val_fraction, concentration=args.concentration,

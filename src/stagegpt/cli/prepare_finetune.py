@@ -15,7 +15,7 @@ from typing import Any
 from stagegpt.data.chat_data import prepare_chat
 from stagegpt.data.finetune_prepare import UNKNOWN_CHARS, check_tokenizer_choice
 from stagegpt.data.genre import prepare_genre
-from stagegpt.data.gpt2_ranks import RANKS_ENV
+from stagegpt.data.gpt2_ranks import RANKS_ENV, read_table
 from stagegpt.data.r8 import prepare_r8
 from stagegpt.data.user_records import prepare_user_file
 
@@ -57,11 +57,13 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
                         help="show full tracebacks instead of one-line errors")
 
 
-def _fractions(parser: argparse.ArgumentParser, test: bool = True, what: str = "") -> None:
-    parser.add_argument("--val-fraction", type=float, default=0.1,
+def _fractions(parser: argparse.ArgumentParser, test: bool = True, what: str = "",
+               default: float | None = 0.1) -> None:
+    """--val-fraction and --test-fraction; default None: the library tells given from not."""
+    parser.add_argument("--val-fraction", type=float, default=default,
                         help=f"{what}share held out for validation (default: 0.1)")
     if test:
-        parser.add_argument("--test-fraction", type=float, default=0.1,
+        parser.add_argument("--test-fraction", type=float, default=default,
                             help=f"{what}share held out for testing, 0 for none (default: 0.1)")
 
 
@@ -117,7 +119,7 @@ def add_finetune_sources(sources: Any) -> None:
                            "120) or a chatterbot conversation, cut at whole turns (default: 300)")
     chat.add_argument("--min-chars", type=int, default=30,
                       help="shakespeare: shortest passage kept, in characters (default: 30)")
-    _fractions(chat, what="chatterbot: ")
+    _fractions(chat, what="chatterbot: ", default=None)
     _common(chat)
 
     labels = sources.add_parser(
@@ -155,14 +157,22 @@ def finetune_settings(args: argparse.Namespace) -> dict[str, Any]:
                 "unknown_chars": args.unknown_chars, **{k: getattr(args, k) for k in keys}}
     if args.source == "chat":
         settings["source"] = f"chat:{args.source_name}"
+        for key in ("val_fraction", "test_fraction"):  # as dirs prepared before recorded them
+            settings[key] = 0.1 if settings[key] is None else settings[key]
     if args.source in ("labels", "instruct"):
         settings["file"] = str(Path(args.file).resolve())
     return settings
 
 
-def run_finetune(args: argparse.Namespace, settings: dict[str, Any]) -> int:
+def use_gpt2_ranks(args: argparse.Namespace) -> None:
+    """--gpt2-ranks FILE: checked (errors name the flag), then used as $STAGEGPT_GPT2_RANKS."""
     if getattr(args, "gpt2_ranks", None):
+        read_table(Path(args.gpt2_ranks).expanduser(), "--gpt2-ranks")
         os.environ[RANKS_ENV] = args.gpt2_ranks
+
+
+def run_finetune(args: argparse.Namespace, settings: dict[str, Any]) -> int:
+    use_gpt2_ranks(args)
     common = {"unknown_chars": args.unknown_chars, "overwrite": True,  # --out is checked
               "progress": not args.no_progress, "settings": settings}
     if args.source == "genre":

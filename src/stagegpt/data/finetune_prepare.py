@@ -50,6 +50,15 @@ def check_tokenizer_choice(name: str) -> str:
     return check_tokenizer_name(name)
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """val_fraction in (0, 1), test_fraction in [0, 1), together below 1 (NaN fails)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise StagegptError(f"val_fraction ({val_fraction}) must be in (0, 1)", "val_fraction")
+    if not (0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
+        raise StagegptError(f"test_fraction ({test_fraction}) must be in [0, 1) and, with the "
+                            f"val fraction ({val_fraction}), together below 1", "test_fraction")
+
+
 def _checkpoint_in(directory: Path) -> Path | None:
     """`directory` if it is a checkpoint, else a run dir's newest step checkpoint or best/."""
     if (directory / "config.json").is_file():

@@ -8,13 +8,14 @@ sha256 that tiktoken pins for r50k_base.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
 
-from stagegpt.data.registry import cache_dir, fetch_from_sdist, sha256_bytes
+from stagegpt.data.registry import cache_dir, fetch_from_sdist, sha256_bytes, writable_cache_dir
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import atomic_file
+from stagegpt.fileio import atomic_file, read_small_file
 
 # GPT-2's BPE table (tiktoken's r50k_base), pinned by the sha256 tiktoken itself checks.
 R50K_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -22,11 +23,21 @@ WHISPER_PACKAGE = ("openai-whisper", "20250625")  # ships it as whisper/assets/g
 RANKS_ENV = "STAGEGPT_GPT2_RANKS"
 
 
-def _file_sha256(path: Path) -> str | None:
+MAX_RANKS_BYTES = 4 << 20  # the table is 0.8 MB
+
+
+def read_table(path: Path, source: str) -> bytes:
+    """The bytes of a GPT-2 table that `source` ($STAGEGPT_GPT2_RANKS, --gpt2-ranks, the
+    cache) names, read only if it is a regular file of a table's size, and verified."""
+    advice = "point it at r50k_base.tiktoken or whisper's gpt2.tiktoken"
     try:
-        return sha256_bytes(path.read_bytes())
-    except OSError:
-        return None
+        data = read_small_file(path, f"{source} file", MAX_RANKS_BYTES)
+    except StagegptError as err:
+        raise StagegptError(f"{err}; {advice}") from None
+    if sha256_bytes(data) != R50K_SHA256:
+        raise StagegptError(f"{source} file {path} is not GPT-2's r50k_base table (sha256 "
+                            f"should be {R50K_SHA256[:12]}...); {advice}")
+    return data
 
 
 def _tiktoken_cache_dirs() -> list[Path]:
@@ -57,15 +68,11 @@ def gpt2_ranks_path() -> Path:
     explicit = os.environ.get(RANKS_ENV)
     if explicit:
         path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise StagegptError(f"${RANKS_ENV} names {path}, which does not exist")
-        if _file_sha256(path) != R50K_SHA256:
-            raise StagegptError(f"${RANKS_ENV} file {path} is not GPT-2's r50k_base table "
-                                f"(sha256 should be {R50K_SHA256[:12]}...); point it at "
-                                "r50k_base.tiktoken or whisper's gpt2.tiktoken")
+        read_table(path, f"${RANKS_ENV}")
         return path
     cached = cache_dir() / "gpt2.tiktoken"
-    if cached.is_file() and _file_sha256(cached) == R50K_SHA256:
+    with contextlib.suppress(StagegptError):
+        read_table(cached, "cached")
         return cached
     data = _from_tiktoken_cache()
     if data is None:
@@ -81,6 +88,7 @@ def gpt2_ranks_path() -> Path:
             raise StagegptError(f"the gpt2.tiktoken in {'=='.join(WHISPER_PACKAGE)} does not "
                                 f"match tiktoken's r50k_base sha256; set {RANKS_ENV} to a "
                                 "verified copy instead")
+    writable_cache_dir()
     with atomic_file(cached) as f:
         f.write(data)
     return cached

@@ -10,6 +10,7 @@ should drop below it and the ones that cannot should stall on it.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from dataclasses import dataclass
 
@@ -58,8 +59,9 @@ class MarkovSource:
             raise StagegptError(f"vocab**(order+1) = {vocab}**{order + 1} transition "
                                 f"probabilities is too many (max {MAX_MARKOV_TABLE:,}); "
                                 "lower vocab or order", "vocab")
-        if not (concentration > 0 and 0 <= floor < 1):
-            raise StagegptError("concentration must be > 0 and the floor in [0, 1)",
+        if not (0 < concentration < math.inf and 0 <= floor < 1):
+            raise StagegptError(f"concentration must be a finite number > 0, got "
+                                f"{concentration}; and the floor in [0, 1), got {floor}",
                                 "concentration")
         rng = np.random.default_rng(seed)
         peaked = rng.dirichlet(np.full(vocab, concentration), size=vocab**order)

@@ -7,7 +7,6 @@ written with `atomic_dir`: replaced as a whole, or left untouched on error.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import sys
 import time
@@ -22,7 +21,7 @@ from stagegpt.data.datasets import disk_dtype, dtype_for_vocab
 from stagegpt.data.markov import FLOOR, MarkovSource, markov_alphabet
 from stagegpt.data.tokenizers import CharTokenizer, Tokenizer, get_tokenizer
 from stagegpt.errors import StagegptError
-from stagegpt.fileio import atomic_dir, check_replaceable, write_json
+from stagegpt.fileio import atomic_dir, check_replaceable, read_json, write_json
 from stagegpt.limits import check_fits
 
 # Each split must hold at least one training window: a 64-token context (the `small`
@@ -193,9 +192,9 @@ def prepared_settings(data_dir: str | Path) -> dict[str, Any] | None:
     path = Path(data_dir) / "meta.json"
     if not path.exists():
         return None
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    try:  # bounded: a meta.json that is /dev/zero, a FIFO or huge is unreadable, not read
+        meta = read_json(path, "data meta file")
+    except StagegptError:
         return {}
     return meta.get("settings", {}) if isinstance(meta, dict) else {}
 

