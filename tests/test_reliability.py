@@ -414,7 +414,7 @@ BAD_INPUTS = {
         ["ladder", "--data", "{w}/data", "--out", "{w}", "--max-steps", "1", "--no-progress"],
         None, "--out .* holds the data dir"),
     "train: --config that is binary": (
-        [*NEW_RUN, "--config", "{w}/binary.bin"], None, "not valid TOML"),
+        [*NEW_RUN, "--config", "{w}/binary.bin"], None, "is not UTF-8 text"),
     "train: disk full on resume": (
         RESUME, patch("os.replace", disk_error(errno.ENOSPC)), "No space left on device"),
     # sample

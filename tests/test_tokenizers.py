@@ -171,7 +171,7 @@ def test_gpt2_table_is_read_from_the_whisper_sdist_and_cached(gpt2, monkeypatch,
 def test_gpt2_ranks_flag_errors_name_the_flag_and_what_the_path_is(tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("hello there\n" * 50)
-    for ranks, problem in [(tmp_path, "is not a regular file"),
+    for ranks, problem in [(tmp_path, "is a directory, not a file"),
                            (text, "is not GPT-2's r50k_base table")]:
         assert main(["prepare", "text", str(text), "--tokenizer", "gpt2", "--gpt2-ranks",
                      str(ranks), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
