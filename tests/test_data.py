@@ -330,6 +330,12 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, case):
 def test_bad_markov_settings_are_one_line(capsys, tmp_path):
     assert prepare("markov", "--vocab", "4096", "--order", "3", "--out", tmp_path / "m") == 2
     assert "too many" in capsys.readouterr().err
+    assert prepare("markov", "--order", "1000000000", "--out", tmp_path / "m") == 2
+    assert capsys.readouterr().err == (
+        "stagegpt prepare: error: 16**1000000001 transition probabilities (--vocab to the power "
+        "--order + 1) are too many (max 4,194,304); lower --vocab or --order\n")
+    assert prepare("markov", "--order", "0", "--out", tmp_path / "m") == 2
+    assert "need --order >= 1 and --vocab >= 2, got 0 and 16" in capsys.readouterr().err
     assert prepare("markov", "--tokens", "100", "--out", tmp_path / "m") == 2
     assert "fewer than the 65 needed" in capsys.readouterr().err
     for value in ("inf", "1e309", "nan", "0"):  # inf used to spin, then advise a larger one

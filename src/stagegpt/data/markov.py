@@ -54,11 +54,13 @@ class MarkovSource:
         mixes fast enough that a sample's statistics settle near the exact values.
         """
         if order < 1 or vocab < 2:
-            raise StagegptError(f"need --order >= 1 and --vocab >= 2, got {order} and {vocab}")
-        if vocab ** (order + 1) > MAX_MARKOV_TABLE:
-            raise StagegptError(f"vocab**(order+1) = {vocab}**{order + 1} transition "
-                                f"probabilities is too many (max {MAX_MARKOV_TABLE:,}); "
-                                "lower vocab or order", "vocab")
+            raise StagegptError(f"need `order` >= 1 and `vocab` >= 2, got {order} and {vocab}",
+                                mentions=("order", "vocab"))
+        if order >= 64 or vocab ** (order + 1) > MAX_MARKOV_TABLE:  # 2**65 > the max already
+            raise StagegptError(f"{vocab}**{order + 1} transition probabilities (`vocab` to "
+                                f"the power `order` + 1) are too many (max "
+                                f"{MAX_MARKOV_TABLE:,}); lower `vocab` or `order`",
+                                mentions=("vocab", "order"))
         if not (0 < concentration < math.inf and 0 <= floor < 1):
             raise StagegptError(f"concentration must be a finite number > 0, got "
                                 f"{concentration}; and the floor in [0, 1), got {floor}",
