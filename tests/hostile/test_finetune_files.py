@@ -58,6 +58,8 @@ LABELS = {  # name: (file name, contents, extra flags, expected message)
                                r"--tokenizer from: needs a directory"),
     "tokenizer from a missing dir": ("d.jsonl", jl(*GOOD), ["--tokenizer", "from:/nowhere"],
                                      r"from:/nowhere: no such directory"),
+    "tokenizer from a file": ("d.jsonl", jl(*GOOD), ["--tokenizer", "from:{w}/d.jsonl"],
+                              r"from:.*/d.jsonl: is not a directory; give a checkpoint"),
     "unknown tokenizer": ("d.jsonl", jl(*GOOD), ["--tokenizer", "words"],
                           r"unknown tokenizer 'words'"),
     "a lone surrogate": ("d.jsonl", jl(GOOD[0], '{"text": "bad \\ud800 x", "label": "a"}'),

@@ -77,8 +77,8 @@ def tokenizer_from_dir(path: str | Path) -> Tokenizer:
     data dir."""
     directory = readable_dir(Path(path))
     if not directory.is_dir():
-        raise StagegptError(f"tokenizer from:{path}: no such directory; give a checkpoint, run "
-                            "or data dir")
+        what = "is not a directory" if directory.exists() else "no such directory"
+        raise StagegptError(f"tokenizer from:{path}: {what}; give a checkpoint, run or data dir")
     checkpoint = _checkpoint_in(directory)
     if checkpoint is not None:
         config = read_json(checkpoint / "config.json", "checkpoint config")
