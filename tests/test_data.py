@@ -409,7 +409,8 @@ def test_a_meta_json_no_data_dir_could_hold_is_never_read(tmp_path, capsys):
             (out / "meta.json").symlink_to("/dev/zero")
         capsys.readouterr()
         assert prepare(*args) == 2
-        assert "holds a dataset prepared with other settings ({})" in capsys.readouterr().err
+        assert ("holds a dataset prepared with settings its meta.json does not say (damaged or "
+                "unreadable); use --force") in capsys.readouterr().err
         assert bins(out) == before
     assert prepare(*args[:-1], "--force") == 0 and read_meta(out)["train_tokens"] == 1800
 

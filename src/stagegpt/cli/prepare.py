@@ -165,9 +165,10 @@ def _should_prepare(out: Path, settings: dict[str, Any], args: argparse.Namespac
         print(f"{out} already holds this dataset; nothing to do (--if-missing)")
         return False
     if args.if_missing:
-        raise StagegptError(f"{out} holds a dataset prepared with other settings "
-                            f"({json.dumps(existing)}); use --force to replace it or choose "
-                            "another --out")
+        settings_text = (f"other settings ({json.dumps(existing)})" if existing else
+                         "settings its meta.json does not say (damaged or unreadable)")
+        raise StagegptError(f"{out} holds a dataset prepared with {settings_text}; use --force "
+                            "to replace it or choose another --out")
     raise StagegptError(f"{out} already holds a prepared dataset; use --force to replace it, "
                         "--if-missing to keep it, or choose another --out")
 
