@@ -53,7 +53,7 @@ def test_gpt2_parameter_counts_count_the_tied_head_once():
     assert counts["head"] == 0
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("stage", range(1, 10))
 def test_trace_params_sum_to_the_model_total(stage, tiny_config):
     model = build_model(stage, tiny_config)
     ins = inspect_model(model, batch=2, seq=5)
@@ -76,6 +76,24 @@ def test_trace_shows_attention_internals(tiny_config):
     assert by_note["merge heads"] == (B, T, C)
     assert rows[-1].operation == "MultiHeadAttention"
     assert not any(layer.explicit for layer in model.modules() if hasattr(layer, "explicit"))
+
+
+def test_trace_notes_name_what_stages_6_to_9_compute(tiny_config):
+    """Stage 9's notes: its norm is RMSNorm, its MLP widens to round(8C/3) (not 4C), k and
+    v keep n_kv_head heads until repeated, and q and k are turned by their positions."""
+    B, T, C, nh = 2, 6, tiny_config.n_embd, tiny_config.n_head
+    model = build_model(9, tiny_config)
+    nkv, hd, hidden = tiny_config.kv_heads(), C // nh, tiny_config.swiglu_hidden()
+    rows = trace_shapes(model, torch.zeros(B, T, dtype=torch.long))
+    notes = {(r.module, r.note): r.shape for r in rows}
+    assert notes[("ln_f", "final RMSNorm")] == (B, T, C)
+    assert notes[("h.0.mlp.c_fc", "values: widen to hidden")] == (B, T, hidden)
+    assert notes[("h.0.mlp.c_gate", "gates: widen to hidden")] == (B, T, hidden)
+    assert notes[("h.0.mlp", "gate x value, per hidden unit")] == (B, T, hidden)
+    assert notes[("h.0.attn", "k: key/value heads first (B, nkv, T, hd)")] == (B, nkv, T, hd)
+    assert notes[("h.0.attn", "q turned by its position")] == (B, nh, T, hd)
+    assert notes[("h.0.attn", "k turned by its position")] == (B, nkv, T, hd)
+    assert not any("4C" in r.note for r in rows)
 
 
 def test_trace_of_gpt2_on_meta_is_shapes_only():

@@ -108,7 +108,7 @@ def test_seed_preset_reports_its_count():
     assert model.num_params() == expected == 22_408_960
 
 
-@pytest.mark.parametrize("stage", [3, 4, 5])
+@pytest.mark.parametrize("stage", [3, 4, 5, 6, 7, 8, 9])
 def test_fused_attention_matches_the_explicit_softmax(stage, tiny_config):
     torch.manual_seed(0)
     model = build_model(stage, tiny_config).eval()

@@ -6,6 +6,7 @@ prepare the shared data dir `data/shakespeare_char` themselves (`--if-missing`).
 them in a quick local run with `pytest -k "not notebook"`.
 """
 
+import re
 import time
 from pathlib import Path
 
@@ -31,6 +32,16 @@ def test_notebook_is_stored_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert code and all(not c.outputs and c.execution_count is None for c in code)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_takes_its_model_from_the_package(path):
+    """The model code a learner reads is the package's: a notebook shows it (getsource),
+    never a copy of it."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not re.search(r"^\s*class \w+", cell.source, re.M), cell.source[:200]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -9,7 +9,7 @@ With the cache, the prompt's window runs through the model once (the prefill) an
 later step feeds only the newest token, at its absolute position, while each attention
 layer reads the keys and values of the earlier positions from its `KVCache`. Stages 1-2
 have no attention and no cache: a token's hidden state depends only on the token and its
-position, so their cached path feeds the newest token alone.
+position, so their cached path feeds the newest token alone (past `block_size`, the window).
 
 When the sequence outgrows `block_size` the window rolls forward: the context is the last
 `block_size` tokens at positions 0..block_size-1. With learned positions (`wpe`, stages

@@ -16,8 +16,8 @@ MAX_SIZE = 2**40  # any one size; far beyond memory, still within torch's 64-bit
 class ModelConfig:
     """The shape of a stage model. Every stage reads the same config.
 
-    Stages 1-2 ignore `n_layer`/`n_head`, stages 3-4 use a single head, stages 5-9 use
-    `n_head` heads and `dropout`; the last four fields are read by stages 7-9 only.
+    Stages 1-3 ignore `n_layer`, 1-4 `n_head` and `dropout` (3-4 have a single head),
+    6-9 `bias` (they have none); the last four fields are read by stages 7-9 only.
     """
 
     vocab_size: int = GPT2_VOCAB
@@ -79,7 +79,7 @@ class ModelConfig:
 
     def swiglu_hidden(self) -> int:
         """Stages 8-9's SwiGLU width: mlp_hidden, or round(8C/3), which gives its three
-        matrices the 8C^2 parameters of the 4C GELU MLP's two."""
+        matrices the 8C^2 parameters of the 4C GELU MLP's two, give or take C."""
         return self.mlp_hidden or round(8 * self.n_embd / 3)
 
     @classmethod

@@ -153,9 +153,9 @@ class RotaryAttention(MultiHeadAttention):
         return x * angle.cos().to(x.dtype) + rotate_half(x) * angle.sin().to(x.dtype)
 
     def roll(self, cache: KVCache) -> None:
-        """Slide a full cache one position along, keeping it valid: drop the oldest key and
-        value and turn every remaining key back one position. q.k depends only on distance,
-        so this equals a fresh prefill of the window at positions 0.. without running it."""
+        """Slide a full cache one position along: drop the oldest key and value and turn
+        every remaining key back one position, as if computed one position earlier (q.k
+        depends only on distance). Deeper layers' entries still saw the dropped token."""
         cache.drop_oldest(1)
         back = torch.full((cache.k.size(2),), -1, device=cache.k.device)  # (T,)
         cache.k.copy_(self.rotate(cache.k, back))
@@ -177,7 +177,7 @@ class MLP(nn.Module):
 
 class SwiGLU(nn.Module):
     """The gated MLP of stages 8-9: c_proj(silu(c_gate(x)) * c_fc(x)). Three matrices
-    instead of two, so `hidden` = round(8 C / 3) keeps the parameters of a 4C GELU MLP."""
+    instead of two: `hidden` = round(8 C / 3) keeps a 4C GELU MLP's 8C^2 weights (within C)."""
 
     def __init__(self, n_embd: int, hidden: int, dropout: float = 0.0):
         super().__init__()

@@ -106,7 +106,7 @@ class LanguageModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def embed(self, idx: Tensor, start: int = 0) -> Tensor:
-        """Token plus learned position embeddings (B, T, C), for stages 2-5."""
+        """Token plus learned position embeddings (B, T, C), for stages 2-6."""
         pos = torch.arange(start, start + idx.size(1), device=idx.device)  # (T,)
         return self.wte(idx) + self.wpe(pos)  # (B, T, C)
 
@@ -228,8 +228,8 @@ class BlockLM(LanguageModel):
 class GPT(BlockLM):
     """Stage 5: stage 4 with multi-head attention, dropout and GPT-2's init. This is GPT-2.
 
-    Each residual projection is scaled by 1/sqrt(2 * n_layer) at init, so the residual
-    stream's variance stays put as 2 * n_layer branches add into it.
+    Each residual projection starts scaled by 1/sqrt(2 * n_layer), so the 2 * n_layer
+    branches together add about one unscaled branch's variance to the residual stream.
     """
 
     stage = 5

@@ -30,6 +30,8 @@ from stagegpt.limits import check_fits
 from stagegpt.model import ModelConfig
 from stagegpt.model.layers import (
     MultiHeadAttention,
+    RotaryAttention,
+    SwiGLU,
     TransformerBlock,
     attention_layers,
     eval_mode,
@@ -116,12 +118,23 @@ ATTENTION_NOTES = {
     "masked_fill": ["causal mask: -inf above the diagonal"],
     "reshape": ["merge heads: (B, T, C)"],
 }
+# Stage 9 keeps n_kv_head key/value heads until it repeats them; stages 7-9 turn q and k.
+GQA_NOTES = {**ATTENTION_NOTES, "transpose": [
+    "q: heads first (B, nh, T, hd)", *[f"{t}: key/value heads first (B, nkv, T, hd)"
+                                       for t in "kv"], *ATTENTION_NOTES["transpose"][3:]],
+    "repeat_interleave": [f"{t}: each key/value head serves nh / nkv query heads" for t in "kv"]}
+ROTARY_NOTES = {"mul": [f"rotary: {m}" for t in "qk" for m in (f"{t} * cos(angle)",
+                                                                f"rotate_half({t}) * sin(angle)")],
+                "chunk": [f"rotate_half: {t}'s two halves (x1, x2)" for t in "qk"],
+                "cat": [f"rotate_half({t}) = (-x2, x1)" for t in "qk"],
+                "add": [f"{t} turned by its position" for t in "qk"]}
+SWIGLU_NOTES = {"silu": ["gates through SiLU"], "mul": ["gate x value, per hidden unit"]}
 BLOCK_NOTES = {"add": ["residual: x + attn(ln_1(x))", "residual: x + mlp(ln_2(x))"]}
 MODEL_NOTES = {"add": ["token + position embeddings"]}
 MODULE_NOTES = {"wte": "token embeddings", "wpe": "position embeddings",
                 "softmax": "attention weights: each row sums to 1",
                 "c_attn": "q, k, v for all heads in one matmul", "c_fc": "widen to 4C",
-                "ln_f": "final LayerNorm", "lm_head": "logits"}
+                "lm_head": "logits"}
 OP_NAMES = {"__getitem__": "index", "true_divide": "div"}
 
 
@@ -181,7 +194,11 @@ class _Tracer(TorchFunctionMode):
 
     def note_for(self, name: str, module: nn.Module, op: str) -> str:
         if isinstance(module, MultiHeadAttention):
-            notes = ATTENTION_NOTES
+            notes = GQA_NOTES if module.n_kv_head < module.n_head else ATTENTION_NOTES
+            if isinstance(module, RotaryAttention):
+                notes = {**notes, **ROTARY_NOTES}
+        elif isinstance(module, SwiGLU):
+            notes = SWIGLU_NOTES
         elif isinstance(module, TransformerBlock):
             notes = BLOCK_NOTES
         elif isinstance(module, LanguageModel):
@@ -216,6 +233,11 @@ class _Tracer(TorchFunctionMode):
                 note = MODULE_NOTES.get(name.rsplit(".", 1)[-1], "")
                 if name.endswith("mlp.c_proj"):
                     note = "project back to C"
+                elif name.endswith(("mlp.c_fc", "mlp.c_gate")) and isinstance(
+                        self.model.get_submodule(name.rsplit(".", 1)[0]), SwiGLU):
+                    note = f"{'values' if name.endswith('c_fc') else 'gates'}: widen to hidden"
+                elif name == "ln_f":
+                    note = f"final {type(module).__name__}"
                 elif name == "lm_head" and module.weight is getattr(self.model, "wte", None).weight:
                     note = "logits; the weight is wte's (tied, counted once)"
                 elif isinstance(module, MultiHeadAttention):
