@@ -37,7 +37,7 @@ class KVCache(nn.Module):
         end = start + k.size(2)
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, end, hd)
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, heads, end, hd): stage 9 n_kv_head
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
