@@ -327,6 +327,20 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, case):
     assert leftovers == []  # not even a temporary dir
 
 
+def test_text_that_would_not_fit_in_memory_is_refused_before_it_is_read(tmp_path, capsys,
+                                                                         monkeypatch):
+    book = tmp_path / "book.txt"
+    book.write_text("To be, or not to be: that is the question.\n" * 5000)  # 215,000 bytes
+    monkeypatch.setattr("stagegpt.limits.available_bytes", lambda: 1 << 20)
+    monkeypatch.setattr("stagegpt.data.corpora.read_text_file", lambda path: pytest.fail("read"))
+    assert prepare("text", book, "--tokenizer", "char", "--out", tmp_path / "out") == 2
+    assert capsys.readouterr().err == (
+        "stagegpt prepare: error: preparing 215,000 bytes of text needs 0.0 GB of memory but "
+        "this machine has 0.0 GB available; prepare a smaller corpus or split it (the text is "
+        "held in memory while it is tokenized)\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_markov_settings_are_one_line(capsys, tmp_path):
     assert prepare("markov", "--vocab", "4096", "--order", "3", "--out", tmp_path / "m") == 2
     assert "too many" in capsys.readouterr().err

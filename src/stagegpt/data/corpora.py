@@ -23,6 +23,7 @@ from stagegpt.data.registry import (
 )
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import atomic_dir, write_json
+from stagegpt.limits import check_fits
 
 
 @dataclass
@@ -200,6 +201,9 @@ def split_at_line(text: str, val_fraction: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+TEXT_COPIES = 6  # bytes read, decoded, normalized, joined, split, re-encoded: held at once
+
+
 def text_corpus(paths: Iterable[str | Path], val_fraction: float = 0.1) -> Corpus:
     """The user's UTF-8 files (folders: their *.txt/*.md/... files), the last part as val.
 
@@ -207,8 +211,13 @@ def text_corpus(paths: Iterable[str | Path], val_fraction: float = 0.1) -> Corpu
     them; only newlines are normalized, the text is otherwise kept as it is. Empty files
     named directly are an error; empty files found inside a folder are skipped.
     """
+    files = _text_files(paths)
+    total = sum(path.stat().st_size for path, _ in files)
+    check_fits(TEXT_COPIES * total, f"preparing {total:,} bytes of text",
+               "prepare a smaller corpus or split it (the text is held in memory while it is "
+               "tokenized)")
     texts, names = [], []
-    for path, direct in _text_files(paths):
+    for path, direct in files:
         text = read_text_file(path)
         if not text.strip():
             if direct:
