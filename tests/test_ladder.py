@@ -98,6 +98,33 @@ def test_interrupted_ladder_resumes_skipping_finished_stages(markov2, tmp_path, 
         assert all((ours[k] == ref[k]).all() for k in ref)
 
 
+@pytest.mark.parametrize("at_step", [2, 5])
+def test_ctrl_c_while_timing_the_budget_stops_the_ladder(at_step, markov2, tmp_path,
+                                                        monkeypatch):
+    """Ctrl-C in the few steps that turn max_seconds into a step budget: it stopped only
+    the timing, and the ladder trained on with a budget from fewer steps (or, stopped by
+    step 2, raised an IndexError)."""
+    class CtrlCWhileTiming(Trainer):
+        def fit(self):
+            if self.out_dir.name == ".probe3":
+                clock = self.on_step
+                self.on_step = lambda trainer, row: clock(trainer, row) or (
+                    row["step"] == at_step and os.kill(os.getpid(), signal.SIGINT))
+            return super().fit()
+
+    train = TrainConfig(batch_size=4, eval_batches=2)
+    out = tmp_path / "l"
+    with monkeypatch.context() as patch:
+        patch.setattr(ladder, "Trainer", CtrlCWhileTiming)
+        assert ladder.run_ladder(markov2, out, MODEL, train, stages=(3,), max_seconds=0.5,
+                                 progress=False, sample_tokens=5) is None
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "ladder.json"]  # no probe left
+    rows = ladder.run_ladder(markov2, out, MODEL, train, stages=(3,), max_seconds=0.5,
+                             resume=True, progress=False, sample_tokens=5)
+    budget = json.loads((out / "stage3" / "budget.json").read_text())["max_steps"]
+    assert rows is not None and step_dirs(out / "stage3")[-1].name == f"step_{budget:08d}"
+
+
 def test_ladder_cli_prints_the_table_and_checks_flags(markov2, tmp_path, capsys):
     args = ["ladder", "--data", str(markov2), "--out", str(tmp_path / "l"), "--stages", "1,2",
             "--max-steps", "2", "--eval-every", "2", "--eval-batches", "1", "--batch-size", "2",
