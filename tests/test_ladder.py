@@ -2,6 +2,8 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import running, wait_for
 from safetensors.torch import load_file
 
 from stagegpt import build_model
@@ -350,3 +353,73 @@ def test_a_dead_worker_is_a_one_line_error_that_says_how_to_go_on(markov2, tmp_p
     with pytest.raises(StagegptError, match="worker process died.*`resume=True`.*`jobs=1`"):
         ladder.run_ladder(markov2, tmp_path / "l", MODEL, train, stages=(1, 3),
                           progress=False, sample_tokens=5, jobs=2)
+
+
+def ladder_argv(data, out, *extra) -> list[str]:
+    """Stages 3 and 4 side by side, in two workers of a thread each."""
+    return ["ladder", "--data", str(data), "--out", str(out), "--stages", "3,4", "--jobs", "2",
+            "--threads", "2", "--eval-batches", "1", "--batch-size", "2", "--n-embd", "16",
+            "--n-layer", "1", "--block-size", "8", "--no-progress", "--sample-tokens", "4",
+            *extra]
+
+
+def start_ladder(data, out, *extra) -> subprocess.Popen:
+    """`stagegpt ladder` in a session of its own, as a terminal's foreground job is."""
+    argv = ladder_argv(data, out, *extra)
+    return subprocess.Popen([sys.executable, "-m", "stagegpt", *argv], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def workers(pid: int) -> list[int]:
+    """The ladder worker processes of the ladder `pid`."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(c) for c in children
+            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_ctrl_c_while_the_workers_start_is_exit_130_without_tracebacks(markov2, tmp_path):
+    """Ctrl-C to the process group while the workers import torch (seconds): each worker
+    printed a KeyboardInterrupt traceback."""
+    ladder_cli = start_ladder(markov2, tmp_path / "l", "--max-steps", "50")
+    wait_for(lambda: len(workers(ladder_cli.pid)) == 2, ladder_cli)
+    os.killpg(ladder_cli.pid, signal.SIGINT)
+    out, err = ladder_cli.communicate(timeout=120)
+    assert ladder_cli.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert out == "ladder interrupted; rerun the same command with --resume to continue\n"
+
+
+def test_workers_of_a_killed_ladder_stop_with_a_checkpoint_and_exit(markov2, tmp_path,
+                                                                     two_threads):
+    """SIGKILL of the ladder's parent: its workers trained their stages on alone to the end,
+    holding the stages' locks (a --resume meanwhile was refused), then waited for work
+    forever. Now each stops after its step with a checkpoint, and --resume ends where an
+    uninterrupted ladder does."""
+    flags = ["--max-steps", "300", "--eval-every", "20", "--ckpt-every", "1000"]
+    out = tmp_path / "l"
+    ladder_cli = start_ladder(markov2, out, *flags)
+    orphans = []
+    try:
+        wait_for(lambda: all((out / f"stage{s}" / "metrics.jsonl").exists() for s in (3, 4)),
+                 ladder_cli)
+        orphans = workers(ladder_cli.pid)
+        ladder_cli.kill()
+        ladder_cli.wait()
+        wait_for(lambda: not any(map(running, orphans)))
+    finally:
+        for pid in filter(running, orphans):
+            os.kill(pid, signal.SIGKILL)
+    assert len(orphans) == 2
+    stopped = [step_dirs(out / f"stage{s}") for s in (3, 4)]
+    assert all(len(found) == 1 and found[0].name != "step_00000300" for found in stopped)
+    assert main(ladder_argv(markov2, out, *flags, "--resume")) == 0
+    assert main(ladder_argv(markov2, tmp_path / "ref", *flags)) == 0
+    for stage in (3, 4):
+        ours, ref = (load_file(str(step_dirs(d / f"stage{stage}")[-1] / "model.safetensors"))
+                     for d in (out, tmp_path / "ref"))
+        assert step_dirs(out / f"stage{stage}")[-1].name == "step_00000300"
+        assert all(torch.equal(ours[k], ref[k]) for k in ref)
