@@ -168,6 +168,24 @@ def test_ddp_two_processes_match_one_process(markov1, tmp_path):
                         atol=1e-5)
 
 
+def test_ddp_resume_with_dropout_is_bit_exact(markov1, tmp_path):
+    """Each rank draws its own dropout masks. A checkpoint held rank 0's RNG state only, and
+    on resume every rank took it: both ranks drew the same masks from then on."""
+    import shutil
+
+    common = ["--data", str(markov1), "--batch-size", "4", "--max-steps", "6", "--eval-every",
+              "3", "--ckpt-every", "3", *DDP_ARGS, "--dropout", "0.1"]
+    full = torchrun("train", "--out", str(tmp_path / "full"), *common)
+    assert full.returncode == 0, full.stderr[-2000:]
+    shutil.copytree(tmp_path / "full", tmp_path / "split")
+    shutil.rmtree(step_dirs(tmp_path / "split")[-1])  # as a run stopped at step 3 leaves it
+    resumed = torchrun("train", "--out", str(tmp_path / "split"), *common, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr and "step_00000003" in resumed.stderr
+    assert losses(tmp_path / "split") == losses(tmp_path / "full")
+    assert_same_weights(final_weights(tmp_path / "split"), final_weights(tmp_path / "full"))
+
+
 def test_ddp_ranks_stop_together_on_a_time_budget(markov1, tmp_path):
     """Each rank has its own clock. A rank that stopped alone would leave the other waiting in
     the next gradient all-reduce; the ranks agree every step instead."""

@@ -64,6 +64,15 @@ def agree_to_stop(world: int, device: torch.device, time_up: bool,
     return bool(flags[0]), bool(flags[1])
 
 
+def from_every_rank(world: int, text: str) -> list[str]:
+    """Every rank's `text`, in rank order, on every rank."""
+    if world == 1:
+        return [text]
+    texts: list = [None] * world
+    dist.all_gather_object(texts, text)
+    return texts
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():

@@ -49,7 +49,12 @@ from stagegpt.train.checkpoints import (
     val_batches_bytes,
 )
 from stagegpt.train.config import TrainConfig, check_trainer_arguments
-from stagegpt.train.distributed import agree_to_stop, resolve_device, world_and_rank
+from stagegpt.train.distributed import (
+    agree_to_stop,
+    from_every_rank,
+    resolve_device,
+    world_and_rank,
+)
 from stagegpt.train.optim import lr_at, make_optimizer
 from stagegpt.train.plots import plot_run
 from stagegpt.train.resume import check_resumable
@@ -154,7 +159,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.tc)
         self.data_rng = torch.Generator().manual_seed(self.tc.seed)
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
-        self.saved_step = -1
+        self.saved_step, self.rank_rngs = -1, None
         self.best_val, self.rows = math.inf, []
         if self.resume_from is not None:
             self._restore(self.resume_from)
@@ -191,7 +196,8 @@ class Trainer:
         self.step, self.tokens = state["step"], state["tokens"]
         self.elapsed, self.best_val = state["elapsed"], state["best_val"]
         self.data_rng.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        own = state.get("torch_rng_ranks", [])  # each DDP rank's dropout stream
+        torch.set_rng_state(own[self.rank] if self.rank < len(own) else state["torch_rng"])
         self.saved_step = self.step
         self.rows = [r for r in read_metrics(self.out_dir) if r["step"] <= self.step]
         if self._is_main():
@@ -386,7 +392,8 @@ class Trainer:
                 "best_val": self.best_val, "max_steps": self.tc.max_steps,
                 "data_rng": rng_to_str(self.data_rng.get_state()),
                 "torch_rng": rng_to_str(torch.get_rng_state()),
-                "world_size": self.world}
+                "world_size": self.world,
+                **({"torch_rng_ranks": self.rank_rngs} if self.world > 1 else {})}
 
     def _extra(self) -> dict[str, Any]:
         return {"train": self.tc.to_dict(), "data": str(self.data_dir),
@@ -394,6 +401,7 @@ class Trainer:
 
     def _save_step_checkpoint(self) -> None:
         self.saved_step = self.step
+        self.rank_rngs = from_every_rank(self.world, rng_to_str(torch.get_rng_state()))
         if not self._is_main():
             return
         self._write_metrics()
