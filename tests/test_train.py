@@ -186,6 +186,30 @@ def test_ddp_resume_with_dropout_is_bit_exact(markov1, tmp_path):
     assert_same_weights(final_weights(tmp_path / "split"), final_weights(tmp_path / "full"))
 
 
+def test_resume_on_another_world_size_keeps_the_global_batch(markov1, tmp_path, capsys):
+    """A 2-process run resumed in one process trained on with half its global batch (the
+    world size was never compared), and the resume that keeps its batches, 1 process x
+    batch 8 for 2 x 4, was refused as another batch_size."""
+    import shutil
+
+    common = ["--data", str(markov1), "--max-steps", "6", "--eval-every", "3", "--ckpt-every",
+              "3", *DDP_ARGS]
+    ddp = torchrun("train", "--out", str(tmp_path / "ddp"), "--batch-size", "4", *common)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    out = tmp_path / "split"
+    shutil.copytree(tmp_path / "ddp", out)
+    shutil.rmtree(step_dirs(out)[-1])  # as a run stopped at step 3 leaves it
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--batch-size", "4", *common, "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"stagegpt train: error: cannot resume {out} on 1 process of batch_size 4: it trained "
+        "on 2 processes of batch_size 4, 8 windows a step; pass --batch-size 8 to go on with "
+        "the same batches\n")
+    assert [p.name for p in step_dirs(out)] == ["step_00000003"]
+    assert main(["train", "--out", str(out), "--batch-size", "8", *common, "--resume"]) == 0
+    assert_same_weights(final_weights(out), final_weights(tmp_path / "ddp"), atol=1e-5)
+
+
 def test_ddp_ranks_stop_together_on_a_time_budget(markov1, tmp_path):
     """Each rank has its own clock. A rank that stopped alone would leave the other waiting in
     the next gradient all-reduce; the ranks agree every step instead."""

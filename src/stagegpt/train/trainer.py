@@ -150,7 +150,8 @@ class Trainer:
         found = step_dirs(self.out_dir)
         if not found:
             return None
-        check_resumable(found[-1], self.stage, self.mc, self.tc, self.meta, self.out_dir)
+        check_resumable(found[-1], self.stage, self.mc, self.tc, self.meta, self.out_dir,
+                        self.world)
         return found[-1]
 
     def _build(self) -> None:
