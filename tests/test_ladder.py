@@ -128,6 +128,23 @@ def test_ctrl_c_while_timing_the_budget_stops_the_ladder(at_step, markov2, tmp_p
     assert rows is not None and step_dirs(out / "stage3")[-1].name == f"step_{budget:08d}"
 
 
+def test_resume_removes_what_a_killed_ladder_was_writing(markov2, tmp_path):
+    """A ladder killed while it wrote its table, plot or samples left the temporary file
+    beside them, and every --resume left it there."""
+    train = TrainConfig(max_steps=1, batch_size=2, eval_batches=1, warmup_steps=0)
+    out = tmp_path / "l"
+    assert ladder.run_ladder(markov2, out, MODEL, train, stages=(1,), progress=False,
+                             sample_tokens=2) is not None
+    table = (out / "ladder.csv").read_text()
+    for torn in (".ladder.csv.k1ll3d.tmp", ".ladder.png.x8f2ab.tmp", ".samples.md.q0w9e8.tmp"):
+        (out / torn).write_text("half of it")
+    assert ladder.run_ladder(markov2, out, MODEL, train, stages=(1,), resume=True,
+                             progress=False, sample_tokens=2) is not None
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lock", "ladder.csv", "ladder.json", "ladder.md", "ladder.png", "samples.md", "stage1"]
+    assert (out / "ladder.csv").read_text() == table
+
+
 def test_ladder_cli_prints_the_table_and_checks_flags(markov2, tmp_path, capsys):
     args = ["ladder", "--data", str(markov2), "--out", str(tmp_path / "l"), "--stages", "1,2",
             "--max-steps", "2", "--eval-every", "2", "--eval-batches", "1", "--batch-size", "2",

@@ -33,7 +33,7 @@ from stagegpt.tools.ladder_jobs import train_side_by_side
 from stagegpt.train.config import TrainConfig
 from stagegpt.train.distributed import env_world
 from stagegpt.train.plots import plot_curves
-from stagegpt.train.rundir import RunLock, check_apart, read_metrics
+from stagegpt.train.rundir import RunLock, check_apart, clean_stale_temp_dirs, read_metrics
 from stagegpt.train.trainer import Trainer
 
 SETTINGS_FILE = "ladder.json"
@@ -288,6 +288,7 @@ def _run(job: StageJob, meta: dict, stages, resume: bool,
     settings["max_seconds"] = job.max_seconds
     _check_settings(job.out_dir, settings, resume)
     ensure_dir(job.out_dir)
+    clean_stale_temp_dirs(job.out_dir)  # the table, plot or samples a killed ladder was writing
     write_json(job.out_dir / SETTINGS_FILE, settings)
     if jobs == 1 or len(stages) == 1:
         results = _train_in_turn(job, stages)
