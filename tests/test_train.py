@@ -210,6 +210,22 @@ def test_resume_on_another_world_size_keeps_the_global_batch(markov1, tmp_path, 
     assert_same_weights(final_weights(out), final_weights(tmp_path / "ddp"), atol=1e-5)
 
 
+def test_a_rank_whose_peer_failed_says_so_in_one_line(markov1, tmp_path):
+    """Rank 0 cannot write its checkpoint: its one-line error was followed by rank 1's
+    traceback of a gloo 'Connection closed by peer'."""
+    out = tmp_path / "ddp"
+    out.mkdir()
+    (out / "checkpoints").write_text("a file where the checkpoints go")
+    ddp = torchrun("train", "--out", str(out), "--data", str(markov1), "--batch-size", "2",
+                   "--max-steps", "4", "--eval-every", "2", "--ckpt-every", "2", *DDP_ARGS)
+    assert ddp.returncode != 0
+    assert f"stagegpt train: error: cannot create directory {out}/checkpoints" in ddp.stderr
+    assert ("stagegpt train: error: process 1 of 2 stopped: another process of this run ended "
+            "first, and its own error says why; fix that and rerun (with --resume if a "
+            "checkpoint was saved)\n") in ddp.stderr
+    assert "[rank1]: Traceback" not in ddp.stderr, ddp.stderr[-3000:]
+
+
 def test_ddp_ranks_stop_together_on_a_time_budget(markov1, tmp_path):
     """Each rank has its own clock. A rank that stopped alone would leave the other waiting in
     the next gradient all-reduce; the ranks agree every step instead."""

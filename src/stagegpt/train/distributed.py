@@ -64,6 +64,14 @@ def agree_to_stop(world: int, device: torch.device, time_up: bool,
     return bool(flags[0]), bool(flags[1])
 
 
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer")  # gloo's words
+
+
+def lost_a_peer(err: BaseException) -> bool:
+    """Whether a collective failed because another process of the run ended first."""
+    return isinstance(err, RuntimeError) and any(words in str(err) for words in PEER_LOST)
+
+
 def from_every_rank(world: int, text: str) -> list[str]:
     """Every rank's `text`, in rank order, on every rank."""
     if world == 1:
