@@ -145,6 +145,30 @@ def test_resume_removes_what_a_killed_ladder_was_writing(markov2, tmp_path):
     assert (out / "ladder.csv").read_text() == table
 
 
+def test_sigterm_outside_a_stages_training_stops_the_ladder_as_ctrl_c_does(
+        markov2, tmp_path, monkeypatch, capsys):
+    """SIGTERM to `ladder --jobs 1` while it scored or sampled a stage killed it (exit -15,
+    not a word), where a stage in training, or --jobs 2, stopped with 130. Here SIGTERM's
+    default action, which would end pytest too, is a handler that fails the test."""
+    monkeypatch.setattr(ladder, "sample_text",
+                        lambda *args: os.kill(os.getpid(), signal.SIGTERM))
+
+    def default_action(signum, frame):
+        raise AssertionError("SIGTERM would have killed the ladder")
+
+    before = signal.signal(signal.SIGTERM, default_action)
+    try:
+        assert main(["ladder", "--data", str(markov2), "--out", str(tmp_path / "l"),
+                     "--stages", "1", "--max-steps", "1", "--eval-batches", "1",
+                     "--batch-size", "2", "--n-embd", "16", "--block-size", "8",
+                     "--no-progress", "--jobs", "1"]) == 130
+        assert signal.getsignal(signal.SIGTERM) is default_action  # given back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capsys.readouterr().err.endswith("stagegpt ladder: interrupted\n")
+    assert not (tmp_path / "l" / "ladder.md").exists()
+
+
 def test_ladder_cli_prints_the_table_and_checks_flags(markov2, tmp_path, capsys):
     args = ["ladder", "--data", str(markov2), "--out", str(tmp_path / "l"), "--stages", "1,2",
             "--max-steps", "2", "--eval-every", "2", "--eval-batches", "1", "--batch-size", "2",
