@@ -166,6 +166,12 @@ def test_ddp_two_processes_match_one_process(markov1, tmp_path):
     assert single.returncode == 0, single.stderr[-2000:]
     assert_same_weights(final_weights(tmp_path / "ddp"), final_weights(tmp_path / "one"),
                         atol=1e-5)
+    # and the same logged losses: they were rank 0's half of each batch, and its val batches
+    ddp_rows, one_rows = losses(tmp_path / "ddp"), losses(tmp_path / "one")
+    assert [r[0] for r in ddp_rows] == [r[0] for r in one_rows] == [1, 2, 3, 4]
+    for (_, train, val), (_, train_one, val_one) in zip(ddp_rows, one_rows, strict=True):
+        assert train == pytest.approx(train_one, rel=1e-6)
+        assert val == (val_one and pytest.approx(val_one, rel=1e-6))
 
 
 def test_ddp_resume_with_dropout_is_bit_exact(markov1, tmp_path):

@@ -64,6 +64,16 @@ def agree_to_stop(world: int, device: torch.device, time_up: bool,
     return bool(flags[0]), bool(flags[1])
 
 
+def mean_over_ranks(world: int, device: torch.device, value: float) -> float:
+    """The mean of every rank's `value` (a loss on its share of a global batch): the loss
+    of the whole batch, the same for every world size."""
+    if world == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.item() / world
+
+
 PEER_LOST = ("Connection closed by peer", "Connection reset by peer")  # gloo's words
 
 

@@ -52,6 +52,7 @@ from stagegpt.train.config import TrainConfig, check_trainer_arguments
 from stagegpt.train.distributed import (
     agree_to_stop,
     from_every_rank,
+    mean_over_ranks,
     resolve_device,
     world_and_rank,
 )
@@ -206,8 +207,14 @@ class Trainer:
 
     def _fixed_val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         rng = torch.Generator().manual_seed(self.tc.seed + 1)
-        return [sample_batch(self.val_tokens, self.tc.batch_size, self.mc.block_size, rng)
-                for _ in range(self.tc.eval_batches)]
+        return [self._my_rows(self.val_tokens, rng) for _ in range(self.tc.eval_batches)]
+
+    def _my_rows(self, tokens, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's slice of one global batch, so every world size sees the same data."""
+        B = self.tc.batch_size
+        x, y = sample_batch(tokens, B * self.world, self.mc.block_size, rng)
+        rows = slice(self.rank * B, (self.rank + 1) * B)
+        return x[rows].clone(), y[rows].clone()  # not views holding every rank's rows
 
     def _is_main(self) -> bool:
         return self.rank == 0
@@ -220,11 +227,8 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's slice of one global batch, so every world size sees the same data."""
-        B = self.tc.batch_size
-        x, y = sample_batch(self.train_tokens, B * self.world, self.mc.block_size, self.data_rng)
-        rows = slice(self.rank * B, (self.rank + 1) * B)
-        return x[rows].to(self.device), y[rows].to(self.device)
+        x, y = self._my_rows(self.train_tokens, self.data_rng)
+        return x.to(self.device), y.to(self.device)
 
     def _train_step(self) -> float:
         lr = lr_at(self.step, self.tc)
@@ -313,7 +317,7 @@ class Trainer:
                        "to do (raise it to train on)", file=sys.stderr)
         while not (stop or self._signalled_alone()):
             t_step = time.perf_counter()
-            train_loss = self._train_step()
+            train_loss = mean_over_ranks(self.world, self.device, self._train_step())
             self.step += 1
             self._check_finite(train_loss, "loss")
             self.tokens += tokens_per_step
@@ -328,7 +332,8 @@ class Trainer:
             done = self.step == self.tc.max_steps or time_up
             stop = done or signalled
             if self.step % self.tc.eval_every == 0 or done:
-                val_loss = row["val_loss"] = self.evaluate()
+                val_loss = row["val_loss"] = mean_over_ranks(self.world, self.device,
+                                                             self.evaluate())
                 self._check_finite(val_loss, "validation loss")
                 self._after_eval(val_loss)
             if self.step % self.tc.ckpt_every == 0 or stop:
