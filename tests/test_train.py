@@ -227,8 +227,8 @@ def test_a_rank_whose_peer_failed_says_so_in_one_line(markov1, tmp_path):
     assert ddp.returncode != 0
     assert f"stagegpt train: error: cannot create directory {out}/checkpoints" in ddp.stderr
     assert ("stagegpt train: error: process 1 of 2 stopped: another process of this run ended "
-            "first, and its own error says why; fix that and rerun (with --resume if a "
-            "checkpoint was saved)\n") in ddp.stderr
+            "first (its own error, or torchrun's report, says why); fix that and rerun (with "
+            "--resume if a checkpoint was saved)\n") in ddp.stderr
     assert "[rank1]: Traceback" not in ddp.stderr, ddp.stderr[-3000:]
 
 

@@ -155,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
             raise
         world, rank = world_and_rank()
         raise StagegptError(f"process {rank} of {world} stopped: another process of this run "
-                            "ended first, and its own error says why; fix that and rerun "
-                            "(with `resume` if a checkpoint was saved)",
+                            "ended first (its own error, or torchrun's report, says why); fix "
+                            "that and rerun (with `resume` if a checkpoint was saved)",
                             mentions=("resume",)) from None
     finally:
         if distributed:
