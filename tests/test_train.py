@@ -190,6 +190,11 @@ def test_ddp_resume_with_dropout_is_bit_exact(markov1, tmp_path):
     assert "resuming from" in resumed.stderr and "step_00000003" in resumed.stderr
     assert losses(tmp_path / "split") == losses(tmp_path / "full")
     assert_same_weights(final_weights(tmp_path / "split"), final_weights(tmp_path / "full"))
+    full = tmp_path / "full"
+    for checkpoint, ranks in ((step_dirs(full)[-1], 2), (full / "best", 0)):
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        assert len(state.get("torch_rng_ranks", [])) == ranks  # best/ is never resumed
+        assert load_checkpoint(checkpoint).trainer_state["step"] == state["step"]
 
 
 def test_resume_on_another_world_size_keeps_the_global_batch(markov1, tmp_path, capsys):

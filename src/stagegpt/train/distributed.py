@@ -83,9 +83,9 @@ def lost_a_peer(err: BaseException) -> bool:
 
 
 def from_every_rank(world: int, text: str) -> list[str]:
-    """Every rank's `text`, in rank order, on every rank."""
+    """Every rank's `text`, in rank order, on every rank; [] in a single process."""
     if world == 1:
-        return [text]
+        return []
     texts: list = [None] * world
     dist.all_gather_object(texts, text)
     return texts

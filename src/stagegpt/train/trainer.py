@@ -161,7 +161,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.tc)
         self.data_rng = torch.Generator().manual_seed(self.tc.seed)
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
-        self.saved_step, self.rank_rngs = -1, None
+        self.saved_step, self.rank_rngs = -1, []
         self.best_val, self.rows = math.inf, []
         if self.resume_from is not None:
             self._restore(self.resume_from)
@@ -226,9 +226,8 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self._my_rows(self.train_tokens, self.data_rng)
-        return x.to(self.device), y.to(self.device)
+    def _micro_batch(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(self.device) for t in self._my_rows(self.train_tokens, self.data_rng))
 
     def _train_step(self) -> float:
         lr = lr_at(self.step, self.tc)
@@ -399,7 +398,7 @@ class Trainer:
                 "data_rng": rng_to_str(self.data_rng.get_state()),
                 "torch_rng": rng_to_str(torch.get_rng_state()),
                 "world_size": self.world,
-                **({"torch_rng_ranks": self.rank_rngs} if self.world > 1 else {})}
+                **({"torch_rng_ranks": self.rank_rngs} if self.rank_rngs else {})}
 
     def _extra(self) -> dict[str, Any]:
         return {"train": self.tc.to_dict(), "data": str(self.data_dir),
@@ -413,6 +412,7 @@ class Trainer:
         self._write_metrics()
         target = step_dir(self.out_dir, self.step)
         self._write_checkpoint(target, self.optimizer.state_dict())
+        self.rank_rngs = []  # not in best/, written at another step
         prune_step_checkpoints(self.out_dir, KEEP_CHECKPOINTS)
 
     def request_stop(self, signum: int = signal.SIGINT, frame=None) -> None:
