@@ -2,6 +2,8 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import running, wait_for
 from safetensors.torch import load_file
 
 from stagegpt import build_model
@@ -96,6 +99,74 @@ def test_interrupted_ladder_resumes_skipping_finished_stages(markov2, tmp_path, 
         ref = load_file(str(step_dirs(tmp_path / "ref" / f"stage{stage}")[-1] /
                             "model.safetensors"))
         assert all((ours[k] == ref[k]).all() for k in ref)
+
+
+@pytest.mark.parametrize("at_step", [2, 5])
+def test_ctrl_c_while_timing_the_budget_stops_the_ladder(at_step, markov2, tmp_path,
+                                                        monkeypatch):
+    """Ctrl-C in the few steps that turn max_seconds into a step budget: it stopped only
+    the timing, and the ladder trained on with a budget from fewer steps (or, stopped by
+    step 2, raised an IndexError)."""
+    class CtrlCWhileTiming(Trainer):
+        def fit(self):
+            if self.out_dir.name == ".probe3":
+                clock = self.on_step
+                self.on_step = lambda trainer, row: clock(trainer, row) or (
+                    row["step"] == at_step and os.kill(os.getpid(), signal.SIGINT))
+            return super().fit()
+
+    train = TrainConfig(batch_size=4, eval_batches=2)
+    out = tmp_path / "l"
+    with monkeypatch.context() as patch:
+        patch.setattr(ladder, "Trainer", CtrlCWhileTiming)
+        assert ladder.run_ladder(markov2, out, MODEL, train, stages=(3,), max_seconds=0.5,
+                                 progress=False, sample_tokens=5) is None
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "ladder.json"]  # no probe left
+    rows = ladder.run_ladder(markov2, out, MODEL, train, stages=(3,), max_seconds=0.5,
+                             resume=True, progress=False, sample_tokens=5)
+    budget = json.loads((out / "stage3" / "budget.json").read_text())["max_steps"]
+    assert rows is not None and step_dirs(out / "stage3")[-1].name == f"step_{budget:08d}"
+
+
+def test_resume_removes_what_a_killed_ladder_was_writing(markov2, tmp_path):
+    """A ladder killed while it wrote its table, plot or samples left the temporary file
+    beside them, and every --resume left it there."""
+    train = TrainConfig(max_steps=1, batch_size=2, eval_batches=1, warmup_steps=0)
+    out = tmp_path / "l"
+    assert ladder.run_ladder(markov2, out, MODEL, train, stages=(1,), progress=False,
+                             sample_tokens=2) is not None
+    table = (out / "ladder.csv").read_text()
+    for torn in (".ladder.csv.k1ll3d.tmp", ".ladder.png.x8f2ab.tmp", ".samples.md.q0w9e8.tmp"):
+        (out / torn).write_text("half of it")
+    assert ladder.run_ladder(markov2, out, MODEL, train, stages=(1,), resume=True,
+                             progress=False, sample_tokens=2) is not None
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lock", "ladder.csv", "ladder.json", "ladder.md", "ladder.png", "samples.md", "stage1"]
+    assert (out / "ladder.csv").read_text() == table
+
+
+def test_sigterm_outside_a_stages_training_stops_the_ladder_as_ctrl_c_does(
+        markov2, tmp_path, monkeypatch, capsys):
+    """SIGTERM to `ladder --jobs 1` while it scored or sampled a stage killed it (exit -15,
+    not a word), where a stage in training, or --jobs 2, stopped with 130. Here SIGTERM's
+    default action, which would end pytest too, is a handler that fails the test."""
+    monkeypatch.setattr(ladder, "sample_text",
+                        lambda *args: os.kill(os.getpid(), signal.SIGTERM))
+
+    def default_action(signum, frame):
+        raise AssertionError("SIGTERM would have killed the ladder")
+
+    before = signal.signal(signal.SIGTERM, default_action)
+    try:
+        assert main(["ladder", "--data", str(markov2), "--out", str(tmp_path / "l"),
+                     "--stages", "1", "--max-steps", "1", "--eval-batches", "1",
+                     "--batch-size", "2", "--n-embd", "16", "--block-size", "8",
+                     "--no-progress", "--jobs", "1"]) == 130
+        assert signal.getsignal(signal.SIGTERM) is default_action  # given back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capsys.readouterr().err.endswith("stagegpt ladder: interrupted\n")
+    assert not (tmp_path / "l" / "ladder.md").exists()
 
 
 def test_ladder_cli_prints_the_table_and_checks_flags(markov2, tmp_path, capsys):
@@ -323,3 +394,73 @@ def test_a_dead_worker_is_a_one_line_error_that_says_how_to_go_on(markov2, tmp_p
     with pytest.raises(StagegptError, match="worker process died.*`resume=True`.*`jobs=1`"):
         ladder.run_ladder(markov2, tmp_path / "l", MODEL, train, stages=(1, 3),
                           progress=False, sample_tokens=5, jobs=2)
+
+
+def ladder_argv(data, out, *extra) -> list[str]:
+    """Stages 3 and 4 side by side, in two workers of a thread each."""
+    return ["ladder", "--data", str(data), "--out", str(out), "--stages", "3,4", "--jobs", "2",
+            "--threads", "2", "--eval-batches", "1", "--batch-size", "2", "--n-embd", "16",
+            "--n-layer", "1", "--block-size", "8", "--no-progress", "--sample-tokens", "4",
+            *extra]
+
+
+def start_ladder(data, out, *extra) -> subprocess.Popen:
+    """`stagegpt ladder` in a session of its own, as a terminal's foreground job is."""
+    argv = ladder_argv(data, out, *extra)
+    return subprocess.Popen([sys.executable, "-m", "stagegpt", *argv], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def workers(pid: int) -> list[int]:
+    """The ladder worker processes of the ladder `pid`."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(c) for c in children
+            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_ctrl_c_while_the_workers_start_is_exit_130_without_tracebacks(markov2, tmp_path):
+    """Ctrl-C to the process group while the workers import torch (seconds): each worker
+    printed a KeyboardInterrupt traceback."""
+    ladder_cli = start_ladder(markov2, tmp_path / "l", "--max-steps", "50")
+    wait_for(lambda: len(workers(ladder_cli.pid)) == 2, ladder_cli)
+    os.killpg(ladder_cli.pid, signal.SIGINT)
+    out, err = ladder_cli.communicate(timeout=120)
+    assert ladder_cli.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert out == "ladder interrupted; rerun the same command with --resume to continue\n"
+
+
+def test_workers_of_a_killed_ladder_stop_with_a_checkpoint_and_exit(markov2, tmp_path,
+                                                                     two_threads):
+    """SIGKILL of the ladder's parent: its workers trained their stages on alone to the end,
+    holding the stages' locks (a --resume meanwhile was refused), then waited for work
+    forever. Now each stops after its step with a checkpoint, and --resume ends where an
+    uninterrupted ladder does."""
+    flags = ["--max-steps", "300", "--eval-every", "20", "--ckpt-every", "1000"]
+    out = tmp_path / "l"
+    ladder_cli = start_ladder(markov2, out, *flags)
+    orphans = []
+    try:
+        wait_for(lambda: all((out / f"stage{s}" / "metrics.jsonl").exists() for s in (3, 4)),
+                 ladder_cli)
+        orphans = workers(ladder_cli.pid)
+        ladder_cli.kill()
+        ladder_cli.wait()
+        wait_for(lambda: not any(map(running, orphans)))
+    finally:
+        for pid in filter(running, orphans):
+            os.kill(pid, signal.SIGKILL)
+    assert len(orphans) == 2
+    stopped = [step_dirs(out / f"stage{s}") for s in (3, 4)]
+    assert all(len(found) == 1 and found[0].name != "step_00000300" for found in stopped)
+    assert main(ladder_argv(markov2, out, *flags, "--resume")) == 0
+    assert main(ladder_argv(markov2, tmp_path / "ref", *flags)) == 0
+    for stage in (3, 4):
+        ours, ref = (load_file(str(step_dirs(d / f"stage{stage}")[-1] / "model.safetensors"))
+                     for d in (out, tmp_path / "ref"))
+        assert step_dirs(out / f"stage{stage}")[-1].name == "step_00000300"
+        assert all(torch.equal(ours[k], ref[k]) for k in ref)

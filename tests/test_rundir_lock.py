@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 from stagegpt.cli import main
 from stagegpt.errors import StagegptError
@@ -35,15 +36,6 @@ def start(argv) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "stagegpt", *argv], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
-
-
-def wait_for(condition, process, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"gave up waiting; trainer said {process.stderr.read()!r}")
-        time.sleep(0.05)
 
 
 def holds_lock(out: Path, pid: int) -> bool:

@@ -166,6 +166,75 @@ def test_ddp_two_processes_match_one_process(markov1, tmp_path):
     assert single.returncode == 0, single.stderr[-2000:]
     assert_same_weights(final_weights(tmp_path / "ddp"), final_weights(tmp_path / "one"),
                         atol=1e-5)
+    # and the same logged losses: they were rank 0's half of each batch, and its val batches
+    ddp_rows, one_rows = losses(tmp_path / "ddp"), losses(tmp_path / "one")
+    assert [r[0] for r in ddp_rows] == [r[0] for r in one_rows] == [1, 2, 3, 4]
+    for (_, train, val), (_, train_one, val_one) in zip(ddp_rows, one_rows, strict=True):
+        assert train == pytest.approx(train_one, rel=1e-6)
+        assert val == (val_one and pytest.approx(val_one, rel=1e-6))
+
+
+def test_ddp_resume_with_dropout_is_bit_exact(markov1, tmp_path):
+    """Each rank draws its own dropout masks. A checkpoint held rank 0's RNG state only, and
+    on resume every rank took it: both ranks drew the same masks from then on."""
+    import shutil
+
+    common = ["--data", str(markov1), "--batch-size", "4", "--max-steps", "6", "--eval-every",
+              "3", "--ckpt-every", "3", *DDP_ARGS, "--dropout", "0.1"]
+    full = torchrun("train", "--out", str(tmp_path / "full"), *common)
+    assert full.returncode == 0, full.stderr[-2000:]
+    shutil.copytree(tmp_path / "full", tmp_path / "split")
+    shutil.rmtree(step_dirs(tmp_path / "split")[-1])  # as a run stopped at step 3 leaves it
+    resumed = torchrun("train", "--out", str(tmp_path / "split"), *common, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr and "step_00000003" in resumed.stderr
+    assert losses(tmp_path / "split") == losses(tmp_path / "full")
+    assert_same_weights(final_weights(tmp_path / "split"), final_weights(tmp_path / "full"))
+    full = tmp_path / "full"
+    for checkpoint, ranks in ((step_dirs(full)[-1], 2), (full / "best", 0)):
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        assert len(state.get("torch_rng_ranks", [])) == ranks  # best/ is never resumed
+        assert load_checkpoint(checkpoint).trainer_state["step"] == state["step"]
+
+
+def test_resume_on_another_world_size_keeps_the_global_batch(markov1, tmp_path, capsys):
+    """A 2-process run resumed in one process trained on with half its global batch (the
+    world size was never compared), and the resume that keeps its batches, 1 process x
+    batch 8 for 2 x 4, was refused as another batch_size."""
+    import shutil
+
+    common = ["--data", str(markov1), "--max-steps", "6", "--eval-every", "3", "--ckpt-every",
+              "3", *DDP_ARGS]
+    ddp = torchrun("train", "--out", str(tmp_path / "ddp"), "--batch-size", "4", *common)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    out = tmp_path / "split"
+    shutil.copytree(tmp_path / "ddp", out)
+    shutil.rmtree(step_dirs(out)[-1])  # as a run stopped at step 3 leaves it
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--batch-size", "4", *common, "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"stagegpt train: error: cannot resume {out} on 1 process of batch_size 4: it trained "
+        "on 2 processes of batch_size 4, 8 windows a step; pass --batch-size 8 to go on with "
+        "the same batches\n")
+    assert [p.name for p in step_dirs(out)] == ["step_00000003"]
+    assert main(["train", "--out", str(out), "--batch-size", "8", *common, "--resume"]) == 0
+    assert_same_weights(final_weights(out), final_weights(tmp_path / "ddp"), atol=1e-5)
+
+
+def test_a_rank_whose_peer_failed_says_so_in_one_line(markov1, tmp_path):
+    """Rank 0 cannot write its checkpoint: its one-line error was followed by rank 1's
+    traceback of a gloo 'Connection closed by peer'."""
+    out = tmp_path / "ddp"
+    out.mkdir()
+    (out / "checkpoints").write_text("a file where the checkpoints go")
+    ddp = torchrun("train", "--out", str(out), "--data", str(markov1), "--batch-size", "2",
+                   "--max-steps", "4", "--eval-every", "2", "--ckpt-every", "2", *DDP_ARGS)
+    assert ddp.returncode != 0
+    assert f"stagegpt train: error: cannot create directory {out}/checkpoints" in ddp.stderr
+    assert ("stagegpt train: error: process 1 of 2 stopped: another process of this run ended "
+            "first (its own error, or torchrun's report, says why); fix that and rerun (with "
+            "--resume if a checkpoint was saved)\n") in ddp.stderr
+    assert "[rank1]: Traceback" not in ddp.stderr, ddp.stderr[-3000:]
 
 
 def test_ddp_ranks_stop_together_on_a_time_budget(markov1, tmp_path):

@@ -158,6 +158,9 @@ STATE_CASES = {
         edit_state(data_rng=base64.b64encode(b"\0" * 10).decode()), "10 bytes where"),
     "a list instead of a table": (
         lambda w: (newest(w) / "trainer_state.json").write_text("[]"), "not a table"),
+    "ranks' rng states not a list": (edit_state(torch_rng_ranks="x"),
+                                     "torch_rng_ranks is not a list of RNG states"),
+    "a rank's rng state damaged": (edit_state(torch_rng_ranks=["not base64!"]), "an RNG state"),
 }
 
 

@@ -6,7 +6,8 @@ simply `--name-with-dashes`. Every flag or argument naming a file, a dir or a pr
 (PATH_AND_NAME_DESTS) refuses an empty value, which would otherwise mean the current dir
 or a default; --threads takes 1 to MAX_THREADS. User errors (`StagegptError`, named by
 flag) and failed file operations (`OSError`: a full disk, a read-only or forbidden path)
-become one line on stderr and exit code 2; `--debug` shows the traceback instead.
+become one line on stderr and exit code 2; `--debug` shows the traceback instead. Ctrl-C
+and SIGTERM end a verb with code 130 (a trainer first finishes its step and saves).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import contextlib
 import errno
 import importlib
 import os
+import signal
 import sys
 
 from stagegpt import __version__
 from stagegpt.errors import StagegptError
+from stagegpt.train.signals import signals_to
 
 # verb -> module in stagegpt.cli (`inspect_cmd`: no module may be named like the stdlib's)
 VERBS = {"prepare": "prepare", "train": "train", "sample": "sample", "ladder": "ladder",
@@ -153,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
         configure_process()
     try:
-        return int(args.run(args) or 0)
+        with signals_to(signal.default_int_handler, (signal.SIGTERM,)):  # stops as Ctrl-C does
+            return int(args.run(args) or 0)
     except StagegptError as err:
         if args.debug:
             raise

@@ -140,7 +140,7 @@ def check_toml_stage(toml: dict, stage: int | None, path: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stagegpt.train.distributed import init_distributed
+    from stagegpt.train.distributed import init_distributed, lost_a_peer, world_and_rank
     from stagegpt.train.trainer import Trainer
 
     model_config, train_config = configs_from_args(args)
@@ -150,6 +150,14 @@ def run(args: argparse.Namespace) -> int:
                           resume=args.resume, progress=not args.no_progress,
                           fast=not args.no_fast)
         result = trainer.fit()
+    except RuntimeError as err:
+        if not (distributed and lost_a_peer(err)):
+            raise
+        world, rank = world_and_rank()
+        raise StagegptError(f"process {rank} of {world} stopped: another process of this run "
+                            "ended first (its own error, or torchrun's report, says why); fix "
+                            "that and rerun (with `resume` if a checkpoint was saved)",
+                            mentions=("resume",)) from None
     finally:
         if distributed:
             import torch.distributed as dist

@@ -33,7 +33,7 @@ from stagegpt.tools.ladder_jobs import train_side_by_side
 from stagegpt.train.config import TrainConfig
 from stagegpt.train.distributed import env_world
 from stagegpt.train.plots import plot_curves
-from stagegpt.train.rundir import RunLock, check_apart, read_metrics
+from stagegpt.train.rundir import RunLock, check_apart, clean_stale_temp_dirs, read_metrics
 from stagegpt.train.trainer import Trainer
 
 SETTINGS_FILE = "ladder.json"
@@ -95,14 +95,16 @@ def _differences(previous: Any, settings: dict) -> str:
 
 
 def steps_for_seconds(stage: int, model_config: ModelConfig, train_config: TrainConfig,
-                      data_dir: Path, seconds: float, scratch: Path, fast: bool = True) -> int:
-    """Time a few steps of `stage` to turn a time budget into a step budget.
+                      data_dir: Path, seconds: float, scratch: Path,
+                      fast: bool = True) -> int | None:
+    """Time a few steps of `stage` to turn a time budget into a step budget (None if a
+    signal stopped the timing: Ctrl-C stops the ladder there too).
 
     The step count fixes the learning-rate schedule, so a time budget is converted once,
     before training, and the run stays exactly resumable.
     """
     probe = replace(train_config, max_steps=8, eval_every=10_000, ckpt_every=10_000,
-                    max_seconds=None)
+                    max_seconds=None, warmup_steps=0)  # no note about the probe's schedule
     trainer = Trainer(stage, model_config, probe, data_dir, scratch, progress=False, fast=fast)
     times: list[float] = []
     last = [time.perf_counter()]
@@ -113,7 +115,8 @@ def steps_for_seconds(stage: int, model_config: ModelConfig, train_config: Train
         last[0] = now
 
     trainer.on_step = clock
-    trainer.fit()
+    if trainer.fit().interrupted:
+        return None
     per_step = sorted(times[2:])[len(times[2:]) // 2]  # median, past the warm-up steps
     return max(1, int(seconds / per_step))
 
@@ -228,9 +231,11 @@ class StageJob:
         run_dir = self.out_dir / f"stage{stage}"
         config = self.train_config
         if self.max_seconds is not None:
-            config = replace(config, max_steps=_budget(stage, self.model_config, config,
-                                                       self.data_dir, self.max_seconds,
-                                                       run_dir, self.fast))
+            steps = _budget(stage, self.model_config, config, self.data_dir,
+                            self.max_seconds, run_dir, self.fast)
+            if steps is None:
+                return None
+            config = replace(config, max_steps=steps)
         trainer = Trainer(stage, self.model_config, config, self.data_dir, run_dir,
                           resume=True, progress=self.progress and on_step is None,
                           on_step=on_step, fast=self.fast)
@@ -283,6 +288,7 @@ def _run(job: StageJob, meta: dict, stages, resume: bool,
     settings["max_seconds"] = job.max_seconds
     _check_settings(job.out_dir, settings, resume)
     ensure_dir(job.out_dir)
+    clean_stale_temp_dirs(job.out_dir)  # the table, plot or samples a killed ladder was writing
     write_json(job.out_dir / SETTINGS_FILE, settings)
     if jobs == 1 or len(stages) == 1:
         results = _train_in_turn(job, stages)
@@ -307,8 +313,10 @@ def _train_in_turn(job: StageJob, stages) -> dict[int, StageResult] | None:
     return results
 
 
-def _budget(stage, model_config, train_config, data_dir, seconds, run_dir, fast) -> int:
-    """Steps for a time budget, measured once per stage and remembered for --resume."""
+def _budget(stage, model_config, train_config, data_dir, seconds, run_dir,
+            fast) -> int | None:
+    """Steps for a time budget, measured once per stage and remembered for --resume (None
+    if interrupted while measuring: nothing is remembered)."""
     path = run_dir / "budget.json"
     if path.exists():
         budget = read_json(path, "ladder budget")
@@ -319,8 +327,12 @@ def _budget(stage, model_config, train_config, data_dir, seconds, run_dir, fast)
         return steps
     scratch = run_dir.parent / f".probe{stage}"
     shutil.rmtree(scratch, ignore_errors=True)
-    steps = steps_for_seconds(stage, model_config, train_config, data_dir, seconds, scratch,
-                              fast)
-    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        steps = steps_for_seconds(stage, model_config, train_config, data_dir, seconds,
+                                  scratch, fast)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if steps is None:
+        return None
     write_json(path, {"max_steps": steps, "seconds": seconds})
     return steps

@@ -10,7 +10,9 @@ Each worker is a fresh interpreter (spawned: forking a process whose OpenMP thre
 run can hang). A worker reports every step to the parent, which draws one progress bar
 per stage. Ctrl-C reaches the whole process group: the workers' trainers stop after their
 step and save a checkpoint, as a lone `stagegpt train` does, and the parent waits for
-them, so `--resume` continues exactly where they stopped.
+them, so `--resume` continues exactly where they stopped. A worker ignores Ctrl-C outside
+its trainer (from its start: it is spawned with SIGINT blocked), and one whose parent
+dies (SIGKILL) stops its stage the same way and exits instead of training on alone.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import multiprocessing
+import multiprocessing.connection
+import os
 import queue
 import signal
+import threading
 
 import torch
 from tqdm import tqdm
@@ -34,6 +39,8 @@ POLL_SECONDS = 0.1
 
 _reports: multiprocessing.Queue | None = None  # a worker's line to the parent
 _stop = None  # set by the parent: finish this step, save, and stop
+_orphaned = threading.Event()  # set in a worker whose parent died: the same, then exit
+_busy = threading.Lock()  # held by a worker while it runs a stage
 
 
 def auto_jobs(stages: int, device: str = "cpu") -> int:
@@ -43,23 +50,48 @@ def auto_jobs(stages: int, device: str = "cpu") -> int:
     return max(1, min(MAX_AUTO_JOBS, stages, torch.get_num_threads()))
 
 
+@contextlib.contextmanager
+def _ctrl_c_held():
+    """SIGINT blocked while workers are spawned, which inherit the mask: a Ctrl-C during
+    their start-up (seconds of imports) raised KeyboardInterrupt tracebacks in them. The
+    parent gets a Ctrl-C that came meanwhile when the block ends."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _start_worker(threads: int, reports, stop) -> None:
     global _reports, _stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # outside training; the trainer stops itself
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # see _ctrl_c_held
     reports.cancel_join_thread()  # a lost progress report must not hold up the exit
     _reports, _stop = reports, stop
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
     torch.set_num_threads(threads)
     configure_process()
+
+
+def _exit_with_parent() -> None:
+    """A worker whose parent was killed trained its stage to the end, holding the stage's
+    lock, then waited for work forever: now its stage stops after the step (a checkpoint
+    saved, as on Ctrl-C) and the worker exits."""
+    multiprocessing.connection.wait([multiprocessing.parent_process().sentinel])
+    _orphaned.set()
+    with _busy:
+        os._exit(1)
 
 
 def _run_stage(job, stage: int):
     def report(trainer, row) -> None:
         _reports.put((stage, row["step"], trainer.tc.max_steps, row["train_loss"],
                       row["val_loss"]))
-        if _stop.is_set():
+        if _stop.is_set() or _orphaned.is_set():
             trainer.request_stop()
 
-    return job.run(stage, on_step=report)
+    with _busy:
+        return job.run(stage, on_step=report)
 
 
 class StageBars:
@@ -103,7 +135,8 @@ def train_side_by_side(job, stages, jobs: int) -> dict | None:
             while waiting or running:
                 while waiting and len(running) < jobs and not stop.is_set():
                     stage = waiting.pop(0)
-                    running[pool.submit(_run_stage, job, stage)] = stage
+                    with _ctrl_c_held():
+                        running[pool.submit(_run_stage, job, stage)] = stage
                 if not running:
                     break
                 for future in _next_done(running, reports, bars):

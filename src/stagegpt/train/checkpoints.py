@@ -299,9 +299,13 @@ def read_trainer_state(directory: Path) -> dict[str, Any]:
         raise refuse("a negative or infinite time")
     if math.isnan(state["best_val"]):
         raise refuse("best_val is nan")
+    ranks = state.get("torch_rng_ranks", [])  # under DDP, every rank's
+    if not isinstance(ranks, list) or not all(isinstance(r, str) for r in ranks):
+        raise refuse("torch_rng_ranks is not a list of RNG states")
     try:
         state["data_rng"] = rng_from_str(state["data_rng"], torch.Generator().get_state())
         state["torch_rng"] = rng_from_str(state["torch_rng"], torch.get_rng_state())
+        state["torch_rng_ranks"] = [rng_from_str(r, torch.get_rng_state()) for r in ranks]
     except ValueError as err:  # binascii.Error is a ValueError
         raise refuse(f"an RNG state: {' '.join(str(err).split())[:60]}") from None
     return state

@@ -64,6 +64,33 @@ def agree_to_stop(world: int, device: torch.device, time_up: bool,
     return bool(flags[0]), bool(flags[1])
 
 
+def mean_over_ranks(world: int, device: torch.device, value: float) -> float:
+    """The mean of every rank's `value` (a loss on its share of a global batch): the loss
+    of the whole batch, the same for every world size."""
+    if world == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.item() / world
+
+
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer")  # gloo's words
+
+
+def lost_a_peer(err: BaseException) -> bool:
+    """Whether a collective failed because another process of the run ended first."""
+    return isinstance(err, RuntimeError) and any(words in str(err) for words in PEER_LOST)
+
+
+def from_every_rank(world: int, text: str) -> list[str]:
+    """Every rank's `text`, in rank order, on every rank; [] in a single process."""
+    if world == 1:
+        return []
+    texts: list = [None] * world
+    dist.all_gather_object(texts, text)
+    return texts
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():

@@ -49,7 +49,13 @@ from stagegpt.train.checkpoints import (
     val_batches_bytes,
 )
 from stagegpt.train.config import TrainConfig, check_trainer_arguments
-from stagegpt.train.distributed import agree_to_stop, resolve_device, world_and_rank
+from stagegpt.train.distributed import (
+    agree_to_stop,
+    from_every_rank,
+    mean_over_ranks,
+    resolve_device,
+    world_and_rank,
+)
 from stagegpt.train.optim import lr_at, make_optimizer
 from stagegpt.train.plots import plot_run
 from stagegpt.train.resume import check_resumable
@@ -145,7 +151,8 @@ class Trainer:
         found = step_dirs(self.out_dir)
         if not found:
             return None
-        check_resumable(found[-1], self.stage, self.mc, self.tc, self.meta, self.out_dir)
+        check_resumable(found[-1], self.stage, self.mc, self.tc, self.meta, self.out_dir,
+                        self.world)
         return found[-1]
 
     def _build(self) -> None:
@@ -154,7 +161,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.tc)
         self.data_rng = torch.Generator().manual_seed(self.tc.seed)
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
-        self.saved_step = -1
+        self.saved_step, self.rank_rngs = -1, []
         self.best_val, self.rows = math.inf, []
         if self.resume_from is not None:
             self._restore(self.resume_from)
@@ -191,7 +198,8 @@ class Trainer:
         self.step, self.tokens = state["step"], state["tokens"]
         self.elapsed, self.best_val = state["elapsed"], state["best_val"]
         self.data_rng.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        own = state.get("torch_rng_ranks", [])  # each DDP rank's dropout stream
+        torch.set_rng_state(own[self.rank] if self.rank < len(own) else state["torch_rng"])
         self.saved_step = self.step
         self.rows = [r for r in read_metrics(self.out_dir) if r["step"] <= self.step]
         if self._is_main():
@@ -199,8 +207,14 @@ class Trainer:
 
     def _fixed_val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         rng = torch.Generator().manual_seed(self.tc.seed + 1)
-        return [sample_batch(self.val_tokens, self.tc.batch_size, self.mc.block_size, rng)
-                for _ in range(self.tc.eval_batches)]
+        return [self._my_rows(self.val_tokens, rng) for _ in range(self.tc.eval_batches)]
+
+    def _my_rows(self, tokens, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's slice of one global batch, so every world size sees the same data."""
+        B = self.tc.batch_size
+        x, y = sample_batch(tokens, B * self.world, self.mc.block_size, rng)
+        rows = slice(self.rank * B, (self.rank + 1) * B)
+        return x[rows].clone(), y[rows].clone()  # not views holding every rank's rows
 
     def _is_main(self) -> bool:
         return self.rank == 0
@@ -212,12 +226,8 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's slice of one global batch, so every world size sees the same data."""
-        B = self.tc.batch_size
-        x, y = sample_batch(self.train_tokens, B * self.world, self.mc.block_size, self.data_rng)
-        rows = slice(self.rank * B, (self.rank + 1) * B)
-        return x[rows].to(self.device), y[rows].to(self.device)
+    def _micro_batch(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(self.device) for t in self._my_rows(self.train_tokens, self.data_rng))
 
     def _train_step(self) -> float:
         lr = lr_at(self.step, self.tc)
@@ -306,7 +316,7 @@ class Trainer:
                        "to do (raise it to train on)", file=sys.stderr)
         while not (stop or self._signalled_alone()):
             t_step = time.perf_counter()
-            train_loss = self._train_step()
+            train_loss = mean_over_ranks(self.world, self.device, self._train_step())
             self.step += 1
             self._check_finite(train_loss, "loss")
             self.tokens += tokens_per_step
@@ -321,7 +331,8 @@ class Trainer:
             done = self.step == self.tc.max_steps or time_up
             stop = done or signalled
             if self.step % self.tc.eval_every == 0 or done:
-                val_loss = row["val_loss"] = self.evaluate()
+                val_loss = row["val_loss"] = mean_over_ranks(self.world, self.device,
+                                                             self.evaluate())
                 self._check_finite(val_loss, "validation loss")
                 self._after_eval(val_loss)
             if self.step % self.tc.ckpt_every == 0 or stop:
@@ -386,7 +397,8 @@ class Trainer:
                 "best_val": self.best_val, "max_steps": self.tc.max_steps,
                 "data_rng": rng_to_str(self.data_rng.get_state()),
                 "torch_rng": rng_to_str(torch.get_rng_state()),
-                "world_size": self.world}
+                "world_size": self.world,
+                **({"torch_rng_ranks": self.rank_rngs} if self.rank_rngs else {})}
 
     def _extra(self) -> dict[str, Any]:
         return {"train": self.tc.to_dict(), "data": str(self.data_dir),
@@ -394,11 +406,13 @@ class Trainer:
 
     def _save_step_checkpoint(self) -> None:
         self.saved_step = self.step
+        self.rank_rngs = from_every_rank(self.world, rng_to_str(torch.get_rng_state()))
         if not self._is_main():
             return
         self._write_metrics()
         target = step_dir(self.out_dir, self.step)
         self._write_checkpoint(target, self.optimizer.state_dict())
+        self.rank_rngs = []  # not in best/, written at another step
         prune_step_checkpoints(self.out_dir, KEEP_CHECKPOINTS)
 
     def request_stop(self, signum: int = signal.SIGINT, frame=None) -> None:
