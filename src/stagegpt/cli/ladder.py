@@ -15,6 +15,7 @@ in OUT/stage{N}, so `stagegpt sample --ckpt OUT/stage5` works. Interrupt it any 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                       sample_tokens=args.sample_tokens, progress=not args.no_progress,
                       fast=not args.no_fast, jobs=jobs)
     if rows is None:
-        print("ladder interrupted; rerun the same command with --resume to continue")
+        print("ladder interrupted; rerun the same command with --resume to continue",
+              file=sys.stderr)
         return 130
     table = Path(args.out) / "ladder.md"
     print(f"{table}:\n\n{table.read_text(encoding='utf-8')}")
