@@ -52,7 +52,7 @@ def assert_same_weights(a, b, atol=0.0):
             assert torch.allclose(a[key], b[key], atol=atol), key
 
 
-def test_interrupted_and_resumed_run_is_bit_exact(markov1, tmp_path):
+def test_interrupted_and_resumed_run_is_bit_exact(markov1, tmp_path, capsys):
     assert main(train_args(markov1, tmp_path / "full", 10)) == 0
 
     def interrupt_at_5(trainer, row):
@@ -65,6 +65,8 @@ def test_interrupted_and_resumed_run_is_bit_exact(markov1, tmp_path):
     first = Trainer(5, model_config, train_config, markov1, tmp_path / "split", progress=False,
                     on_step=interrupt_at_5).fit()
     assert first.interrupted and first.step == 5
+    assert capsys.readouterr().err.endswith("stage 5 stopped at step 5; checkpoint saved. "
+                                            "Continue with the same command plus --resume.\n")
     assert [int(p.name.split("_")[1]) for p in step_dirs(tmp_path / "split")] == [5]
     assert main(train_args(markov1, tmp_path / "split", 10, "--resume")) == 0
 

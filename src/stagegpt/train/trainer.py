@@ -350,7 +350,7 @@ class Trainer:
             self._save_step_checkpoint()
         interrupted = self.step < self.tc.max_steps and not time_up
         if interrupted and self._is_main():
-            tqdm.write(f"stopped at step {self.step}; checkpoint saved. "
+            tqdm.write(f"stage {self.stage} stopped at step {self.step}; checkpoint saved. "
                        f"Continue with the same command plus --resume.", file=sys.stderr)
         if self.rows and val_loss is None:  # a finished run resumed: report its last figures
             train_loss = self.rows[-1]["train_loss"]
