@@ -430,7 +430,7 @@ BAD_INPUTS = {
     "sample: damaged vocab.json": (
         SAMPLE, lambda w, mp: (edit_json(newest(w) / "config.json", tokenizer={"kind": "char"}),
                                (newest(w) / "vocab.json").write_text("[1, 2]")),
-        "no list of characters"),
+        "no list of single characters"),
     "sample: boolean weights": (
         SAMPLE, lambda w, mp: retype_weights(newest(w) / "model.safetensors", torch.bool),
         "is a bool tensor"),

@@ -36,6 +36,14 @@ def vocab_beyond_the_tokenizer(w):
     edit_json(w / "data" / "meta.json", vocab_size=65536, tokenizer=data["tokenizer"])
 
 
+def vocab_json_of_pieces(w):
+    """16 distinct characters in 15 entries: joined, they would pass for 16 ids, every id
+    after "ab" shifted by one."""
+    meta(tokenizer={"kind": "char", "vocab_size": 16})(w)
+    pieces = ["ab", *"cdefghijklmnop"]
+    (w / "data" / "vocab.json").write_text(json.dumps({"chars": pieces}))
+
+
 def train_bin_a_directory(w):
     (w / "data" / "train.bin").unlink()
     (w / "data" / "train.bin").mkdir()
@@ -46,7 +54,9 @@ CASES = {
                                                      "meta.json says"),
     "char vocabulary with repeats": (
         meta(tokenizer={"kind": "char", "vocab_size": 16, "chars": "a" * 16}),
-        "the char tokenizer in .*/data has no list of characters, or repeats one"),
+        "the char tokenizer in .*/data has no list of single characters, or repeats one"),
+    "char vocabulary with a two-character entry": (
+        vocab_json_of_pieces, "the char tokenizer in .*/data has no list of single characters"),
     "vocab_size larger than the tokenizer's": (vocab_beyond_the_tokenizer,
                                                "tokenizer has 16 tokens but meta.json says "
                                                "vocab_size 65536"),

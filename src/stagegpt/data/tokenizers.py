@@ -362,12 +362,13 @@ def load_tokenizer(spec: dict[str, Any], directory: str | Path | None = None) ->
                 raise StagegptError("a char tokenizer spec without chars needs its directory")
             vocab = read_json(Path(directory) / "vocab.json", "char vocabulary")
             chars = vocab.get("chars") if isinstance(vocab, dict) else None
-            if isinstance(chars, list) and all(isinstance(c, str) for c in chars):
+            if isinstance(chars, list) and all(isinstance(c, str) and len(c) == 1
+                                               for c in chars):  # one character per id
                 chars = "".join(chars)
         if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
-            raise StagegptError(f"the char tokenizer{where} has no list of characters, or "
-                                "repeats one (its vocab.json or spec is damaged); prepare the "
-                                "data again")
+            raise StagegptError(f"the char tokenizer{where} has no list of single characters, "
+                                "or repeats one (its vocab.json or spec is damaged); prepare "
+                                "the data again")
         tokenizer = CharTokenizer(chars)
     elif kind == "bpe":
         if directory is None:
