@@ -23,17 +23,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from stagegpt.data.datasets import (
-    check_ids_fit,
-    load_split,
-    load_tokenizer_from_data,
-    read_meta,
-    sample_batch,
-)
+from stagegpt.data.datasets import sample_batch
 from stagegpt.errors import StagegptError
 from stagegpt.fast import FastModel, accelerate, cpu
 from stagegpt.fileio import write_text
-from stagegpt.limits import check_fits
 from stagegpt.model import LanguageModel, ModelConfig, build_model
 from stagegpt.model.layers import eval_mode
 from stagegpt.train.checkpoints import (
@@ -45,8 +38,6 @@ from stagegpt.train.checkpoints import (
     read_weights,
     rng_to_str,
     save_checkpoint,
-    training_bytes,
-    val_batches_bytes,
 )
 from stagegpt.train.config import TrainConfig, check_trainer_arguments
 from stagegpt.train.distributed import (
@@ -59,6 +50,7 @@ from stagegpt.train.distributed import (
 from stagegpt.train.optim import lr_at, make_optimizer
 from stagegpt.train.plots import plot_run
 from stagegpt.train.resume import check_resumable
+from stagegpt.train.run_data import load_run_data
 from stagegpt.train.rundir import (
     RunLock,
     check_apart,
@@ -113,33 +105,9 @@ class Trainer:
 
     def _load_data(self, model_config: ModelConfig) -> None:
         """Read and check the data dir: meta, mc, the splits, the tokenizer."""
-        self.meta = read_meta(self.data_dir)
-        self.mc = ModelConfig.from_dict({**model_config.to_dict(),
-                                         "vocab_size": self.meta["vocab_size"]})
-        self.train_tokens = load_split(self.data_dir, "train")
-        self.val_tokens = load_split(self.data_dir, "val")
-        self._check_data_fits()
-        mc, tc = self.mc, self.tc
-        check_fits(training_bytes(self.stage, mc, tc) + val_batches_bytes(mc, tc),
-                   f"training stage {self.stage} with batch {tc.batch_size} x {mc.block_size} "
-                   f"tokens and {tc.eval_batches} validation batches",
-                   "use a smaller model or batch, or fewer validation batches (eval_batches)")
-        self._check_ids()
-        self.tokenizer = load_tokenizer_from_data(self.data_dir)
-
-    def _check_data_fits(self) -> None:
-        T = self.mc.block_size
-        for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
-            if len(tokens) <= T + 1:
-                raise StagegptError(
-                    f"block_size {T} needs more than {T + 1} tokens, but the {split} split of "
-                    f"{self.data_dir} has {len(tokens)}; use a smaller block_size or more text",
-                    "block_size")
-
-    def _check_ids(self) -> None:
-        """Every id of both splits must be in the model's vocabulary (one pass over each)."""
-        for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
-            check_ids_fit(tokens, self.mc.vocab_size, f"{self.data_dir}/{split}.bin")
+        data = load_run_data(self.data_dir, self.stage, model_config, self.tc)
+        self.meta, self.mc, self.tokenizer = data.meta, data.model_config, data.tokenizer
+        self.train_tokens, self.val_tokens = data.train_tokens, data.val_tokens
 
     def _find_resume(self, resume: bool) -> Path | None:
         if not run_exists(self.out_dir):
