@@ -6,11 +6,12 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import closing
+from contextlib import closing, contextmanager
 
 import pytest
 import torch
@@ -311,9 +312,9 @@ def test_play_cli_refuses_a_missing_or_damaged_ladder(tmp_path, capsys, table, m
     assert f"stagegpt play: error: {message.format(dir=ladder)}" in capsys.readouterr().err
 
 
-def test_play_cli_serves_and_stops_cleanly_on_sigterm(ladder):
-    """SIGTERM in the middle of a stream: the stream ends with an event saying so (or has
-    just finished), the server exits 0 and prints no traceback."""
+@contextmanager
+def play_command(ladder):
+    """`stagegpt play --ladder LADDER` in a process: (the process, its URL)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-m", "stagegpt", "play", "--ladder", str(ladder),
                "--port", "0", "--threads", "1"]
@@ -322,24 +323,51 @@ def test_play_cli_serves_and_stops_cleanly_on_sigterm(ladder):
         try:
             line = server.stdout.readline()
             assert line.startswith("stagegpt play: serving stages 3, 5 at http://127.0.0.1:")
-            url = line.split(" at ")[1].split()[0]
-            with closing(urllib.request.urlopen(url + "api/models", timeout=30)) as response:
-                assert len(json.load(response)["models"]) == 2
-            body = json.dumps({"max_new_tokens": 1024}).encode()
-            request = urllib.request.Request(url + "api/generate", body, method="POST",
-                                             headers={"Content-Type": "application/json"})
-            with closing(urllib.request.urlopen(request, timeout=30)) as stream:
-                assert stream.readline() == b"event: prompt\n"
-                server.send_signal(signal.SIGTERM)
-                rest = stream.read().decode()
-            out, err = server.communicate(timeout=60)
+            yield server, line.split(" at ")[1].split()[0]
         finally:
             server.kill()
-    assert rest.endswith('event: done\ndata: {"stage": 3}\n\n') or rest.endswith(
-        'event: error\ndata: {"message": "the server stopped"}\n\n'), rest[-200:]
+
+
+def assert_stopped_cleanly(server):
+    out, err = server.communicate(timeout=60)
     assert server.returncode == 0, err
     assert out.strip() == "stagegpt play: stopped"
     assert "Traceback" not in err and "error" not in err.lower(), err
+
+
+def test_play_cli_serves_and_stops_cleanly_on_sigterm(ladder):
+    """SIGTERM in the middle of a stream: the stream ends with an event saying so (or has
+    just finished), the server exits 0 and prints no traceback."""
+    with play_command(ladder) as (server, url):
+        with closing(urllib.request.urlopen(url + "api/models", timeout=30)) as response:
+            assert len(json.load(response)["models"]) == 2
+        body = json.dumps({"max_new_tokens": 1024}).encode()
+        request = urllib.request.Request(url + "api/generate", body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with closing(urllib.request.urlopen(request, timeout=30)) as stream:
+            assert stream.readline() == b"event: prompt\n"
+            server.send_signal(signal.SIGTERM)
+            rest = stream.read().decode()
+        assert_stopped_cleanly(server)
+    assert rest.endswith('event: done\ndata: {"stage": 3}\n\n') or rest.endswith(
+        'event: error\ndata: {"message": "the server stopped"}\n\n'), rest[-200:]
+
+
+def test_stopping_while_a_body_is_still_arriving_answers_503_without_a_traceback(ladder):
+    """A client that has sent half its body when the server stops gets 503 at once; the
+    server neither waits for the rest nor cancels the request with a traceback."""
+    with play_command(ladder) as (server, url):
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: 100\r\n"
+                           b'\r\n{"prompt": "To')
+            time.sleep(0.5)  # the server is waiting for the rest of the body
+            server.send_signal(signal.SIGTERM)
+            answer = client.makefile("rb").read().decode()
+        assert_stopped_cleanly(server)
+    assert answer.startswith("HTTP/1.1 503 ")
+    assert answer.endswith('{"error":"the server is stopping"}')
 
 
 def test_a_client_that_leaves_mid_body_is_a_stagegpt_error_not_a_traceback():

@@ -10,7 +10,8 @@ A bad request gets HTTP 400 and {"error": one line}; a full worker gets HTTP 503
 must say `Content-Type: application/json` (else 415), so that another site's page cannot
 send one without the browser first asking this server, which never agrees; one whose
 Origin is another site's gets 403. The model work runs on the `ModelWorker` thread; the
-event loop only parses and relays.
+event loop only parses and relays. When the server stops (`app.state.stopping`, set by
+`serve`), a body still arriving gets 503 at once instead of holding the stop up.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 
 def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette:
     """The ASGI app serving `served` (loaded by the caller) through `worker`."""
+    stopping = asyncio.Event()
 
     async def index(_request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
@@ -61,7 +63,7 @@ def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette
 
     async def generate(request: Request) -> Response:
         try:
-            checked = generate_request(parse_body(await read_body(request)), served)
+            checked = generate_request(parse_body(await read_body(request, stopping)), served)
             job, inbox = submit(worker, generation_events(served[checked.stage], checked))
         except Refused as err:
             return error(err.status, str(err))
@@ -74,7 +76,7 @@ def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette
 
     async def attention(request: Request) -> Response:
         try:
-            checked = attention_request(parse_body(await read_body(request)), served)
+            checked = attention_request(parse_body(await read_body(request, stopping)), served)
             job, inbox = submit(worker, attention_events(served[checked.stage], checked))
         except Refused as err:
             return error(err.status, str(err))
@@ -94,8 +96,10 @@ def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette
               Route("/api/generate", generate, methods=["POST"]),
               Route("/api/attention", attention, methods=["POST"]),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    return Starlette(routes=routes,
-                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS)])
+    app = Starlette(routes=routes,
+                    middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS)])
+    app.state.stopping = stopping
+    return app
 
 
 def error(status: int, message: str) -> Response:
@@ -124,10 +128,25 @@ def check_sender(request: Request) -> None:
                       "answers its own page only")
 
 
-async def read_body(request: Request) -> bytes:
+async def read_body(request: Request, stopping: asyncio.Event | None = None) -> bytes:
     """The body of a JSON POST from this page or a local client, read no further than
-    MAX_BODY_BYTES + 1 bytes."""
+    MAX_BODY_BYTES + 1 bytes; Refused (503) once `stopping` is set."""
     check_sender(request)
+    if stopping is None:
+        return await _read_capped(request)
+    reading, stop = asyncio.ensure_future(_read_capped(request)), asyncio.ensure_future(
+        stopping.wait())
+    try:
+        await asyncio.wait((reading, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (reading, stop):
+            task.cancel()
+    if not reading.done() or reading.cancelled():
+        raise Refused(503, "the server is stopping")
+    return reading.result()
+
+
+async def _read_capped(request: Request) -> bytes:
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
@@ -189,12 +208,18 @@ def serve(served: dict[int, ServedModel], sock: socket.socket, capacity: int = 3
 
     worker = ModelWorker(capacity)
 
+    app = create_app(served, worker)
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: object) -> None:
             super().handle_exit(sig, frame)
             worker.stop(timeout=None)  # open streams end now, so uvicorn need not cancel them
 
-    config = uvicorn.Config(create_app(served, worker), log_level="warning", lifespan="off",
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app.state.stopping.set()  # so are bodies still arriving: nothing is cancelled
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=5)
     # uvicorn raises the stop signal again once it has shut down, into the handler that was
     # there before it: make that one a no-op, so that a stop ends `serve` normally.
