@@ -281,6 +281,21 @@ def test_models_page_and_static_files(client, ladder):
     assert client.get("/static/../catalog.py").status_code == 404
 
 
+@pytest.mark.parametrize("method, path, status, message", [
+    ("GET", "/api/generate", 405, "GET '/api/generate' is not allowed; use POST"),
+    ("DELETE", "/api/models", 405, "DELETE '/api/models' is not allowed; use "),
+    ("GET", "/api/nothing", 404, "GET '/api/nothing' is not here; the playground serves GET /"),
+    ("GET", "/static/missing.js", 404, "is not here"),
+])
+def test_a_path_or_method_not_served_gets_json_saying_what_is(client, method, path, status,
+                                                               message):
+    response = client.request(method, path)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    if status == 405:
+        assert response.headers["allow"]
+
+
 def test_other_host_names_are_refused(served):
     worker = ModelWorker(capacity=1)
     with TestClient(create_app(served, worker), base_url="http://attacker.example") as client:

@@ -6,7 +6,8 @@
     POST /api/generate    server-sent events: "prompt", "token" ..., "done" (or "error")
     POST /api/attention   one head's attention weights over a list of token ids (JSON)
 
-A bad request gets HTTP 400 and {"error": one line}; a full worker gets HTTP 503. A POST
+A bad request gets HTTP 400 and {"error": one line} (a path or method not served: 404 or
+405, the same way); a full worker gets HTTP 503. A POST
 must say `Content-Type: application/json` (else 415), so that another site's page cannot
 send one without the browser first asking this server, which never agrees; one whose
 Origin is another site's gets 403. The model work runs on the `ModelWorker` thread; the
@@ -25,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect, Request
@@ -96,7 +98,7 @@ def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette
               Route("/api/generate", generate, methods=["POST"]),
               Route("/api/attention", attention, methods=["POST"]),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    app = Starlette(routes=routes,
+    app = Starlette(routes=routes, exception_handlers={404: not_here, 405: not_here},
                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS)])
     app.state.stopping = stopping
     return app
@@ -105,6 +107,17 @@ def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette
 def error(status: int, message: str) -> Response:
     headers = {"Retry-After": "1"} if status == 503 else None
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def not_here(request: Request, exc: HTTPException) -> Response:
+    """A path or method the playground does not serve, as JSON that says what it does."""
+    what = f"{request.method} {request.url.path[:60]!r}"
+    if exc.status_code == 405:
+        message = f"{what} is not allowed; use {exc.headers['Allow']}"
+    else:
+        message = (f"{what} is not here; the playground serves GET /, GET /api/models, POST "
+                   "/api/generate and POST /api/attention")
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 class Refused(StagegptError):
