@@ -314,6 +314,8 @@ def test_play_cli_checks_its_flags(ladder, capsys, flags, message):
 
 @pytest.mark.parametrize("table, message", [
     (None, "--ladder dir {dir} does not exist"),
+    ("", "--ladder dir {dir} has no ladder.csv; pass the --out dir of `stagegpt ladder` once "
+         "it has finished a stage, or serve one checkpoint with --ckpt"),
     ("stage,val_loss\n", "ladder table {dir}/ladder.csv lists no stage"),
     ("stage,val_loss\n5,nan\n", "ladder table {dir}/ladder.csv has a damaged row"),
     ("stage,val_loss\n12,1.5\n", "ladder table {dir}/ladder.csv has a damaged row"),
@@ -322,6 +324,7 @@ def test_play_cli_refuses_a_missing_or_damaged_ladder(tmp_path, capsys, table, m
     ladder = tmp_path / "ladder"
     if table is not None:
         ladder.mkdir()
+    if table:
         (ladder / "ladder.csv").write_text(table)
     assert main(["play", "--ladder", str(ladder)]) == 2
     assert f"stagegpt play: error: {message.format(dir=ladder)}" in capsys.readouterr().err

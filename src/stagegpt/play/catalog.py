@@ -71,6 +71,10 @@ def read_ladder_table(ladder_dir: Path) -> dict[int, float]:
         raise StagegptError(f"ladder dir {ladder_dir} does not exist; pass the --out dir of "
                             "`stagegpt ladder`", "ladder")
     path = ladder_dir / LADDER_TABLE
+    if not path.exists():
+        raise StagegptError(f"ladder dir {ladder_dir} has no {LADDER_TABLE}; pass the --out dir "
+                            "of `stagegpt ladder` once it has finished a stage, or serve one "
+                            "checkpoint with `ckpt`", "ladder", ("ckpt",))
     text = read_text(path, "ladder table", max_bytes=1 << 20)
     losses: dict[int, float] = {}
     for row in csv.DictReader(io.StringIO(text)):
