@@ -32,14 +32,19 @@ function describe(model) {
   return `stage ${model.stage} (${model.idea}${loss})`;
 }
 
-function requestBody() {
-  const body = { prompt: $("prompt").value };
+// The request's JSON text for one stage. A number typed the way JSON writes it is sent as
+// typed: Number() would round a seed past 2**53 to another seed (2**64 - 1 out of range).
+const JSON_NUMBER = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?$/;
+
+function requestBody(stage) {
+  const parts = [`"stage": ${stage}`, `"prompt": ${JSON.stringify($("prompt").value)}`];
   const fields = { temperature: "temperature", top_k: "top-k", top_p: "top-p",
                    max_new_tokens: "max-new-tokens", seed: "seed" };
   for (const [name, id] of Object.entries(fields)) {
-    if ($(id).value.trim() !== "") body[name] = Number($(id).value);
+    const text = $(id).value.trim();
+    if (text !== "") parts.push(`"${name}": ${JSON_NUMBER.test(text) ? text : JSON.stringify(Number(text))}`);
   }
-  return body;
+  return `{${parts.join(", ")}}`;
 }
 
 async function generate() {
@@ -51,10 +56,9 @@ async function generate() {
   $("outputs").replaceChildren();
   $("details").hidden = true;
   setStatus(`generating with ${stages.map((s) => "stage " + s).join(", ")}…`);
-  const body = requestBody();
   const results = await Promise.all(stages.map((stage) => {
     const column = addColumn(stage);
-    return streamStage(stage, body, column, controller.signal)
+    return streamStage(stage, requestBody(stage), column, controller.signal)
       .catch((err) => controller.signal.aborted
         || showError(column, `the stream broke off (${err.message}); generate again`));
   }));
@@ -77,8 +81,8 @@ function addColumn(stage) {
 
 // POST the request and read its server-sent events as they arrive; true when all went well.
 async function streamStage(stage, body, column, signal) {
-  const response = await fetch("/api/generate", { method: "POST", signal,
-    headers: { "Content-Type": "application/json" }, body: JSON.stringify({ ...body, stage }) });
+  const response = await fetch("/api/generate", { method: "POST", signal, body,
+    headers: { "Content-Type": "application/json" } });
   if (!response.ok) return showError(column, (await response.json()).error);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
