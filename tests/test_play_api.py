@@ -305,7 +305,7 @@ def test_other_host_names_are_refused(served):
 
 @pytest.mark.parametrize("flags, message", [
     (["--port", "70000"], "--port must be between 0 and 65535, got 70000"),
-    (["--queue", "0"], "--queue must be >= 1, got 0"),
+    (["--queue", "0"], "--queue must be an integer >= 1, got 0"),
 ])
 def test_play_cli_checks_its_flags(ladder, capsys, flags, message):
     assert main(["play", "--ckpt", str(ladder / "stage5"), *flags]) == 2
@@ -422,3 +422,26 @@ def test_a_port_in_use_is_named_as_python_and_as_a_flag():
     assert str(refused.value).endswith("pass another `port`")
     assert refused.value.for_flags() == str(refused.value).replace(
         "port", "--port", 1).replace("`port`", "--port")
+
+
+@pytest.mark.parametrize("call, param", [
+    (lambda: load_served(ckpt=5), "ckpt"),
+    (lambda: load_served(ladder=""), "ladder"),
+    (lambda: ModelWorker(capacity="3"), "capacity"),
+    (lambda: ModelWorker(capacity=2.5), "capacity"),
+])
+def test_the_python_api_names_a_bad_argument(call, param):
+    from stagegpt.errors import StagegptError
+
+    with pytest.raises(StagegptError) as refused:
+        call()
+    assert refused.value.param == param and str(refused.value).startswith(param)
+
+
+def test_bind_names_a_bad_port():
+    from stagegpt.errors import StagegptError
+    from stagegpt.play.server import bind
+
+    for port in (-1, 70000, "80", None):
+        with pytest.raises(StagegptError, match=r"^port must be between 0 and 65535, got "):
+            bind(port)

@@ -45,6 +45,7 @@ from stagegpt.play.requests import (
 )
 from stagegpt.play.worker import Busy, Event, Job, ModelWorker
 from stagegpt.train.signals import STOP_SIGNALS
+from stagegpt.values import is_int
 
 STATIC = Path(__file__).parent / "static"
 HOST = "127.0.0.1"
@@ -201,8 +202,14 @@ async def server_sent_events(job: Job, inbox: asyncio.Queue) -> AsyncIterator[st
         job.cancelled.set()
 
 
+def check_port(port: int) -> None:
+    if not is_int(port) or not 0 <= port <= 65535:
+        raise StagegptError(f"port must be between 0 and 65535, got {port!r:.40}", "port")
+
+
 def bind(port: int) -> socket.socket:
     """A listening socket on 127.0.0.1:`port` (0: any free port), or a clear error."""
+    check_port(port)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
