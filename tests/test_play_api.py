@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from contextlib import closing, contextmanager
@@ -264,6 +265,32 @@ def test_stopping_the_worker_ends_open_jobs_and_refuses_new_ones():
     assert set(map(json.dumps, events[:-1])) <= {'{"event": "token"}'}
     with pytest.raises(Busy, match="the server is stopping"):
         worker.submit(iter(()), received.put)
+
+
+def test_an_attention_request_the_stop_cuts_short_gets_503(served):
+    """Admitted, then the server stops before its turn: 503 saying so, not a 500."""
+    gate = threading.Event()
+
+    def blocking():  # holds the worker thread until the gate opens
+        gate.wait(60)
+        yield {"event": "token"}
+
+    worker = ModelWorker(capacity=2)
+    answer = {}
+    with TestClient(create_app(served, worker), base_url=BASE) as client:
+        worker.submit(blocking(), lambda event: None)
+        asking = threading.Thread(target=lambda: answer.update(response=client.post(
+            "/api/attention", json={"stage": 5, "ids": [1, 2]})))
+        asking.start()
+        for _ in range(6000):  # until the request is admitted behind the blocked job
+            if worker._admitted == 2:
+                break
+            time.sleep(0.01)
+        worker.stop(timeout=None)
+        gate.set()
+        asking.join(60)
+    assert answer["response"].status_code == 503
+    assert answer["response"].json() == {"error": "the server stopped"}
 
 
 def test_models_page_and_static_files(client, ladder):

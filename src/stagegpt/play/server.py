@@ -91,8 +91,9 @@ def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette
             result = await inbox.get()
         finally:
             job.cancelled.set()
-        if result is None or result["event"] == "error":
-            return error(500, "no attention" if result is None else result["message"])
+        if result is None or result["event"] == "error":  # the server stopped, or a bug
+            return error(503 if worker.stopping else 500,
+                         "no attention" if result is None else result["message"])
         return JSONResponse(result)
 
     routes = [Route("/", index), Route("/api/models", models),

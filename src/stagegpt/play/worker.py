@@ -69,6 +69,11 @@ class ModelWorker:
         self._inbox.put(job)
         return job
 
+    @property
+    def stopping(self) -> bool:
+        """True once `stop` was called: jobs are refused, and those admitted end."""
+        return self._stopping
+
     def stop(self, timeout: float | None = 5.0) -> None:
         """End every job (each gets an "error" event saying so, then its end) and the
         thread; wait up to `timeout` seconds for it, or not at all with None."""
