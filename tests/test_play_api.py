@@ -194,6 +194,15 @@ def test_only_json_from_this_page_is_answered(client, path, headers, status, mes
     assert client.post(f"/api/{path}", content=body, headers=own_page).status_code == 200
 
 
+def test_a_body_that_starts_with_a_byte_order_mark_is_read(client):
+    """JSON parsers may skip a UTF-8 BOM (RFC 8259); Python's said "decode using utf-8-sig",
+    advice for the server, not the client."""
+    body = b'\xef\xbb\xbf{"stage": 3, "ids": [1, 2]}'
+    response = client.post("/api/attention", content=body,
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 200 and response.json()["stage"] == 3
+
+
 def test_a_temperature_below_fp32s_range_is_greedy_not_nan(served):
     model = served[5].model
     prompt = torch.tensor([served[5].tokenizer.encode("The")])
