@@ -3,14 +3,9 @@
 import csv
 import itertools
 import json
-import os
 import queue
-import signal
-import subprocess
-import sys
+import threading
 import time
-import urllib.request
-from contextlib import closing
 
 import pytest
 import torch
@@ -199,6 +194,15 @@ def test_only_json_from_this_page_is_answered(client, path, headers, status, mes
     assert client.post(f"/api/{path}", content=body, headers=own_page).status_code == 200
 
 
+def test_a_body_that_starts_with_a_byte_order_mark_is_read(client):
+    """JSON parsers may skip a UTF-8 BOM (RFC 8259); Python's said "decode using utf-8-sig",
+    advice for the server, not the client."""
+    body = b'\xef\xbb\xbf{"stage": 3, "ids": [1, 2]}'
+    response = client.post("/api/attention", content=body,
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 200 and response.json()["stage"] == 3
+
+
 def test_a_temperature_below_fp32s_range_is_greedy_not_nan(served):
     model = served[5].model
     prompt = torch.tensor([served[5].tokenizer.encode("The")])
@@ -265,6 +269,32 @@ def test_stopping_the_worker_ends_open_jobs_and_refuses_new_ones():
         worker.submit(iter(()), received.put)
 
 
+def test_an_attention_request_the_stop_cuts_short_gets_503(served):
+    """Admitted, then the server stops before its turn: 503 saying so, not a 500."""
+    gate = threading.Event()
+
+    def blocking():  # holds the worker thread until the gate opens
+        gate.wait(60)
+        yield {"event": "token"}
+
+    worker = ModelWorker(capacity=2)
+    answer = {}
+    with TestClient(create_app(served, worker), base_url=BASE) as client:
+        worker.submit(blocking(), lambda event: None)
+        asking = threading.Thread(target=lambda: answer.update(response=client.post(
+            "/api/attention", json={"stage": 5, "ids": [1, 2]})))
+        asking.start()
+        for _ in range(6000):  # until the request is admitted behind the blocked job
+            if worker._admitted == 2:
+                break
+            time.sleep(0.01)
+        worker.stop(timeout=None)
+        gate.set()
+        asking.join(60)
+    assert answer["response"].status_code == 503
+    assert answer["response"].json() == {"error": "the server stopped"}
+
+
 def test_models_page_and_static_files(client, ladder):
     with open(ladder / "ladder.csv") as f:
         table = {int(r["stage"]): float(r["val_loss"]) for r in csv.DictReader(f)}
@@ -280,99 +310,23 @@ def test_models_page_and_static_files(client, ladder):
     assert client.get("/static/../catalog.py").status_code == 404
 
 
+@pytest.mark.parametrize("method, path, status, message", [
+    ("GET", "/api/generate", 405, "GET '/api/generate' is not allowed; use POST"),
+    ("DELETE", "/api/models", 405, "DELETE '/api/models' is not allowed; use "),
+    ("GET", "/api/nothing", 404, "GET '/api/nothing' is not here; the playground serves GET /"),
+    ("GET", "/static/missing.js", 404, "is not here"),
+])
+def test_a_path_or_method_not_served_gets_json_saying_what_is(client, method, path, status,
+                                                               message):
+    response = client.request(method, path)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    if status == 405:
+        assert response.headers["allow"]
+
+
 def test_other_host_names_are_refused(served):
     worker = ModelWorker(capacity=1)
     with TestClient(create_app(served, worker), base_url="http://attacker.example") as client:
         assert client.get("/api/models").status_code == 400
     worker.stop()
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--port", "70000"], "--port must be between 0 and 65535, got 70000"),
-    (["--queue", "0"], "--queue must be >= 1, got 0"),
-])
-def test_play_cli_checks_its_flags(ladder, capsys, flags, message):
-    assert main(["play", "--ckpt", str(ladder / "stage5"), *flags]) == 2
-    assert capsys.readouterr().err.strip() == f"stagegpt play: error: {message}"
-
-
-@pytest.mark.parametrize("table, message", [
-    (None, "--ladder dir {dir} does not exist"),
-    ("stage,val_loss\n", "ladder table {dir}/ladder.csv lists no stage"),
-    ("stage,val_loss\n5,nan\n", "ladder table {dir}/ladder.csv has a damaged row"),
-    ("stage,val_loss\n12,1.5\n", "ladder table {dir}/ladder.csv has a damaged row"),
-])
-def test_play_cli_refuses_a_missing_or_damaged_ladder(tmp_path, capsys, table, message):
-    ladder = tmp_path / "ladder"
-    if table is not None:
-        ladder.mkdir()
-        (ladder / "ladder.csv").write_text(table)
-    assert main(["play", "--ladder", str(ladder)]) == 2
-    assert f"stagegpt play: error: {message.format(dir=ladder)}" in capsys.readouterr().err
-
-
-def test_play_cli_serves_and_stops_cleanly_on_sigterm(ladder):
-    """SIGTERM in the middle of a stream: the stream ends with an event saying so (or has
-    just finished), the server exits 0 and prints no traceback."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    command = [sys.executable, "-m", "stagegpt", "play", "--ladder", str(ladder),
-               "--port", "0", "--threads", "1"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env) as server:
-        try:
-            line = server.stdout.readline()
-            assert line.startswith("stagegpt play: serving stages 3, 5 at http://127.0.0.1:")
-            url = line.split(" at ")[1].split()[0]
-            with closing(urllib.request.urlopen(url + "api/models", timeout=30)) as response:
-                assert len(json.load(response)["models"]) == 2
-            body = json.dumps({"max_new_tokens": 1024}).encode()
-            request = urllib.request.Request(url + "api/generate", body, method="POST",
-                                             headers={"Content-Type": "application/json"})
-            with closing(urllib.request.urlopen(request, timeout=30)) as stream:
-                assert stream.readline() == b"event: prompt\n"
-                server.send_signal(signal.SIGTERM)
-                rest = stream.read().decode()
-            out, err = server.communicate(timeout=60)
-        finally:
-            server.kill()
-    assert rest.endswith('event: done\ndata: {"stage": 3}\n\n') or rest.endswith(
-        'event: error\ndata: {"message": "the server stopped"}\n\n'), rest[-200:]
-    assert server.returncode == 0, err
-    assert out.strip() == "stagegpt play: stopped"
-    assert "Traceback" not in err and "error" not in err.lower(), err
-
-
-def test_a_client_that_leaves_mid_body_is_a_stagegpt_error_not_a_traceback():
-    """uvicorn reports a client gone mid-upload as a disconnect message: read_body turns
-    it into the one-line error path instead of an exception in the ASGI app."""
-    import asyncio
-
-    from starlette.requests import Request
-
-    from stagegpt.errors import StagegptError
-    from stagegpt.play.server import read_body
-
-    messages = iter([{"type": "http.request", "body": b'{"pro', "more_body": True},
-                     {"type": "http.disconnect"}])
-
-    async def receive():
-        return next(messages)
-
-    scope = {"type": "http", "method": "POST", "path": "/api/generate", "query_string": b"",
-             "headers": [(b"content-type", b"application/json")]}
-    with pytest.raises(StagegptError, match="the client left before sending the whole body"):
-        asyncio.run(read_body(Request(scope, receive)))
-
-
-def test_a_port_in_use_is_named_as_python_and_as_a_flag():
-    from stagegpt.errors import StagegptError
-    from stagegpt.play.server import bind
-
-    with closing(bind(0)) as taken:
-        port = taken.getsockname()[1]
-        with pytest.raises(StagegptError) as refused:
-            bind(port)
-    assert str(refused.value).startswith(f"port {port} on 127.0.0.1 cannot be used")
-    assert str(refused.value).endswith("pass another `port`")
-    assert refused.value.for_flags() == str(refused.value).replace(
-        "port", "--port", 1).replace("`port`", "--port")

@@ -128,3 +128,50 @@ def test_generate_inspect_a_token_switch_heads_and_stages(url, browser, tmp_path
     browser.find_element("id", "generate").click()
     wait_for(browser, lambda d: len(chips(5)) == TOKENS and not chips(3), "stage 5 alone")
     assert len(browser.find_elements("css selector", ".column")) == 1
+    note = browser.find_element("id", "attn-note")  # stage 3's text is gone: so is its map
+    wait_for(browser, lambda d: "stage 3 has no text on screen" in note.text, "the note")
+    assert browser.find_element("id", "heatmap").get_attribute("data-drawn") is None
+
+
+def test_generating_again_mid_stream_replaces_the_first_stream(url, browser):
+    """A second Generate while the first still streams: the first stops, and the tokens the
+    page keeps (whose attention it draws) are exactly the chips on screen."""
+    browser.get(url)
+    wait_for(browser, lambda d: len(d.find_elements("css selector", "#stages input")) == 2,
+             "the stage switcher")
+    tokens = browser.find_element("id", "max-new-tokens")
+    tokens.clear()
+    tokens.send_keys("300")
+    browser.find_element("id", "generate").click()
+    browser.find_element("id", "generate").click()
+    wait_for(browser, lambda d: d.find_element("id", "status").text.startswith("done"),
+             "the end of generation")
+    kept = browser.execute_script("""return [3, 5].map((s) => [texts[s].length,
+        document.querySelectorAll(`.column[data-stage="${s}"] .chip`).length])""")
+    assert kept[0][0] == kept[0][1] and kept[1][0] == kept[1][1], kept
+    assert len(browser.find_elements("css selector", ".column")) == 2
+
+
+def test_a_seed_past_2_to_the_53_is_sent_as_typed(url, browser, tmp_path_factory):
+    """JavaScript numbers hold integers exactly only up to 2**53: the page sends the digits
+    typed, so the largest seed samples what `generate` samples with it."""
+    import torch
+
+    from stagegpt.generation import generate
+
+    seed = 2**64 - 1
+    browser.get(url)
+    wait_for(browser, lambda d: len(d.find_elements("css selector", "#stages input")) == 2,
+             "the stage switcher")
+    browser.find_element("css selector", '#stages input[value="3"]').click()  # stage 5 alone
+    for field, value in (("seed", seed), ("max-new-tokens", 12)):
+        box = browser.find_element("id", field)
+        box.clear()
+        box.send_keys(str(value))
+    browser.find_element("id", "generate").click()
+    wait_for(browser, lambda d: d.find_element("id", "status").text.startswith("done"),
+             "the end of generation")
+    ids = browser.execute_script("return texts[5].map((t) => t.id)")
+    model = load_served(ladder=tiny_ladder(tmp_path_factory))[5].model
+    start = ids[:1]  # the empty prompt's start token
+    assert ids == generate(model, torch.tensor([start]), 12, seed=seed)[0].tolist()

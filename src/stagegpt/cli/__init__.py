@@ -7,7 +7,8 @@ simply `--name-with-dashes`. Every flag or argument naming a file, a dir or a pr
 or a default; --threads takes 1 to MAX_THREADS. User errors (`StagegptError`, named by
 flag) and failed file operations (`OSError`: a full disk, a read-only or forbidden path)
 become one line on stderr and exit code 2; `--debug` shows the traceback instead. Ctrl-C
-and SIGTERM end a verb with code 130 (a trainer first finishes its step and saves).
+and SIGTERM end a verb with code 130 (a trainer first finishes its step and saves; `play`,
+which serves until stopped, exits 0).
 """
 
 from __future__ import annotations

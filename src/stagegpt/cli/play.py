@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import argparse
 
-from stagegpt.errors import StagegptError
-
 HELP = "serve a local web playground: watch a model sample token by token and attend"
 DEFAULT_PORT = 8000
+FLAGS = {"capacity": "--queue"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,14 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 0 <= args.port <= 65535:
-        raise StagegptError(f"--port must be between 0 and 65535, got {args.port}")
-    if args.queue < 1:
-        raise StagegptError(f"--queue must be >= 1, got {args.queue}")
-
     from stagegpt.play.catalog import load_served
-    from stagegpt.play.server import HOST, bind, serve
+    from stagegpt.play.server import HOST, bind, check_port, serve
+    from stagegpt.play.worker import check_capacity
 
+    check_port(args.port)  # before the models load
+    check_capacity(args.queue)
     served = load_served(args.ckpt, args.ladder)
     sock = bind(args.port)
     port = sock.getsockname()[1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,11 @@ def load_served(ckpt: str | Path | None = None,
                 ladder: str | Path | None = None) -> dict[int, ServedModel]:
     """The models to serve, by stage number: a single checkpoint, or a whole ladder."""
     if (ckpt is None) == (ladder is None):
-        raise StagegptError("give a checkpoint (ckpt) or a ladder dir (ladder), not both",
-                            "ckpt")
+        raise StagegptError("give `ckpt` (a checkpoint or run dir) or `ladder` (a ladder's "
+                            "dir), one of the two", mentions=("ckpt", "ladder"))
+    for name, value in (("ckpt", ckpt), ("ladder", ladder)):
+        if value is not None and (not isinstance(value, str | os.PathLike) or not os.fspath(value)):
+            raise StagegptError(f"{name} must name a directory, got {value!r:.40}", name)
     if ckpt is not None:
         served = _load_one(Path(ckpt))
         return {served.stage: served}
@@ -71,6 +75,10 @@ def read_ladder_table(ladder_dir: Path) -> dict[int, float]:
         raise StagegptError(f"ladder dir {ladder_dir} does not exist; pass the --out dir of "
                             "`stagegpt ladder`", "ladder")
     path = ladder_dir / LADDER_TABLE
+    if not path.exists():
+        raise StagegptError(f"ladder dir {ladder_dir} has no {LADDER_TABLE}; pass the --out dir "
+                            "of `stagegpt ladder` once it has finished a stage, or serve one "
+                            "checkpoint with `ckpt`", "ladder", ("ckpt",))
     text = read_text(path, "ladder table", max_bytes=1 << 20)
     losses: dict[int, float] = {}
     for row in csv.DictReader(io.StringIO(text)):

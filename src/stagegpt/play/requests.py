@@ -50,7 +50,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise StagegptError(f"request body is {len(body):,} bytes; the playground takes at "
                             f"most {MAX_BODY_BYTES:,}")
     try:
-        text = body.decode("utf-8")
+        text = body.decode("utf-8-sig")  # JSON may start with a byte order mark
     except UnicodeDecodeError:
         raise StagegptError("request body is not UTF-8 text; send JSON encoded as UTF-8") from None
     try:

@@ -6,11 +6,13 @@
     POST /api/generate    server-sent events: "prompt", "token" ..., "done" (or "error")
     POST /api/attention   one head's attention weights over a list of token ids (JSON)
 
-A bad request gets HTTP 400 and {"error": one line}; a full worker gets HTTP 503. A POST
+A bad request gets HTTP 400 and {"error": one line} (a path or method not served: 404 or
+405, the same way); a full worker gets HTTP 503. A POST
 must say `Content-Type: application/json` (else 415), so that another site's page cannot
 send one without the browser first asking this server, which never agrees; one whose
 Origin is another site's gets 403. The model work runs on the `ModelWorker` thread; the
-event loop only parses and relays.
+event loop only parses and relays. When the server stops (`app.state.stopping`, set by
+`serve`), a body still arriving gets 503 at once instead of holding the stop up.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect, Request
@@ -42,6 +45,7 @@ from stagegpt.play.requests import (
 )
 from stagegpt.play.worker import Busy, Event, Job, ModelWorker
 from stagegpt.train.signals import STOP_SIGNALS
+from stagegpt.values import is_int
 
 STATIC = Path(__file__).parent / "static"
 HOST = "127.0.0.1"
@@ -52,6 +56,7 @@ ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 
 def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette:
     """The ASGI app serving `served` (loaded by the caller) through `worker`."""
+    stopping = asyncio.Event()
 
     async def index(_request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
@@ -61,7 +66,7 @@ def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette
 
     async def generate(request: Request) -> Response:
         try:
-            checked = generate_request(parse_body(await read_body(request)), served)
+            checked = generate_request(parse_body(await read_body(request, stopping)), served)
             job, inbox = submit(worker, generation_events(served[checked.stage], checked))
         except Refused as err:
             return error(err.status, str(err))
@@ -74,7 +79,7 @@ def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette
 
     async def attention(request: Request) -> Response:
         try:
-            checked = attention_request(parse_body(await read_body(request)), served)
+            checked = attention_request(parse_body(await read_body(request, stopping)), served)
             job, inbox = submit(worker, attention_events(served[checked.stage], checked))
         except Refused as err:
             return error(err.status, str(err))
@@ -86,21 +91,35 @@ def create_app(served: dict[int, ServedModel], worker: ModelWorker) -> Starlette
             result = await inbox.get()
         finally:
             job.cancelled.set()
-        if result is None or result["event"] == "error":
-            return error(500, "no attention" if result is None else result["message"])
+        if result is None or result["event"] == "error":  # the server stopped, or a bug
+            return error(503 if worker.stopping else 500,
+                         "no attention" if result is None else result["message"])
         return JSONResponse(result)
 
     routes = [Route("/", index), Route("/api/models", models),
               Route("/api/generate", generate, methods=["POST"]),
               Route("/api/attention", attention, methods=["POST"]),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    return Starlette(routes=routes,
-                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS)])
+    app = Starlette(routes=routes, exception_handlers={404: not_here, 405: not_here},
+                    middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS)])
+    app.state.stopping = stopping
+    return app
 
 
 def error(status: int, message: str) -> Response:
     headers = {"Retry-After": "1"} if status == 503 else None
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def not_here(request: Request, exc: HTTPException) -> Response:
+    """A path or method the playground does not serve, as JSON that says what it does."""
+    what = f"{request.method} {request.url.path[:60]!r}"
+    if exc.status_code == 405:
+        message = f"{what} is not allowed; use {exc.headers['Allow']}"
+    else:
+        message = (f"{what} is not here; the playground serves GET /, GET /api/models, POST "
+                   "/api/generate and POST /api/attention")
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 class Refused(StagegptError):
@@ -124,10 +143,25 @@ def check_sender(request: Request) -> None:
                       "answers its own page only")
 
 
-async def read_body(request: Request) -> bytes:
+async def read_body(request: Request, stopping: asyncio.Event | None = None) -> bytes:
     """The body of a JSON POST from this page or a local client, read no further than
-    MAX_BODY_BYTES + 1 bytes."""
+    MAX_BODY_BYTES + 1 bytes; Refused (503) once `stopping` is set."""
     check_sender(request)
+    if stopping is None:
+        return await _read_capped(request)
+    reading, stop = asyncio.ensure_future(_read_capped(request)), asyncio.ensure_future(
+        stopping.wait())
+    try:
+        await asyncio.wait((reading, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (reading, stop):
+            task.cancel()
+    if not reading.done() or reading.cancelled():
+        raise Refused(503, "the server is stopping")
+    return reading.result()
+
+
+async def _read_capped(request: Request) -> bytes:
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
@@ -169,8 +203,14 @@ async def server_sent_events(job: Job, inbox: asyncio.Queue) -> AsyncIterator[st
         job.cancelled.set()
 
 
+def check_port(port: int) -> None:
+    if not is_int(port) or not 0 <= port <= 65535:
+        raise StagegptError(f"port must be between 0 and 65535, got {port!r:.40}", "port")
+
+
 def bind(port: int) -> socket.socket:
     """A listening socket on 127.0.0.1:`port` (0: any free port), or a clear error."""
+    check_port(port)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -189,12 +229,18 @@ def serve(served: dict[int, ServedModel], sock: socket.socket, capacity: int = 3
 
     worker = ModelWorker(capacity)
 
+    app = create_app(served, worker)
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: object) -> None:
             super().handle_exit(sig, frame)
             worker.stop(timeout=None)  # open streams end now, so uvicorn need not cancel them
 
-    config = uvicorn.Config(create_app(served, worker), log_level="warning", lifespan="off",
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app.state.stopping.set()  # so are bodies still arriving: nothing is cancelled
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=5)
     # uvicorn raises the stop signal again once it has shut down, into the handler that was
     # there before it: make that one a no-op, so that a stop ends `serve` normally.

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from stagegpt.errors import StagegptError
+from stagegpt.values import is_int
 
 log = logging.getLogger("stagegpt.play")
 
@@ -37,10 +38,15 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+def check_capacity(capacity: int) -> None:
+    if not is_int(capacity) or capacity < 1:
+        raise StagegptError(f"capacity must be an integer >= 1, got {capacity!r:.40}",
+                            "capacity")
+
+
 class ModelWorker:
     def __init__(self, capacity: int = 32):
-        if capacity < 1:
-            raise StagegptError(f"capacity must be >= 1, got {capacity}", "capacity")
+        check_capacity(capacity)
         self.capacity = capacity
         self._admitted = 0
         self._stopping = False
@@ -62,6 +68,11 @@ class ModelWorker:
         job = Job(events, deliver)
         self._inbox.put(job)
         return job
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop` was called: jobs are refused, and those admitted end."""
+        return self._stopping
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """End every job (each gets an "error" event saying so, then its end) and the

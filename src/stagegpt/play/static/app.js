@@ -6,6 +6,7 @@ const $ = (id) => document.getElementById(id);
 const VISIBLE = { " ": "␣", "\n": "↵", "\t": "⇥" };
 const models = {};   // stage -> what /api/models says about it
 const texts = {};    // stage -> the tokens on screen: [{id, text, prob, top}]
+let current = null;  // the AbortController of the generation on screen
 
 function visible(text) {
   return [...text].map((ch) => VISIBLE[ch] || ch).join("") || "∅";
@@ -31,23 +32,37 @@ function describe(model) {
   return `stage ${model.stage} (${model.idea}${loss})`;
 }
 
-function requestBody() {
-  const body = { prompt: $("prompt").value };
+// The request's JSON text for one stage. A number typed the way JSON writes it is sent as
+// typed: Number() would round a seed past 2**53 to another seed (2**64 - 1 out of range).
+const JSON_NUMBER = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?$/;
+
+function requestBody(stage) {
+  const parts = [`"stage": ${stage}`, `"prompt": ${JSON.stringify($("prompt").value)}`];
   const fields = { temperature: "temperature", top_k: "top-k", top_p: "top-p",
                    max_new_tokens: "max-new-tokens", seed: "seed" };
   for (const [name, id] of Object.entries(fields)) {
-    if ($(id).value.trim() !== "") body[name] = Number($(id).value);
+    const text = $(id).value.trim();
+    if (text !== "") parts.push(`"${name}": ${JSON_NUMBER.test(text) ? text : JSON.stringify(Number(text))}`);
   }
-  return body;
+  return `{${parts.join(", ")}}`;
 }
 
 async function generate() {
   const stages = [...document.querySelectorAll("#stages input:checked")].map((box) => Number(box.value));
+  if (!stages.length) return setStatus("tick at least one stage to generate with.", true);
+  current?.abort();  // a generation still streaming ends: its columns leave the screen
+  const controller = current = new AbortController();
+  for (const stage of Object.keys(texts)) delete texts[stage];
   $("outputs").replaceChildren();
   $("details").hidden = true;
   setStatus(`generating with ${stages.map((s) => "stage " + s).join(", ")}…`);
-  const body = requestBody();
-  const results = await Promise.all(stages.map((stage) => streamStage(stage, body, addColumn(stage))));
+  const results = await Promise.all(stages.map((stage) => {
+    const column = addColumn(stage);
+    return streamStage(stage, requestBody(stage), column, controller.signal)
+      .catch((err) => controller.signal.aborted
+        || showError(column, `the stream broke off (${err.message}); generate again`));
+  }));
+  if (controller !== current) return;  // a newer generation is on screen now
   if (results.every(Boolean)) setStatus("done. Click a token to see what else the model considered.");
   drawAttention();
 }
@@ -65,14 +80,15 @@ function addColumn(stage) {
 }
 
 // POST the request and read its server-sent events as they arrive; true when all went well.
-async function streamStage(stage, body, column) {
-  const response = await fetch("/api/generate", { method: "POST",
-    headers: { "Content-Type": "application/json" }, body: JSON.stringify({ ...body, stage }) });
+async function streamStage(stage, body, column, signal) {
+  const response = await fetch("/api/generate", { method: "POST", signal, body,
+    headers: { "Content-Type": "application/json" } });
   if (!response.ok) return showError(column, (await response.json()).error);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
+    if (signal.aborted) return false;  // a read that finished just before the abort
     if (done) return true;
     buffer += value;
     let end;
@@ -150,13 +166,20 @@ function fillLayerAndHead() {
 
 async function drawAttention() {
   const stage = Number($("attn-stage").value);
-  const tokens = (texts[stage] || []).slice(-models[stage]?.block_size);
-  if (!tokens.length) return;
+  const shown = texts[stage];
+  const tokens = (shown || []).slice(-models[stage]?.block_size);
+  if (!tokens.length) {  // nothing of this stage's on screen: no map of earlier text either
+    $("heatmap").getContext("2d").clearRect(0, 0, $("heatmap").width, $("heatmap").height);
+    delete $("heatmap").dataset.drawn;
+    $("attn-note").textContent = `stage ${stage} has no text on screen: tick its box and generate.`;
+    return;
+  }
   const body = { stage, ids: tokens.map((t) => t.id),
                  layer: Number($("attn-layer").value), head: Number($("attn-head").value) };
   const response = await fetch("/api/attention", { method: "POST",
     headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   const result = await response.json();
+  if (texts[stage] !== shown) return;  // a new generation replaced that text meanwhile
   if (!response.ok) return setStatus(result.error, true);
   $("attn-note").textContent = `stage ${stage}, layer ${body.layer}, head ${body.head}: row i is how ` +
     "token i spreads its attention over tokens 0..i (each row scaled to its largest weight).";
