@@ -158,6 +158,30 @@ def test_merged_checkpoint_is_plain_and_gives_the_adapted_logits(base, genre, tm
         load_file(step_dirs(base)[-1] / "model.safetensors"))
 
 
+@pytest.mark.parametrize("task", ["classify", "instruct"])
+def test_a_merged_lora_run_loads_where_its_run_does(base, genre, tokenizer, tmp_path, task):
+    """The merged copy of a LoRA run has no lora.json (nothing is left to attach), and
+    classify, chat and sample --chat read it: they refused it as incomplete."""
+    from stagegpt.cli import main
+    from stagegpt.finetune.checkpoint import load_for_chat
+
+    data = genre if task == "classify" else write_word_dir(tmp_path / "words", tokenizer)
+    finetune(base, data, tmp_path / "run", FinetuneSettings(task, lora=LoRAConfig(4, 8.0)),
+             TrainConfig(max_steps=3, lr=1e-2, **QUICK), progress=False)
+    assert main(["merge", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 0
+    merged, run = load_finetuned(tmp_path / "m"), load_finetuned(tmp_path / "run")
+    assert merged.lora is None and merged.info["train"] == "lora"
+    x = torch.randint(0, run.lm.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        assert torch.allclose(merged.lm(x)[0], run.lm(x)[0], atol=1e-5)
+        if task == "classify":
+            lengths = torch.tensor([20, 7])
+            assert torch.allclose(merged.classifier(x, lengths), run.classifier(x, lengths),
+                                  atol=1e-5)
+        else:
+            assert load_for_chat(tmp_path / "m")[0].config == run.lm.config
+
+
 def test_classify_cli_prints_label_and_probabilities(base, genre, tmp_path, capsys):
     from stagegpt.cli import main
 

@@ -183,11 +183,12 @@ def read_head(directory: Path, lm: LanguageModel, labels: list[str]) -> nn.Linea
 
 
 def read_lora(directory: Path, info: dict) -> LoRAConfig | None:
-    """lora.json's settings, or None for a run without LoRA; a LoRA run (by its config's
-    train mode, or its adapters) without them is incomplete."""
+    """lora.json's settings, or None for a run without LoRA or a merged copy of one; a
+    LoRA run (by its config's train mode, or its adapters) without them is incomplete."""
     path = directory / LORA_FILE
     if not path.is_file():
-        if info.get("train") == "lora" or (directory / ADAPTERS_FILE).exists():
+        unmerged_lora = info.get("train") == "lora" and "merged_from" not in info
+        if unmerged_lora or (directory / ADAPTERS_FILE).exists():
             raise StagegptError(f"{directory} is incomplete: {LORA_FILE}, the settings of its "
                                 "LoRA adapters, is missing; restore it or fine-tune again")
         return None
