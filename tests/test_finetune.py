@@ -358,6 +358,26 @@ def test_resuming_on_another_base_is_refused_before_anything_is_written(
                     progress=False)["steps"] == 1
 
 
+def test_resuming_on_other_records_is_refused_before_anything_is_written(
+        base, genre, tokenizer, finished, tmp_path):
+    """The records are fingerprinted like pretraining text: a resume on another data dir
+    (same task and labels) went on silently and rewrote results.json with its scores."""
+    import shutil
+
+    from stagegpt.errors import StagegptError
+
+    run = finished["root"] / "head"
+    before = read_tree(run)
+    other = write_genre_dir(tmp_path / "other", tokenizer, n_train=60, n_eval=20)
+    with pytest.raises(StagegptError, match="cannot resume .* on other data") as refused:
+        finetune(base, other, run, RESUMABLE["head"], ONE_STEP, resume=True, progress=False)
+    assert refused.value.mentions == ("data_dir", "out_dir")
+    assert read_tree(run) == before
+    again = shutil.copytree(genre, tmp_path / "again")  # the same records elsewhere
+    assert finetune(base, again, run, RESUMABLE["head"], ONE_STEP, resume=True,
+                    progress=False)["steps"] == 1
+
+
 @pytest.mark.parametrize("name,settings,changed", [
     ("head", FinetuneSettings("classify", "all"), "train 'head' in the run, 'all' now"),
     ("head", FinetuneSettings("classify", lora=LoRAConfig(2, 4.0)), "train 'head'"),

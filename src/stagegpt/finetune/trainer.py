@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from stagegpt.data.finetune_records import read_finetune_dir
+from stagegpt.data.finetune_records import read_finetune_dir, records_sha256
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import read_json
 from stagegpt.finetune.checkpoint import (
@@ -150,6 +150,7 @@ class FinetuneTrainer(Trainer):
     def _load_data(self, model_config: ModelConfig) -> None:
         self.mc, self.tokenizer = model_config, self.base.tokenizer
         self.meta, records = read_finetune_dir(self.data_dir)
+        self.meta["sha256"] = records_sha256(self.data_dir)  # a resume refuses other records
         task = self.settings.task
         if self.meta["task"] != task:
             raise StagegptError(f"task={task}, but {self.data_dir} holds {self.meta['task']} "
