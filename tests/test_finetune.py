@@ -215,6 +215,23 @@ def test_record_longer_than_the_context_is_refused(base, tokenizer, tmp_path):
                  TrainConfig(max_steps=1, **QUICK), progress=False)
 
 
+def test_an_answer_the_tokenizer_cannot_encode_is_refused_before_training(
+        base, tokenizer, tmp_path):
+    """Exact match encodes each "answer" after training: an answer with a character the
+    base's vocabulary lacks failed then, with no file named and no results.json."""
+    from finetune_data import write_instruct_dir
+
+    from stagegpt.errors import StagegptError
+
+    val = [chat_record("a king word", "king", kind="speaker", answer="king"),
+           chat_record("a king word", "king", kind="speaker", answer="KING!")]
+    data = write_instruct_dir(tmp_path / "d", {"train": val[:1], "val": val}, tokenizer)
+    with pytest.raises(StagegptError, match=r"val.jsonl:2: character 'K'"):
+        finetune(base, data, tmp_path / "run", FinetuneSettings("instruct"),
+                 TrainConfig(max_steps=1, **QUICK), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_adapters_refuse_a_base_whose_weights_changed(base, genre, tmp_path):
     import shutil
 

@@ -420,6 +420,28 @@ def test_unknown_chars_are_refused_dropped_or_replaced(tmp_path, capsys):
     assert sorted(texts) == [f"line {c}  " for c in LETTERS]
 
 
+def test_unknown_chars_of_an_exact_answer_are_counted_too(tmp_path, capsys):
+    """An "answer" is encoded after training (exact match): its characters were not
+    counted, so a dir the char tokenizer could not score was written without a word."""
+    import json
+
+    record = {"messages": [{"role": "user", "content": "name it"},
+                           {"role": "assistant", "content": "line"}],
+              "kind": "speaker", "answer": "line é"}
+    path = _user_file(tmp_path, "a.jsonl", (json.dumps(record) + "\n") * 10)
+    write_classify_dir(tmp_path / "base", CLS, CHARS)
+    argv = ["prepare", "instruct", str(path), "--tokenizer", f"from:{tmp_path / 'base'}",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "--unknown-chars: 10 characters" in capsys.readouterr().err
+    assert main([*argv, "--unknown-chars", "drop"]) == 0
+    answers = {r["answer"] for rs in read_finetune_dir(tmp_path / "out")[1].values() for r in rs}
+    assert answers == {"line "}
+    assert main(["prepare", "instruct", str(path), "--tokenizer", "char", "--out",
+                 str(tmp_path / "own")]) == 0  # a char vocabulary of the records holds it
+    assert "é" in read_finetune_dir(tmp_path / "own")[0]["tokenizer"]["chars"]
+
+
 def test_if_missing_keeps_and_force_replaces_a_finetune_dir(tmp_path, capsys):
     path = _user_file(tmp_path, "d.jsonl", TEN)
     argv = ["prepare", "labels", str(path), "--tokenizer", "char", "--out", str(tmp_path / "o")]

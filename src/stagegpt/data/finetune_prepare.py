@@ -100,12 +100,17 @@ def record_texts(record: dict[str, Any]) -> list[str]:
     return [m["content"] for m in record["messages"]]
 
 
+def all_texts(record: dict[str, Any]) -> list[str]:
+    """`record_texts` and an exact "answer": every string finetune encodes."""
+    return record_texts(record) + ([record["answer"]] if "answer" in record else [])
+
+
 def build_tokenizer(name: str, splits: dict[str, list[dict]], progress: bool) -> Tokenizer:
     if check_tokenizer_choice(name).startswith("from:"):
         return tokenizer_from_dir(name[5:])
     if name == "char":
         return CharTokenizer.from_text(t for rs in splits.values() for r in rs
-                                       for t in record_texts(r))
+                                       for t in all_texts(r))
     train_text = "\n".join(t for r in splits["train"] for t in record_texts(r))
     return get_tokenizer(name, train_text, progress=progress and sys.stderr.isatty())
 
@@ -137,7 +142,7 @@ def handle_unknown_chars(splits: dict[str, list[dict]], tokenizer: Tokenizer,
     if not isinstance(tokenizer, CharTokenizer):
         return splits, {"count": 0, "examples": [], "dropped_records": 0}
     vocab = set(tokenizer.chars)
-    unknown = Counter(c for rs in splits.values() for r in rs for t in record_texts(r)
+    unknown = Counter(c for rs in splits.values() for r in rs for t in all_texts(r)
                       for c in t if c not in vocab)
     examples = [f"{c!r} (U+{ord(c):04X}) x{n}" for c, n in unknown.most_common(5)]
     report = {"count": sum(unknown.values()), "examples": examples, "dropped_records": 0}

@@ -181,6 +181,8 @@ class FinetuneTrainer(Trainer):
                 else:
                     item = loss_targets(*encode_dialog(self.tokenizer, self.template,
                                                        record["messages"]))
+                    if "answer" in record:  # exact match encodes it after training
+                        self.tokenizer.encode(record["answer"])
             except StagegptError as err:
                 raise StagegptError(f"{where}: {err}") from None
             no_reply = self.settings.task == "instruct" and all(t == IGNORE for t in item[1])
