@@ -430,6 +430,8 @@ def test_resuming_with_other_fine_tuning_settings_is_refused_in_one_line(
      "lora must be a LoRAConfig or None, got dict"),
     (lambda: FinetuneSettings("classify", truncate="yes"), "truncate",
      "truncate must be True or False"),
+    (lambda: FinetuneSettings("instruct", truncate=True), "truncate",
+     "truncate is for classify texts"),  # was accepted and ignored
 ])
 def test_bad_settings_name_the_python_parameter(make, param, start):
     from stagegpt.errors import StagegptError

@@ -84,6 +84,11 @@ class FinetuneSettings:
         if not isinstance(self.truncate, bool):
             raise StagegptError(f"truncate must be True or False, got {self.truncate!r:.40}",
                                 "truncate")
+        if self.truncate and self.task == "instruct":
+            raise StagegptError("truncate is for classify texts; an instruct record must fit "
+                                "the context whole (its reply is what is learned): leave "
+                                "`truncate` out and shorten the records", "truncate",
+                                mentions=("truncate",))
 
     @property
     def mode(self) -> str:
