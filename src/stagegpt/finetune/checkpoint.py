@@ -219,7 +219,11 @@ def load_finetuned(path: str | Path, merge: bool = True) -> Finetuned:
     if lora is not None:
         attach_saved_lora(lm, directory, lora)
         if merge:
-            merge_lora(lm)
+            try:
+                merge_lora(lm)
+            except StagegptError as err:
+                raise StagegptError(f"{directory}: {err}; {LORA_FILE} or {ADAPTERS_FILE} is "
+                                    "damaged: use an earlier checkpoint") from None
     head = None if labels is None else read_head(directory, lm, labels).eval()
     from stagegpt.data.tokenizers import load_tokenizer
 
