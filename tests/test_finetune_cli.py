@@ -243,6 +243,13 @@ def test_merge_overwrite_replaces_a_checkpoint_and_nothing_else(runs, capsys, tm
     assert (tmp_path / "merged" / "head.safetensors").is_file()
     assert merge(runs["chat"], tmp_path / "merged", "--overwrite") == 0
     assert not (tmp_path / "merged" / "head.safetensors").exists()  # the chat model's now
+    from stagegpt.errors import StagegptError
+    from stagegpt.finetune import write_merged
+
+    before = read_tree(tmp_path / "merged")
+    with pytest.raises(StagegptError, match="^overwrite must be True or False, got 'no'"):
+        write_merged(runs["cls"], tmp_path / "merged", overwrite="no")  # "no" replaced it
+    assert read_tree(tmp_path / "merged") == before
 
 
 def test_resume_on_another_base_exits_2_naming_the_flags(runs, capsys, tmp_path):

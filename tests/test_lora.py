@@ -142,6 +142,18 @@ def test_a_merge_that_would_overflow_is_refused():
         merge_lora(model)
 
 
+@pytest.mark.parametrize("make,param", [
+    (lambda: LoRALinear(torch.nn.Linear(4, 4), 0, 1.0), "rank"),  # was ZeroDivisionError
+    (lambda: LoRALinear(torch.nn.Linear(4, 4), 2, float("nan")), "alpha"),
+    (lambda: LoRALinear(torch.nn.Conv1d(4, 4, 1), 2, 4.0), "base"),
+    (lambda: attach_lora(build_model(5, CONFIG), {"rank": 2}), "config"),  # AttributeError
+])
+def test_the_lora_layer_and_attach_lora_name_a_bad_parameter(make, param):
+    with pytest.raises(StagegptError) as err:
+        make()
+    assert err.value.param == param and str(err.value).startswith(param)
+
+
 def test_targets_given_as_a_list_equal_the_same_tuple():
     assert LoRAConfig(2, 4.0, ["c_attn"]) == LoRAConfig(2, 4.0, ("c_attn",))
     assert LoRAConfig(2, 4.0, ["c_attn"]).targets == ("c_attn",)

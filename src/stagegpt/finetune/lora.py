@@ -80,6 +80,9 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise StagegptError(f"base must be an nn.Linear, got {type(base).__name__}", "base")
+        LoRAConfig(rank, alpha)  # rank and alpha checked as LoRAConfig checks them
         self.base = base
         self.base.requires_grad_(False)
         self.scaling = alpha / rank
@@ -128,6 +131,9 @@ def attach_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
 
     The model's own code is untouched: its submodules are swapped from outside.
     """
+    if not isinstance(config, LoRAConfig):
+        raise StagegptError(f"config must be a LoRAConfig, e.g. LoRAConfig(rank=8), got "
+                            f"{type(config).__name__}", "config")
     check_targets(model, config)
     model.requires_grad_(False)
     names = _target_names(model, config.targets)
