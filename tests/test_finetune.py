@@ -232,6 +232,24 @@ def test_an_answer_the_tokenizer_cannot_encode_is_refused_before_training(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("out,where", [(".", "holds the base checkpoint"),
+                                       ("best", "is the base checkpoint"),
+                                       ("best/run", "is inside the base checkpoint")])
+def test_a_run_dir_over_or_in_its_base_is_refused(base, genre, tmp_path, out, where):
+    """A base copied to DIR/best and fine-tuned into DIR: the run's best/ replaced it, and
+    the base's weights were gone."""
+    import shutil
+
+    from stagegpt.errors import StagegptError
+
+    shutil.copytree(step_dirs(base)[-1], tmp_path / "best")
+    before = read_tree(tmp_path)
+    with pytest.raises(StagegptError, match=f"^out_dir .* {where}") as refused:
+        finetune(tmp_path / "best", genre, tmp_path / out, FinetuneSettings("classify"),
+                 TrainConfig(max_steps=1, **QUICK), progress=False)
+    assert refused.value.param == "out_dir" and read_tree(tmp_path) == before
+
+
 def test_adapters_refuse_a_base_whose_weights_changed(base, genre, tmp_path):
     import shutil
 

@@ -44,7 +44,7 @@ from stagegpt.train.checkpoints import (
     training_bytes,
 )
 from stagegpt.train.config import TrainConfig
-from stagegpt.train.rundir import resolve_checkpoint_dir, step_dirs
+from stagegpt.train.rundir import check_apart, resolve_checkpoint_dir, step_dirs
 from stagegpt.train.trainer import Trainer
 
 TASKS = ("classify", "instruct")
@@ -138,7 +138,9 @@ class FinetuneTrainer(Trainer):
             raise StagegptError(f"train_config must be a TrainConfig, got "
                                 f"{type(train_config).__name__}", "train_config")
         self.settings = settings
-        self.base_dir = resolve_checkpoint_dir(base).resolve()
+        base_dir = resolve_checkpoint_dir(base)
+        check_apart(base_dir, Path(out_dir), what="base checkpoint")  # out/best over it
+        self.base_dir = base_dir.resolve()
         self.base = load_checkpoint(self.base_dir)
         if self.base.tokenizer is None:
             raise StagegptError(f"the base {base} has no tokenizer; fine-tune a checkpoint "
