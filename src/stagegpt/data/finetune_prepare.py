@@ -101,8 +101,11 @@ def record_texts(record: dict[str, Any]) -> list[str]:
 
 
 def all_texts(record: dict[str, Any]) -> list[str]:
-    """`record_texts` and an exact "answer": every string finetune encodes."""
-    return record_texts(record) + ([record["answer"]] if "answer" in record else [])
+    """`record_texts` and an exact "answer" (unless it is the reply itself, so as not to
+    count its characters twice): every string finetune encodes."""
+    texts = record_texts(record)
+    answer = record.get("answer")
+    return texts + [answer] if answer is not None and answer != texts[-1] else texts
 
 
 def build_tokenizer(name: str, splits: dict[str, list[dict]], progress: bool) -> Tokenizer:
