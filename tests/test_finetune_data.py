@@ -17,7 +17,7 @@ from finetune_data import (
 )
 
 from stagegpt.cli import main
-from stagegpt.data import genre, load_tokenizer_from_data, read_finetune_dir
+from stagegpt.data import chat_data, genre, load_tokenizer_from_data, read_finetune_dir
 from stagegpt.data.chat_data import prepare_chat, read_conversations
 from stagegpt.data.finetune_prepare import base_context, tokenizer_from_dir
 from stagegpt.data.plays import Speech, passages, speeches
@@ -164,6 +164,16 @@ def test_speeches_read_speakers_and_drop_stage_directions():
         Speech("THESEUS", ("Go, Philostrate,",)),
         Speech("GHOST", ("Mark me.",)),
     ]
+
+
+@pytest.mark.parametrize("check", [lambda: genre.check_passage_args(4, 200, 300),
+                                   lambda: chat_data._check_play_args(50, 200, 300)])
+def test_min_chars_over_max_chars_names_both_flags(check):
+    """The message said "--min-chars must be from 1 to max_chars": a Python name on the
+    command line."""
+    with pytest.raises(StagegptError) as err:
+        check()
+    assert err.value.for_flags() == "--min-chars must be from 1 to --max-chars (200), got 300"
 
 
 def test_passages_follow_the_stated_rule():
