@@ -316,6 +316,16 @@ def test_chatterbot_conversations_become_messages_split_by_opening(monkeypatch, 
     assert by_opening["Number?"][-1]["content"] == "42"
 
 
+def test_no_conversation_within_max_chars_is_an_empty_split_not_a_tokenizer_error(
+        monkeypatch, tmp_path, capsys):
+    """With a char tokenizer this was "cannot build a char tokenizer from empty text"."""
+    use_fake_wheel(monkeypatch, tmp_path, CHATTERBOT)
+    assert main(["prepare", "chat", "--source", "chatterbot", "--tokenizer", "char", "--out",
+                 str(tmp_path / "c"), "--max-chars", "1", "--no-progress"]) == 2
+    assert "error: the train split has no records" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def test_a_chatterbot_file_that_is_not_yaml_is_refused():
     with pytest.raises(StagegptError, match="ai.yml is not a UTF-8 YAML file"):
         read_conversations(b"conversations: [unclosed", "ai.yml")

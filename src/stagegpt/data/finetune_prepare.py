@@ -202,6 +202,13 @@ def label_counts(splits: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
             for split, records in splits.items()}
 
 
+def _check_kept(splits: dict[str, list[dict]]) -> None:
+    for split in ("train", "val"):
+        if not splits[split]:
+            raise StagegptError(f"the {split} split has no records; give more data or a larger "
+                                "split fraction")
+
+
 def prepare_finetune(out: str | Path, meta: dict[str, Any], splits: dict[str, list[dict]],
                      tokenizer: str, unknown_chars: str | None = None,
                      overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -209,12 +216,10 @@ def prepare_finetune(out: str | Path, meta: dict[str, Any], splits: dict[str, li
     documents, settings) to `out`; returns the meta.json written, with "token_lengths",
     "unknown_chars", "base_block_size" and, for classify, "label_counts" added."""
     check_replaceable(out, overwrite)
+    _check_kept(splits)  # before a char vocabulary is built from no text
     tok = build_tokenizer(tokenizer, splits, progress)
     splits, unknown = handle_unknown_chars(splits, tok, unknown_chars)
-    for split in ("train", "val"):
-        if not splits[split]:
-            raise StagegptError(f"the {split} split has no records; give more data or a larger "
-                                "split fraction")
+    _check_kept(splits)
     context = base_context(tokenizer)
     meta = {**meta, "tokenizer_choice": tokenizer, "unknown_chars": unknown,
             "base_block_size": context, "token_lengths": token_lengths(splits, tok, context)}
