@@ -158,6 +158,30 @@ def test_merged_checkpoint_is_plain_and_gives_the_adapted_logits(base, genre, tm
         load_file(step_dirs(base)[-1] / "model.safetensors"))
 
 
+@pytest.mark.parametrize("task", ["classify", "instruct"])
+def test_a_merged_lora_run_loads_where_its_run_does(base, genre, tokenizer, tmp_path, task):
+    """The merged copy of a LoRA run has no lora.json (nothing is left to attach), and
+    classify, chat and sample --chat read it: they refused it as incomplete."""
+    from stagegpt.cli import main
+    from stagegpt.finetune.checkpoint import load_for_chat
+
+    data = genre if task == "classify" else write_word_dir(tmp_path / "words", tokenizer)
+    finetune(base, data, tmp_path / "run", FinetuneSettings(task, lora=LoRAConfig(4, 8.0)),
+             TrainConfig(max_steps=3, lr=1e-2, **QUICK), progress=False)
+    assert main(["merge", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 0
+    merged, run = load_finetuned(tmp_path / "m"), load_finetuned(tmp_path / "run")
+    assert merged.lora is None and merged.info["train"] == "lora"
+    x = torch.randint(0, run.lm.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        assert torch.allclose(merged.lm(x)[0], run.lm(x)[0], atol=1e-5)
+        if task == "classify":
+            lengths = torch.tensor([20, 7])
+            assert torch.allclose(merged.classifier(x, lengths), run.classifier(x, lengths),
+                                  atol=1e-5)
+        else:
+            assert load_for_chat(tmp_path / "m")[0].config == run.lm.config
+
+
 def test_classify_cli_prints_label_and_probabilities(base, genre, tmp_path, capsys):
     from stagegpt.cli import main
 
@@ -189,6 +213,41 @@ def test_record_longer_than_the_context_is_refused(base, tokenizer, tmp_path):
     with pytest.raises(StagegptError, match=r"train.jsonl:1: .*more than the base's context"):
         finetune(base, data, tmp_path / "run", FinetuneSettings("instruct"),
                  TrainConfig(max_steps=1, **QUICK), progress=False)
+
+
+def test_an_answer_the_tokenizer_cannot_encode_is_refused_before_training(
+        base, tokenizer, tmp_path):
+    """Exact match encodes each "answer" after training: an answer with a character the
+    base's vocabulary lacks failed then, with no file named and no results.json."""
+    from finetune_data import write_instruct_dir
+
+    from stagegpt.errors import StagegptError
+
+    val = [chat_record("a king word", "king", kind="speaker", answer="king"),
+           chat_record("a king word", "king", kind="speaker", answer="KING!")]
+    data = write_instruct_dir(tmp_path / "d", {"train": val[:1], "val": val}, tokenizer)
+    with pytest.raises(StagegptError, match=r"val.jsonl:2: character 'K'"):
+        finetune(base, data, tmp_path / "run", FinetuneSettings("instruct"),
+                 TrainConfig(max_steps=1, **QUICK), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("out,where", [(".", "holds the base checkpoint"),
+                                       ("best", "is the base checkpoint"),
+                                       ("best/run", "is inside the base checkpoint")])
+def test_a_run_dir_over_or_in_its_base_is_refused(base, genre, tmp_path, out, where):
+    """A base copied to DIR/best and fine-tuned into DIR: the run's best/ replaced it, and
+    the base's weights were gone."""
+    import shutil
+
+    from stagegpt.errors import StagegptError
+
+    shutil.copytree(step_dirs(base)[-1], tmp_path / "best")
+    before = read_tree(tmp_path)
+    with pytest.raises(StagegptError, match=f"^out_dir .* {where}") as refused:
+        finetune(tmp_path / "best", genre, tmp_path / out, FinetuneSettings("classify"),
+                 TrainConfig(max_steps=1, **QUICK), progress=False)
+    assert refused.value.param == "out_dir" and read_tree(tmp_path) == before
 
 
 def test_adapters_refuse_a_base_whose_weights_changed(base, genre, tmp_path):
@@ -334,6 +393,26 @@ def test_resuming_on_another_base_is_refused_before_anything_is_written(
                     progress=False)["steps"] == 1
 
 
+def test_resuming_on_other_records_is_refused_before_anything_is_written(
+        base, genre, tokenizer, finished, tmp_path):
+    """The records are fingerprinted like pretraining text: a resume on another data dir
+    (same task and labels) went on silently and rewrote results.json with its scores."""
+    import shutil
+
+    from stagegpt.errors import StagegptError
+
+    run = finished["root"] / "head"
+    before = read_tree(run)
+    other = write_genre_dir(tmp_path / "other", tokenizer, n_train=60, n_eval=20)
+    with pytest.raises(StagegptError, match="cannot resume .* on other data") as refused:
+        finetune(base, other, run, RESUMABLE["head"], ONE_STEP, resume=True, progress=False)
+    assert refused.value.mentions == ("data_dir", "out_dir")
+    assert read_tree(run) == before
+    again = shutil.copytree(genre, tmp_path / "again")  # the same records elsewhere
+    assert finetune(base, again, run, RESUMABLE["head"], ONE_STEP, resume=True,
+                    progress=False)["steps"] == 1
+
+
 @pytest.mark.parametrize("name,settings,changed", [
     ("head", FinetuneSettings("classify", "all"), "train 'head' in the run, 'all' now"),
     ("head", FinetuneSettings("classify", lora=LoRAConfig(2, 4.0)), "train 'head'"),
@@ -369,6 +448,8 @@ def test_resuming_with_other_fine_tuning_settings_is_refused_in_one_line(
      "lora must be a LoRAConfig or None, got dict"),
     (lambda: FinetuneSettings("classify", truncate="yes"), "truncate",
      "truncate must be True or False"),
+    (lambda: FinetuneSettings("instruct", truncate=True), "truncate",
+     "truncate is for classify texts"),  # was accepted and ignored
 ])
 def test_bad_settings_name_the_python_parameter(make, param, start):
     from stagegpt.errors import StagegptError

@@ -49,6 +49,30 @@ def test_chat_reads_a_pipe_streams_replies_and_obeys_reset_and_quit(runs):
     assert all("USER" not in r and "\n" not in r for r in replies)
 
 
+def test_chat_skips_a_line_that_is_not_utf8_or_too_long_and_goes_on(runs, monkeypatch, capsys):
+    """Under a strict UTF-8 stdin (a UTF-8 locale) a byte like 0xff was a traceback; a
+    line without end was read into memory whole."""
+    import os
+
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}  # strict, as in en_US.UTF-8
+    done = subprocess.run([sys.executable, "-m", "stagegpt", "chat", "--threads", "1",
+                           "--ckpt", str(runs["chat"]), "--temperature", "0",
+                           "--max-new-tokens", "3"],
+                          input=b"caf\xe9\na comedy word\n", capture_output=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0 and done.stderr == b"", done.stderr[-1000:]
+    out = done.stdout.decode().splitlines()
+    assert out[0] == "(the message is not UTF-8 text; send it as UTF-8)"
+    assert sum(line.startswith("bot> ") for line in out) == 1
+    monkeypatch.setattr("stagegpt.cli.chat.MAX_MESSAGE_CHARS", 50)
+    monkeypatch.setattr("sys.stdin", io.StringIO("a" * 120 + "\n" + "b" * 50 + "\n"))
+    assert main(["chat", "--ckpt", str(runs["chat"]), "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "(the message is over 50 characters, far more than the model reads; " \
+                     "send a shorter one)"
+    assert sum(line.startswith("bot> ") for line in out) == 1  # the 50 b's, and no a's
+
+
 def test_the_largest_seed_serves_every_reply_and_a_bad_system_message_is_refused(
         runs, capsys, monkeypatch):
     """Reply i uses seed S + i mod 2**64, so the last seed the check accepts still serves
@@ -219,6 +243,13 @@ def test_merge_overwrite_replaces_a_checkpoint_and_nothing_else(runs, capsys, tm
     assert (tmp_path / "merged" / "head.safetensors").is_file()
     assert merge(runs["chat"], tmp_path / "merged", "--overwrite") == 0
     assert not (tmp_path / "merged" / "head.safetensors").exists()  # the chat model's now
+    from stagegpt.errors import StagegptError
+    from stagegpt.finetune import write_merged
+
+    before = read_tree(tmp_path / "merged")
+    with pytest.raises(StagegptError, match="^overwrite must be True or False, got 'no'"):
+        write_merged(runs["cls"], tmp_path / "merged", overwrite="no")  # "no" replaced it
+    assert read_tree(tmp_path / "merged") == before
 
 
 def test_resume_on_another_base_exits_2_naming_the_flags(runs, capsys, tmp_path):

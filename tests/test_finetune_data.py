@@ -17,7 +17,7 @@ from finetune_data import (
 )
 
 from stagegpt.cli import main
-from stagegpt.data import genre, load_tokenizer_from_data, read_finetune_dir
+from stagegpt.data import chat_data, genre, load_tokenizer_from_data, read_finetune_dir
 from stagegpt.data.chat_data import prepare_chat, read_conversations
 from stagegpt.data.finetune_prepare import base_context, tokenizer_from_dir
 from stagegpt.data.plays import Speech, passages, speeches
@@ -166,6 +166,16 @@ def test_speeches_read_speakers_and_drop_stage_directions():
     ]
 
 
+@pytest.mark.parametrize("check", [lambda: genre.check_passage_args(4, 200, 300),
+                                   lambda: chat_data._check_play_args(50, 200, 300)])
+def test_min_chars_over_max_chars_names_both_flags(check):
+    """The message said "--min-chars must be from 1 to max_chars": a Python name on the
+    command line."""
+    with pytest.raises(StagegptError) as err:
+        check()
+    assert err.value.for_flags() == "--min-chars must be from 1 to --max-chars (200), got 300"
+
+
 def test_passages_follow_the_stated_rule():
     speech = Speech("A", ("x" * 30, "y" * 30, "z" * 30, "w" * 30, "v" * 30, "u" * 5))
     assert passages(speech, max_lines=4, max_chars=200, min_chars=1) == [
@@ -306,6 +316,16 @@ def test_chatterbot_conversations_become_messages_split_by_opening(monkeypatch, 
     assert by_opening["Number?"][-1]["content"] == "42"
 
 
+def test_no_conversation_within_max_chars_is_an_empty_split_not_a_tokenizer_error(
+        monkeypatch, tmp_path, capsys):
+    """With a char tokenizer this was "cannot build a char tokenizer from empty text"."""
+    use_fake_wheel(monkeypatch, tmp_path, CHATTERBOT)
+    assert main(["prepare", "chat", "--source", "chatterbot", "--tokenizer", "char", "--out",
+                 str(tmp_path / "c"), "--max-chars", "1", "--no-progress"]) == 2
+    assert "error: the train split has no records" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def test_a_chatterbot_file_that_is_not_yaml_is_refused():
     with pytest.raises(StagegptError, match="ai.yml is not a UTF-8 YAML file"):
         read_conversations(b"conversations: [unclosed", "ai.yml")
@@ -418,6 +438,28 @@ def test_unknown_chars_are_refused_dropped_or_replaced(tmp_path, capsys):
     assert "were replaced by spaces" in capsys.readouterr().out
     texts = [r["text"] for rs in read_finetune_dir(tmp_path / "out")[1].values() for r in rs]
     assert sorted(texts) == [f"line {c}  " for c in LETTERS]
+
+
+def test_unknown_chars_of_an_exact_answer_are_counted_too(tmp_path, capsys):
+    """An "answer" is encoded after training (exact match): its characters were not
+    counted, so a dir the char tokenizer could not score was written without a word."""
+    import json
+
+    record = {"messages": [{"role": "user", "content": "name it"},
+                           {"role": "assistant", "content": "line"}],
+              "kind": "speaker", "answer": "line é"}
+    path = _user_file(tmp_path, "a.jsonl", (json.dumps(record) + "\n") * 10)
+    write_classify_dir(tmp_path / "base", CLS, CHARS)
+    argv = ["prepare", "instruct", str(path), "--tokenizer", f"from:{tmp_path / 'base'}",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "--unknown-chars: 10 characters" in capsys.readouterr().err
+    assert main([*argv, "--unknown-chars", "drop"]) == 0
+    answers = {r["answer"] for rs in read_finetune_dir(tmp_path / "out")[1].values() for r in rs}
+    assert answers == {"line "}
+    assert main(["prepare", "instruct", str(path), "--tokenizer", "char", "--out",
+                 str(tmp_path / "own")]) == 0  # a char vocabulary of the records holds it
+    assert "é" in read_finetune_dir(tmp_path / "own")[0]["tokenizer"]["chars"]
 
 
 def test_if_missing_keeps_and_force_replaces_a_finetune_dir(tmp_path, capsys):

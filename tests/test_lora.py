@@ -119,7 +119,9 @@ def test_adapters_round_trip_and_refuse_another_shape():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"rank": 0}, "^rank must be"), ({"alpha": -1.0}, "^alpha must be"),
-    ({"alpha": float("nan")}, "^alpha must be"), ({"targets": ("wte",)}, "unknown layer"),
+    ({"alpha": float("nan")}, "^alpha must be"), ({"alpha": float("inf")}, "^alpha must be"),
+    ({"alpha": 1e308}, "^alpha must be a number > 0 and at most 1,000,000, got 1e"),
+    ({"targets": ("wte",)}, "unknown layer"),
     ({"targets": ()}, "at least one"),
     ({"targets": "c_attn"}, "^targets must be a list of layer names, got str$")])
 def test_bad_lora_settings_are_refused(kwargs, match):
@@ -127,6 +129,29 @@ def test_bad_lora_settings_are_refused(kwargs, match):
     with pytest.raises(StagegptError, match=match) as err:
         LoRAConfig(**kwargs)
     assert err.value.param == next(iter(kwargs))
+
+
+def test_a_merge_that_would_overflow_is_refused():
+    """Finite adapters can fold into infinite weights (alpha 1e308 in a lora.json did):
+    merge wrote them, and no loader read the merged checkpoint."""
+    model = build_model(5, CONFIG)
+    attach_lora(model, LoRAConfig(2, 4.0, ("c_fc",)))
+    randomize_adapters(model, std=1e19)  # (B A) entries ~ 1e38, times alpha / r = 2
+    with pytest.raises(StagegptError, match=r"^folding the adapters of h\.0\.mlp\.c_fc into its "
+                       r"weight gives NaN or infinite values \(alpha / rank is 2\)$"):
+        merge_lora(model)
+
+
+@pytest.mark.parametrize("make,param", [
+    (lambda: LoRALinear(torch.nn.Linear(4, 4), 0, 1.0), "rank"),  # was ZeroDivisionError
+    (lambda: LoRALinear(torch.nn.Linear(4, 4), 2, float("nan")), "alpha"),
+    (lambda: LoRALinear(torch.nn.Conv1d(4, 4, 1), 2, 4.0), "base"),
+    (lambda: attach_lora(build_model(5, CONFIG), {"rank": 2}), "config"),  # AttributeError
+])
+def test_the_lora_layer_and_attach_lora_name_a_bad_parameter(make, param):
+    with pytest.raises(StagegptError) as err:
+        make()
+    assert err.value.param == param and str(err.value).startswith(param)
 
 
 def test_targets_given_as_a_list_equal_the_same_tuple():

@@ -39,6 +39,34 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed the sampler (reply i uses S + i, mod 2**64)")
 
 
+MAX_MESSAGE_CHARS = 1 << 20  # far more than any context; a longer line is skipped, not kept
+
+
+def read_message(interactive: bool) -> str | None:
+    """The next line of input without its newline, None at the end of input. A line that
+    is not UTF-8 text or is over MAX_MESSAGE_CHARS is refused (StagegptError) and skipped."""
+    if interactive:
+        try:
+            line = input("you> ")
+        except EOFError:
+            return None
+    else:
+        line = sys.stdin.readline(MAX_MESSAGE_CHARS + 1)
+        if not line:
+            return None
+        if len(line) > MAX_MESSAGE_CHARS and not line.endswith("\n"):
+            while line and not line.endswith("\n"):  # read past the rest of it
+                line = sys.stdin.readline(MAX_MESSAGE_CHARS)
+            raise StagegptError(f"the message is over {MAX_MESSAGE_CHARS:,} characters, far "
+                                "more than the model reads; send a shorter one")
+    line = line.rstrip("\n")
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # stdin's bytes that are not UTF-8, kept as lone surrogates
+        raise StagegptError("the message is not UTF-8 text; send it as UTF-8") from None
+    return line
+
+
 def fit_history(tokenizer, template, history: list[dict], block_size: int) -> list[int]:
     """The prompt ids of `history` (ending with a user turn), dropping the oldest turns
     (never a system message) until it fits the context with room for a reply."""
@@ -76,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if args.system:
         check_system(tokenizer, args.system, lm.config.block_size)
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach read_message
+        sys.stdin.reconfigure(errors="surrogateescape")
     start = [{"role": "system", "content": args.system}] if args.system else []
     history = list(start)
     if interactive:
@@ -83,13 +113,11 @@ def run(args: argparse.Namespace) -> int:
     turn = 0
     while True:
         try:
-            line = input("you> ") if interactive else sys.stdin.readline()
-        except EOFError:
-            break
-        if not interactive and not line:
-            break  # end of input
-        line = line.rstrip("\n")
-        if line.strip() == "/quit":
+            line = read_message(interactive)
+        except StagegptError as err:
+            print(f"({err})", flush=True)
+            continue
+        if line is None or line.strip() == "/quit":
             break
         if line.strip() == "/reset":
             history = list(start)

@@ -171,8 +171,8 @@ def _check_play_args(per_play: int, max_chars: int, min_chars: int) -> None:
     if per_play < 1:
         raise StagegptError(f"per_play must be at least 1, got {per_play}", "per_play")
     if not 1 <= min_chars <= max_chars:
-        raise StagegptError(f"min_chars must be from 1 to max_chars ({max_chars}), got "
-                            f"{min_chars}", "min_chars")
+        raise StagegptError(f"min_chars must be from 1 to `max_chars` ({max_chars}), got "
+                            f"{min_chars}", "min_chars", mentions=("max_chars",))
 
 
 def shakespeare_chat_records(texts: dict[str, str], seed: int = 0, per_play: int = 50,

@@ -100,12 +100,20 @@ def record_texts(record: dict[str, Any]) -> list[str]:
     return [m["content"] for m in record["messages"]]
 
 
+def all_texts(record: dict[str, Any]) -> list[str]:
+    """`record_texts` and an exact "answer" (unless it is the reply itself, so as not to
+    count its characters twice): every string finetune encodes."""
+    texts = record_texts(record)
+    answer = record.get("answer")
+    return texts + [answer] if answer is not None and answer != texts[-1] else texts
+
+
 def build_tokenizer(name: str, splits: dict[str, list[dict]], progress: bool) -> Tokenizer:
     if check_tokenizer_choice(name).startswith("from:"):
         return tokenizer_from_dir(name[5:])
     if name == "char":
         return CharTokenizer.from_text(t for rs in splits.values() for r in rs
-                                       for t in record_texts(r))
+                                       for t in all_texts(r))
     train_text = "\n".join(t for r in splits["train"] for t in record_texts(r))
     return get_tokenizer(name, train_text, progress=progress and sys.stderr.isatty())
 
@@ -137,7 +145,7 @@ def handle_unknown_chars(splits: dict[str, list[dict]], tokenizer: Tokenizer,
     if not isinstance(tokenizer, CharTokenizer):
         return splits, {"count": 0, "examples": [], "dropped_records": 0}
     vocab = set(tokenizer.chars)
-    unknown = Counter(c for rs in splits.values() for r in rs for t in record_texts(r)
+    unknown = Counter(c for rs in splits.values() for r in rs for t in all_texts(r)
                       for c in t if c not in vocab)
     examples = [f"{c!r} (U+{ord(c):04X}) x{n}" for c, n in unknown.most_common(5)]
     report = {"count": sum(unknown.values()), "examples": examples, "dropped_records": 0}
@@ -194,6 +202,13 @@ def label_counts(splits: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
             for split, records in splits.items()}
 
 
+def _check_kept(splits: dict[str, list[dict]]) -> None:
+    for split in ("train", "val"):
+        if not splits[split]:
+            raise StagegptError(f"the {split} split has no records; give more data or a larger "
+                                "split fraction")
+
+
 def prepare_finetune(out: str | Path, meta: dict[str, Any], splits: dict[str, list[dict]],
                      tokenizer: str, unknown_chars: str | None = None,
                      overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -201,12 +216,10 @@ def prepare_finetune(out: str | Path, meta: dict[str, Any], splits: dict[str, li
     documents, settings) to `out`; returns the meta.json written, with "token_lengths",
     "unknown_chars", "base_block_size" and, for classify, "label_counts" added."""
     check_replaceable(out, overwrite)
+    _check_kept(splits)  # before a char vocabulary is built from no text
     tok = build_tokenizer(tokenizer, splits, progress)
     splits, unknown = handle_unknown_chars(splits, tok, unknown_chars)
-    for split in ("train", "val"):
-        if not splits[split]:
-            raise StagegptError(f"the {split} split has no records; give more data or a larger "
-                                "split fraction")
+    _check_kept(splits)
     context = base_context(tokenizer)
     meta = {**meta, "tokenizer_choice": tokenizer, "unknown_chars": unknown,
             "base_block_size": context, "token_lengths": token_lengths(splits, tok, context)}

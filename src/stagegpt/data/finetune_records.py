@@ -17,6 +17,7 @@ with its base checkpoint's tokenizer; the tokenizer stored here says what it was
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,6 +246,15 @@ def read_finetune_split(data_dir: str | Path, split: str, meta: dict[str, Any] |
         raise StagegptError(f"{path} holds {len(records):,} records but meta.json says "
                             f"{expected:,}; the data dir is damaged, prepare it again")
     return records
+
+
+def records_sha256(data_dir: str | Path) -> str:
+    """A fingerprint of the records: sha256 over train.jsonl, val.jsonl and test.jsonl."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        with open(Path(data_dir) / f"{split}.jsonl", "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
 
 
 def read_finetune_dir(data_dir: str | Path) -> tuple[dict[str, Any], dict[str, list[dict]]]:

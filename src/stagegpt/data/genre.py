@@ -106,8 +106,8 @@ def check_passage_args(max_lines: int, max_chars: int, min_chars: int) -> None:
     if max_chars < 1:
         raise StagegptError(f"max_chars must be at least 1, got {max_chars}", "max_chars")
     if not 1 <= min_chars <= max_chars:
-        raise StagegptError(f"min_chars must be from 1 to max_chars ({max_chars}), got "
-                            f"{min_chars}", "min_chars")
+        raise StagegptError(f"min_chars must be from 1 to `max_chars` ({max_chars}), got "
+                            f"{min_chars}", "min_chars", mentions=("max_chars",))
     if max_lines < 1:
         raise StagegptError(f"max_lines must be at least 1, got {max_lines}", "max_lines")
 

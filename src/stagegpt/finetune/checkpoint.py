@@ -183,11 +183,12 @@ def read_head(directory: Path, lm: LanguageModel, labels: list[str]) -> nn.Linea
 
 
 def read_lora(directory: Path, info: dict) -> LoRAConfig | None:
-    """lora.json's settings, or None for a run without LoRA; a LoRA run (by its config's
-    train mode, or its adapters) without them is incomplete."""
+    """lora.json's settings, or None for a run without LoRA or a merged copy of one; a
+    LoRA run (by its config's train mode, or its adapters) without them is incomplete."""
     path = directory / LORA_FILE
     if not path.is_file():
-        if info.get("train") == "lora" or (directory / ADAPTERS_FILE).exists():
+        unmerged_lora = info.get("train") == "lora" and "merged_from" not in info
+        if unmerged_lora or (directory / ADAPTERS_FILE).exists():
             raise StagegptError(f"{directory} is incomplete: {LORA_FILE}, the settings of its "
                                 "LoRA adapters, is missing; restore it or fine-tune again")
         return None
@@ -218,7 +219,11 @@ def load_finetuned(path: str | Path, merge: bool = True) -> Finetuned:
     if lora is not None:
         attach_saved_lora(lm, directory, lora)
         if merge:
-            merge_lora(lm)
+            try:
+                merge_lora(lm)
+            except StagegptError as err:
+                raise StagegptError(f"{directory}: {err}; {LORA_FILE} or {ADAPTERS_FILE} is "
+                                    "damaged: use an earlier checkpoint") from None
     head = None if labels is None else read_head(directory, lm, labels).eval()
     from stagegpt.data.tokenizers import load_tokenizer
 
@@ -274,6 +279,9 @@ def write_merged(source: str | Path, out: str | Path, overwrite: bool = False) -
     """`stagegpt merge`: a plain checkpoint (LoRA folded into the weights) that sample,
     convert and inspect read; a classifier keeps its head beside it. `out` may not be in
     or over what the merge reads, and `overwrite` replaces only a checkpoint."""
+    if not isinstance(overwrite, bool):  # "no" is true: it would replace a checkpoint
+        raise StagegptError(f"overwrite must be True or False, got {overwrite!r:.40}",
+                            "overwrite")
     tuned = load_finetuned(source, merge=True)
     read_from = [Path(source).resolve(), *_run_and_checkpoint(tuned.path)]
     if not (tuned.path / WEIGHTS_FILE).is_file():  # load_finetuned read its base

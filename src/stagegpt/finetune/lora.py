@@ -25,6 +25,7 @@ from stagegpt.errors import StagegptError
 TARGETS = ("c_attn", "c_proj", "c_fc", "c_gate")
 DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")
 MAX_RANK = 4096
+MAX_ALPHA = 1e6  # common choices are r to 2 r; far beyond this the update only overflows
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,9 @@ class LoRAConfig:
             raise StagegptError(f"rank must be an integer from 1 to {MAX_RANK}, got "
                                 f"{self.rank!r}", "rank")
         if (not isinstance(self.alpha, int | float) or isinstance(self.alpha, bool)
-                or not math.isfinite(self.alpha) or self.alpha <= 0):
-            raise StagegptError(f"alpha must be a number > 0, got {self.alpha!r}", "alpha")
+                or not 0 < self.alpha <= MAX_ALPHA):  # NaN fails too
+            raise StagegptError(f"alpha must be a number > 0 and at most {MAX_ALPHA:,.0f}, got "
+                                f"{self.alpha!r}", "alpha")
         if isinstance(self.targets, str) or not isinstance(self.targets, tuple | list):
             raise StagegptError(f"targets must be a list of layer names, got "
                                 f"{type(self.targets).__name__}", "targets")
@@ -78,6 +80,9 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise StagegptError(f"base must be an nn.Linear, got {type(base).__name__}", "base")
+        LoRAConfig(rank, alpha)  # rank and alpha checked as LoRAConfig checks them
         self.base = base
         self.base.requires_grad_(False)
         self.scaling = alpha / rank
@@ -126,6 +131,9 @@ def attach_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
 
     The model's own code is untouched: its submodules are swapped from outside.
     """
+    if not isinstance(config, LoRAConfig):
+        raise StagegptError(f"config must be a LoRAConfig, e.g. LoRAConfig(rank=8), got "
+                            f"{type(config).__name__}", "config")
     check_targets(model, config)
     model.requires_grad_(False)
     names = _target_names(model, config.targets)
@@ -177,10 +185,15 @@ def _dtype_name(tensor: Tensor) -> str:
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight and restore the plain `nn.Linear` layers."""
+    """Fold every adapter into its base weight and restore the plain `nn.Linear` layers;
+    a weight that would not be finite is refused (naming its layer)."""
     for name, layer in lora_layers(model).items():
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, layer.merged())
+        merged = layer.merged()
+        if not torch.isfinite(merged.weight).all():
+            raise StagegptError(f"folding the adapters of {name} into its weight gives NaN or "
+                                f"infinite values (alpha / rank is {layer.scaling:g})")
+        setattr(model.get_submodule(parent_name), child, merged)
     return model
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from stagegpt.data.finetune_records import read_finetune_dir
+from stagegpt.data.finetune_records import read_finetune_dir, records_sha256
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import read_json
 from stagegpt.finetune.checkpoint import (
@@ -44,7 +44,7 @@ from stagegpt.train.checkpoints import (
     training_bytes,
 )
 from stagegpt.train.config import TrainConfig
-from stagegpt.train.rundir import resolve_checkpoint_dir, step_dirs
+from stagegpt.train.rundir import check_apart, resolve_checkpoint_dir, step_dirs
 from stagegpt.train.trainer import Trainer
 
 TASKS = ("classify", "instruct")
@@ -84,6 +84,11 @@ class FinetuneSettings:
         if not isinstance(self.truncate, bool):
             raise StagegptError(f"truncate must be True or False, got {self.truncate!r:.40}",
                                 "truncate")
+        if self.truncate and self.task == "instruct":
+            raise StagegptError("truncate is for classify texts; an instruct record must fit "
+                                "the context whole (its reply is what is learned): leave "
+                                "`truncate` out and shorten the records", "truncate",
+                                mentions=("truncate",))
 
     @property
     def mode(self) -> str:
@@ -133,7 +138,9 @@ class FinetuneTrainer(Trainer):
             raise StagegptError(f"train_config must be a TrainConfig, got "
                                 f"{type(train_config).__name__}", "train_config")
         self.settings = settings
-        self.base_dir = resolve_checkpoint_dir(base).resolve()
+        base_dir = resolve_checkpoint_dir(base)
+        check_apart(base_dir, Path(out_dir), what="base checkpoint")  # out/best over it
+        self.base_dir = base_dir.resolve()
         self.base = load_checkpoint(self.base_dir)
         if self.base.tokenizer is None:
             raise StagegptError(f"the base {base} has no tokenizer; fine-tune a checkpoint "
@@ -150,6 +157,7 @@ class FinetuneTrainer(Trainer):
     def _load_data(self, model_config: ModelConfig) -> None:
         self.mc, self.tokenizer = model_config, self.base.tokenizer
         self.meta, records = read_finetune_dir(self.data_dir)
+        self.meta["sha256"] = records_sha256(self.data_dir)  # a resume refuses other records
         task = self.settings.task
         if self.meta["task"] != task:
             raise StagegptError(f"task={task}, but {self.data_dir} holds {self.meta['task']} "
@@ -180,6 +188,8 @@ class FinetuneTrainer(Trainer):
                 else:
                     item = loss_targets(*encode_dialog(self.tokenizer, self.template,
                                                        record["messages"]))
+                    if "answer" in record:  # exact match encodes it after training
+                        self.tokenizer.encode(record["answer"])
             except StagegptError as err:
                 raise StagegptError(f"{where}: {err}") from None
             no_reply = self.settings.task == "instruct" and all(t == IGNORE for t in item[1])

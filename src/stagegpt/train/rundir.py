@@ -91,17 +91,18 @@ class RunLock:
         self.release()
 
 
-def check_apart(data_dir: Path, out_dir: Path, param: str = "out_dir") -> None:
-    """Refuse an output dir that is the data dir, inside it, or holds it: checkpoints would
-    be written among (or next to be mistaken for) the data."""
+def check_apart(data_dir: Path, out_dir: Path, param: str = "out_dir",
+                what: str = "data dir") -> None:
+    """Refuse an output dir that is the data dir (or another input: `what`), inside it, or
+    holds it: checkpoints would be written among, or over, what is read."""
     data, out = data_dir.resolve(), out_dir.resolve()
     if out == data or data in out.parents:
-        where = "is the data dir" if out == data else f"is inside the data dir {data_dir}"
+        where = f"is the {what}" if out == data else f"is inside the {what} {data_dir}"
         raise StagegptError(f"{param} {out_dir} {where}; choose an output dir outside it",
                             param)
     if out in data.parents:
-        raise StagegptError(f"{param} {out_dir} holds the data dir {data_dir}; choose an "
-                            "output dir that does not contain the data", param)
+        raise StagegptError(f"{param} {out_dir} holds the {what} {data_dir}; choose an "
+                            "output dir that does not contain it", param)
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
