@@ -64,8 +64,22 @@ def test_the_notebooks_never_replace_a_folder_that_is_not_their_data(tmp_path):
 
 
 @pytest.mark.parametrize("path", [None, "", 5])
-def test_load_checkpoint_names_its_path_parameter(path):
-    """Not the current directory for "", not a TypeError for None."""
+@pytest.mark.parametrize("loader", ["load_checkpoint", "load_finetuned", "load_for_chat"])
+def test_every_checkpoint_loader_names_its_path_parameter(path, loader):
+    """Not the current directory for "", not a TypeError for None or 5."""
+    from stagegpt.finetune import checkpoint
+
+    load = load_checkpoint if loader == "load_checkpoint" else getattr(checkpoint, loader)
     with pytest.raises(StagegptError, match="^path must name a checkpoint") as err:
-        load_checkpoint(path)
+        load(path)
     assert err.value.param == "path"
+
+
+def test_a_fine_tune_names_a_base_that_is_no_path(tmp_path):
+    from stagegpt.finetune import FinetuneSettings, FinetuneTrainer
+    from stagegpt.train.config import TrainConfig
+
+    with pytest.raises(StagegptError, match="^base must name a checkpoint or run dir") as err:
+        FinetuneTrainer(5, tmp_path / "data", tmp_path / "out", TrainConfig(),
+                        FinetuneSettings("classify"))
+    assert err.value.param == "base" and not (tmp_path / "out").exists()

@@ -138,7 +138,7 @@ class FinetuneTrainer(Trainer):
             raise StagegptError(f"train_config must be a TrainConfig, got "
                                 f"{type(train_config).__name__}", "train_config")
         self.settings = settings
-        base_dir = resolve_checkpoint_dir(base)
+        base_dir = resolve_checkpoint_dir(base, "base")
         check_apart(base_dir, Path(out_dir), what="base checkpoint")  # out/best over it
         self.base_dir = base_dir.resolve()
         self.base = load_checkpoint(self.base_dir)

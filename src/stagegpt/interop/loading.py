@@ -3,7 +3,6 @@ Face GPT-2 (stage 5) or Llama (stage 9) dir, as a `Checkpoint` ready for inferen
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -32,9 +31,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     """
     if dtype not in DTYPES:
         raise StagegptError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", "dtype")
-    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
-        raise StagegptError(f"path must name a checkpoint, run or Hugging Face directory, got "
-                            f"{path!r:.40}", "path")
     checkpoint = _load(path, device)
     cpu.note_if_slow_bf16(dtype, device)
     checkpoint.model.to(DTYPES[dtype])
@@ -42,7 +38,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
 
 
 def _load(path: str | Path, device: str | torch.device) -> Checkpoint:
-    directory = resolve_checkpoint_dir(path)
+    directory = resolve_checkpoint_dir(path, kinds="checkpoint, run or Hugging Face")
     meta = read_json(directory / CONFIG_FILE, "checkpoint config")
     if not isinstance(meta, dict):
         raise StagegptError(f"{directory / CONFIG_FILE} is not a stagegpt checkpoint config")

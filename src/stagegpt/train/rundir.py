@@ -119,8 +119,12 @@ def step_dirs(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """A checkpoint dir itself, or a run dir (its newest step checkpoint)."""
+def resolve_checkpoint_dir(path: str | Path, param: str = "path",
+                           kinds: str = "checkpoint or run") -> Path:
+    """A checkpoint dir itself, or a run dir (its newest step checkpoint). `param` and
+    `kinds` say, if `path` is no path at all, which argument it was and what it takes."""
+    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+        raise StagegptError(f"{param} must name a {kinds} directory, got {path!r:.40}", param)
     path = readable_dir(path)
     if (path / CONFIG_FILE).is_file():
         return path
