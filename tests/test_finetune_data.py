@@ -445,10 +445,10 @@ def test_unknown_chars_of_an_exact_answer_are_counted_too(tmp_path, capsys):
     counted, so a dir the char tokenizer could not score was written without a word."""
     import json
 
-    record = {"messages": [{"role": "user", "content": "name it"},
-                           {"role": "assistant", "content": "line"}],
-              "kind": "speaker", "answer": "line é"}
-    path = _user_file(tmp_path, "a.jsonl", (json.dumps(record) + "\n") * 10)
+    records = [{"messages": [{"role": "user", "content": f"name it {letter}"},
+                             {"role": "assistant", "content": "line"}],
+                "kind": "speaker", "answer": "line é"} for letter in "abcdefghij"]
+    path = _user_file(tmp_path, "a.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     write_classify_dir(tmp_path / "base", CLS, CHARS)
     argv = ["prepare", "instruct", str(path), "--tokenizer", f"from:{tmp_path / 'base'}",
             "--out", str(tmp_path / "out")]
@@ -491,6 +491,25 @@ def test_labels_csv_and_jsonl_give_the_same_dir(tmp_path):
     assert csv_dir[0]["source"] == "labels:d.csv"
 
 
+def test_no_text_or_instruction_is_both_trained_and_tested_on(tmp_path):
+    """Every copy of a text goes to one split, whatever its label; so does every copy of
+    an instruction, whatever its reply."""
+    rows = [{"text": f"line {i % 30}", "label": "ab"[i % 4 // 2]} for i in range(90)]
+    instructions = [{"instruction": f"say {i % 30}", "output": f"{i}"} for i in range(90)]
+    for kind, records in (("labels", rows), ("instruct", instructions)):
+        path = _user_file(tmp_path, f"{kind}.jsonl", "".join(json.dumps(r) + "\n"
+                                                              for r in records))
+        assert main(["prepare", kind, str(path), "--tokenizer", "char", "--out",
+                     str(tmp_path / kind), "--test-fraction", "0.2"]) == 0
+        meta, splits = read_finetune_dir(tmp_path / kind)
+        inputs = {split: {r["text"] if kind == "labels" else r["messages"][0]["content"]
+                          for r in records} for split, records in splits.items()}
+        assert [len(inputs[s]) for s in ("train", "val", "test")] == [21, 3, 6]  # of 30
+        assert not (inputs["train"] & inputs["test"] or inputs["train"] & inputs["val"]
+                    or inputs["val"] & inputs["test"])
+        assert meta["splits"] == {"train": 63, "val": 9, "test": 18}  # 3 copies each
+
+
 def test_instruct_reads_alpaca_and_messages(tmp_path):
     lines = [{"instruction": "Add", "input": "1 and 2", "output": "3"},
              {"instruction": "Greet", "output": "Hello"},
@@ -501,7 +520,7 @@ def test_instruct_reads_alpaca_and_messages(tmp_path):
     assert main(["prepare", "instruct", str(path), "--tokenizer", "bpe:300", "--out",
                  str(tmp_path / "o"), "--test-fraction", "0", "--val-fraction", "0.25"]) == 0
     meta, records = read_finetune_dir(tmp_path / "o")
-    assert meta["splits"] == {"train": 9, "val": 3, "test": 0}
+    assert meta["splits"] == {"train": 8, "val": 4, "test": 0}  # one of 3 instructions, x4
     every = [r["messages"] for rs in records.values() for r in rs]
     assert [{"role": "user", "content": "Add\n\n1 and 2"},
             {"role": "assistant", "content": "3"}] in every

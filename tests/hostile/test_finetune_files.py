@@ -46,7 +46,7 @@ LABELS = {  # name: (file name, contents, extra flags, expected message)
     "a text file": ("d.txt", "text,label\n", [], r"give a \.csv \(text,label columns\) or "
                     r"\.jsonl file"),
     "too few records": ("d.jsonl", jl(*GOOD[:2]), ["--test-fraction", "0.5"],
-                        r"has 2 records, too few"),
+                        r"has 2 records \(2 distinct\), too few"),
     "bad --labels": ("d.jsonl", jl(*GOOD), ["--labels", "a"], r"--labels must be 2 to 1000"),
     "bad --val-fraction": ("d.jsonl", jl(*GOOD), ["--val-fraction", "1.5"],
                            r"--val-fraction \(1\.5\) must be in \(0, 1\)"),

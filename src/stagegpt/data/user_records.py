@@ -11,20 +11,20 @@
 
 Everything is checked where it enters: a bad record stops the run with one line naming
 FILE:LINE (a missing field, empty text or output, an unknown or empty label, bad JSON,
-bytes that are not UTF-8, a line over 1 MiB, more than 1,000,000 records). The records are
-shuffled with the seed and `test_fraction`, then `val_fraction`, of them held out.
+bytes that are not UTF-8, a line over 1 MiB, more than 1,000,000 records). The distinct
+inputs (texts, or instructions) are shuffled with the seed and `test_fraction`, then
+`val_fraction`, of them held out, each with every record that repeats it.
 """
 
 from __future__ import annotations
 
 import csv
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from stagegpt.data import finetune_records
-from stagegpt.data.finetune_prepare import check_fractions, prepare_finetune
+from stagegpt.data.finetune_prepare import prepare_finetune, split_by_key
 from stagegpt.data.finetune_records import (
     MAX_LABEL_CHARS,
     MAX_LABELS,
@@ -175,17 +175,24 @@ def read_instructions(path: str | Path) -> list[dict[str, Any]]:
 
 def split_records(records: list[dict], seed: int, val_fraction: float, test_fraction: float,
                   path: Path) -> dict[str, list[dict]]:
-    """Shuffled with `seed`; the first test_fraction are test, the next val_fraction val."""
-    check_fractions(val_fraction, test_fraction)
-    order = list(records)
-    random.Random(seed).shuffle(order)
-    n_test = round(len(order) * test_fraction)
-    n_val = max(1, round(len(order) * val_fraction))
-    if len(order) - n_test - n_val < 1:
-        raise StagegptError(f"{path} has {len(order)} records, too few to hold out val and "
-                            "test and keep some to train on; give more records")
-    return {"train": order[n_test + n_val:], "val": order[n_test:n_test + n_val],
-            "test": order[:n_test]}
+    """test_fraction, then val_fraction, of the distinct inputs held out, chosen with `seed`:
+    every copy of a text (or an instruction) lands in the same split, so none is tested on
+    what it trained on."""
+    keyed = [(model_input(record), record) for record in records]
+    splits = split_by_key(keyed, seed, val_fraction, test_fraction)
+    if not splits["train"]:
+        distinct = len({key for key, _ in keyed})
+        raise StagegptError(f"{path} has {len(records)} records ({distinct} distinct), too few "
+                            "to hold out val and test and keep some to train on; give more "
+                            "records")
+    return splits
+
+
+def model_input(record: dict[str, Any]) -> str:
+    """What the model is given: a labelled text, or an instruction's turns but the replies."""
+    if "text" in record:
+        return record["text"]
+    return "\n".join(m["content"] for m in record["messages"] if m["role"] != "assistant")
 
 
 def prepare_user_file(out: str | Path, kind: str, path: str | Path, tokenizer: str,
