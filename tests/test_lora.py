@@ -122,6 +122,7 @@ def test_adapters_round_trip_and_refuse_another_shape():
     ({"alpha": float("nan")}, "^alpha must be"), ({"alpha": float("inf")}, "^alpha must be"),
     ({"alpha": 1e308}, "^alpha must be a number > 0 and at most 1,000,000, got 1e"),
     ({"targets": ("wte",)}, "unknown layer"),
+    ({"targets": ("c_attn", "c_fc", "c_attn")}, "'c_attn' is named twice"),
     ({"targets": ()}, "at least one"),
     ({"targets": "c_attn"}, "^targets must be a list of layer names, got str$")])
 def test_bad_lora_settings_are_refused(kwargs, match):

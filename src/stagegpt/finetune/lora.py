@@ -57,6 +57,10 @@ class LoRAConfig:
             raise StagegptError(f"targets: unknown layer {unknown[0]!r}; choose from "
                                 f"{', '.join(TARGETS)} (optionally as attn.c_proj or "
                                 "mlp.c_proj)", "targets")
+        repeated = [t for i, t in enumerate(self.targets) if t in self.targets[:i]]
+        if repeated:  # a resume compares targets as written
+            raise StagegptError(f"targets: {repeated[0]!r} is named twice; name each layer "
+                                "once", "targets")
 
     @property
     def scaling(self) -> float:
