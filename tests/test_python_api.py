@@ -83,3 +83,22 @@ def test_a_fine_tune_names_a_base_that_is_no_path(tmp_path):
         FinetuneTrainer(5, tmp_path / "data", tmp_path / "out", TrainConfig(),
                         FinetuneSettings("classify"))
     assert err.value.param == "base" and not (tmp_path / "out").exists()
+
+
+def test_a_switch_that_guards_files_must_be_a_bool(tmp_path):
+    """overwrite="no" is true in Python: it replaced what it was asked to keep."""
+    from stagegpt import Trainer
+    from stagegpt.train.config import TrainConfig
+
+    out = tmp_path / "kept"
+    out.mkdir()
+    (out / "mine.txt").write_text("mine")
+    for save in (lambda: prepare_markov(out, 1, 4, 1000, 0, overwrite="no"),
+                 lambda: save_hf_dir(out, build_model(5, ModelConfig(vocab_size=50, n_embd=16)),
+                                     overwrite="no")):
+        with pytest.raises(StagegptError, match="^overwrite must be True or False, got 'no'"):
+            save()
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    with pytest.raises(StagegptError, match="^resume must be True or False") as err:
+        Trainer(1, ModelConfig(), TrainConfig(), tmp_path, out, resume="no")
+    assert err.value.param == "resume"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stagegpt.errors import StagegptError
+from stagegpt.values import check_switch
 
 
 def _read_umask() -> int:
@@ -111,6 +112,7 @@ def check_swappable(target: str | Path) -> None:
 def check_replaceable(target: str | Path, overwrite: bool) -> None:
     """Refuse to replace an existing, non-empty `target` unless `overwrite` is set (and
     one `atomic_dir` cannot swap in)."""
+    check_switch(overwrite, "overwrite")
     check_swappable(target)
     target = Path(target)
     if not overwrite and target.exists() and (not target.is_dir() or any(target.iterdir())):

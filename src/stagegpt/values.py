@@ -1,9 +1,18 @@
 """What counts as a number when it comes from outside (JSON, TOML, Python callers): bools
-are not integers here, and a "real" must convert to a float that is not NaN."""
+are not integers here, and a "real" must convert to a float that is not NaN. A switch
+that guards files must be a bool: "no" is true in Python."""
 
 from __future__ import annotations
 
 import math
+
+from stagegpt.errors import StagegptError
+
+
+def check_switch(value: object, param: str) -> None:
+    """`value` is True or False, not a truthy stand-in."""
+    if not isinstance(value, bool):
+        raise StagegptError(f"{param} must be True or False, got {value!r:.40}", param)
 
 
 def is_int(value: object) -> bool:

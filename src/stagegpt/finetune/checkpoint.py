@@ -59,6 +59,7 @@ from stagegpt.train.checkpoints import (
     write_torch,
 )
 from stagegpt.train.rundir import STEP_DIR, resolve_checkpoint_dir, run_exists
+from stagegpt.values import check_switch
 
 ADAPTERS_FILE = "adapters.safetensors"
 LORA_FILE = "lora.json"
@@ -279,9 +280,7 @@ def write_merged(source: str | Path, out: str | Path, overwrite: bool = False) -
     """`stagegpt merge`: a plain checkpoint (LoRA folded into the weights) that sample,
     convert and inspect read; a classifier keeps its head beside it. `out` may not be in
     or over what the merge reads, and `overwrite` replaces only a checkpoint."""
-    if not isinstance(overwrite, bool):  # "no" is true: it would replace a checkpoint
-        raise StagegptError(f"overwrite must be True or False, got {overwrite!r:.40}",
-                            "overwrite")
+    check_switch(overwrite, "overwrite")  # before the load: "no" is true
     tuned = load_finetuned(source, merge=True)
     read_from = [Path(source).resolve(), *_run_and_checkpoint(tuned.path)]
     if not (tuned.path / WEIGHTS_FILE).is_file():  # load_finetuned read its base

@@ -46,6 +46,7 @@ from stagegpt.train.checkpoints import (
 from stagegpt.train.config import TrainConfig
 from stagegpt.train.rundir import check_apart, resolve_checkpoint_dir, step_dirs
 from stagegpt.train.trainer import Trainer
+from stagegpt.values import check_switch
 
 TASKS = ("classify", "instruct")
 TRAIN_MODES = ("head", "last-block", "all")
@@ -81,9 +82,7 @@ class FinetuneSettings:
             raise StagegptError(f"train={self.train} does not go with LoRA, which trains the "
                                 "adapters (and a classifier's head) with the base frozen; use "
                                 "head or leave it out", "train")
-        if not isinstance(self.truncate, bool):
-            raise StagegptError(f"truncate must be True or False, got {self.truncate!r:.40}",
-                                "truncate")
+        check_switch(self.truncate, "truncate")
         if self.truncate and self.task == "instruct":
             raise StagegptError("truncate is for classify texts; an instruct record must fit "
                                 "the context whole (its reply is what is learned): leave "

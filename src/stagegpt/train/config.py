@@ -13,7 +13,7 @@ from typing import Any
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import JSON_ERRORS, json_problem, read_text
 from stagegpt.model.config import ModelConfig
-from stagegpt.values import is_int, is_real
+from stagegpt.values import check_switch, is_int, is_real
 
 MAX_COUNT = 1 << 40  # steps, batches: anything past this is a typo, not a plan
 MAX_LR = 1.0  # an AdamW step moves each weight by about lr: past 1 a run only diverges
@@ -154,8 +154,9 @@ def replace_known(obj: Any, values: dict[str, Any], where: str | None = None) ->
 
 
 def check_trainer_arguments(model_config: Any, train_config: Any, data_dir: Any,
-                            out_dir: Any) -> None:
+                            out_dir: Any, resume: Any = False) -> None:
     """The types Trainer needs, refused in one line naming the parameter."""
+    check_switch(resume, "resume")
     for name, value, kind, build in (
             ("model_config", model_config, ModelConfig, "ModelConfig(...) or "
              "ModelConfig.from_preset(name)"),

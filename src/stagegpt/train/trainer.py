@@ -86,7 +86,7 @@ class Trainer:
                  fast: bool = True):
         """fast: train through `stagegpt.fast.accelerate(model)` (the same numbers, faster on
         a CPU); False trains the plain model as written."""
-        check_trainer_arguments(model_config, train_config, data_dir, out_dir)
+        check_trainer_arguments(model_config, train_config, data_dir, out_dir, resume)
         self.stage, self.tc, self.fast, self.on_step = stage, train_config, fast, on_step
         self.data_dir, self.out_dir = Path(data_dir), Path(out_dir)
         check_apart(self.data_dir, self.out_dir)
