@@ -337,6 +337,14 @@ def test_gpt2_variants_stage5_cannot_compute_are_refused(key, value, hf_dir):
             else key)
 
 
+@pytest.mark.parametrize("key,value", [("n_positions", 0), ("resid_pdrop", 1.5),
+                                       ("resid_pdrop", "0.1")])
+def test_a_bad_gpt2_config_value_is_named_by_its_key_in_config_json(key, value, hf_dir):
+    """Not by ModelConfig's field (block_size, dropout), which config.json does not have."""
+    edit_json(hf_dir / "config.json", **{key: value})
+    refused(hf_dir, rf"config\.json: {key} must be ")
+
+
 def test_config_json_that_is_not_an_object_is_refused(hf_dir):
     (hf_dir / "config.json").write_text("[1, 2]")
     refused(hf_dir, "not a stagegpt checkpoint config")

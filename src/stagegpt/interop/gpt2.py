@@ -65,6 +65,22 @@ FIXED = {
 }
 
 
+# ModelConfig's fields that GPT-2's config.json calls by other names
+GPT2_KEYS = {"block_size": "n_positions", "dropout": "resid_pdrop"}
+
+
+def model_config_from(source: Path, keys: dict[str, str], **fields: Any) -> ModelConfig:
+    """ModelConfig(**fields) from a Hugging Face config.json, whose errors name the file's
+    own keys (`keys` maps ModelConfig's field names to them): `n_positions`, not
+    `block_size`."""
+    try:
+        return ModelConfig(**fields)
+    except (StagegptError, TypeError, ValueError) as err:
+        names = re.compile(r"\b(" + "|".join(map(re.escape, keys)) + r")\b")
+        message = names.sub(lambda m: keys[m.group(1)], str(err)) if keys else str(err)
+        raise StagegptError(f"{source}: {message}") from None
+
+
 def config_from_hf(hf: Any, source: Path) -> ModelConfig:
     """Map a GPT2Config dict onto ModelConfig, refusing variants stage 5 does not compute.
 
@@ -94,17 +110,11 @@ def config_from_hf(hf: Any, source: Path) -> ModelConfig:
             f"{source}: tie_word_embeddings is false, but stage 5's head is always the token "
             "embedding; this model cannot load into stage 5"
         )
-    dropout = hf.get("resid_pdrop", 0.1)
-    if not isinstance(dropout, int | float) or isinstance(dropout, bool):
-        raise StagegptError(f"{source}: resid_pdrop must be a number, got {dropout!r:.40}")
-    try:
-        config = ModelConfig(  # which checks every value, dropout too
-            vocab_size=hf.get("vocab_size", GPT2_VOCAB), block_size=hf.get("n_positions", 1024),
-            n_embd=hf.get("n_embd", 768), n_layer=hf.get("n_layer", 12),
-            n_head=hf.get("n_head", 12), dropout=dropout, bias=True,
-        )
-    except StagegptError as err:
-        raise StagegptError(f"{source}: {err}") from None
+    config = model_config_from(  # which checks every value, dropout too
+        source, GPT2_KEYS, vocab_size=hf.get("vocab_size", GPT2_VOCAB),
+        block_size=hf.get("n_positions", 1024), n_embd=hf.get("n_embd", 768),
+        n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12),
+        dropout=hf.get("resid_pdrop", 0.1), bias=True)
     if hf.get("n_inner") not in (None, 4 * config.n_embd):
         raise StagegptError(
             f"{source}: n_inner = {hf['n_inner']!r} but stage 5's MLP is 4 * n_embd wide; "
