@@ -333,7 +333,7 @@ def test_missing_or_truncated_weights_are_refused(kind, keep, hf_dir, our_dir):
 ])
 def test_gpt2_variants_stage5_cannot_compute_are_refused(key, value, hf_dir):
     edit_json(hf_dir / "config.json", **{key: value})
-    refused(hf_dir, "a Hugging Face .gpt_neo. model; stagegpt loads gpt2" if key == "model_type"
+    refused(hf_dir, "model_type 'gpt_neo'.; stagegpt loads gpt2" if key == "model_type"
             else key)
 
 
@@ -343,6 +343,18 @@ def test_a_bad_gpt2_config_value_is_named_by_its_key_in_config_json(key, value, 
     """Not by ModelConfig's field (block_size, dropout), which config.json does not have."""
     edit_json(hf_dir / "config.json", **{key: value})
     refused(hf_dir, rf"config\.json: {key} must be ")
+
+
+@pytest.mark.parametrize("kind", ["mistral", None, ["llama"]])
+def test_convert_names_both_formats_it_reads_when_refusing_a_model_type(kind, hf_dir, tmp_path,
+                                                                        capsys):
+    """--from-hf reads GPT-2 and Llama dirs; its refusal said only GPT-2 converts."""
+    edit_json(hf_dir / "config.json", model_type=kind)
+    assert main(["convert", "--from-hf", str(hf_dir), "--no-tokenizer", "--out",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stagegpt loads gpt2 (stage 5) and llama (stage 9)" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_config_json_that_is_not_an_object_is_refused(hf_dir):

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from stagegpt.finetune.checkpoint import HEAD_FILE
     from stagegpt.interop import gpt2 as hf
     from stagegpt.interop import llama, load_checkpoint
+    from stagegpt.interop.loading import hf_loader
     from stagegpt.train.checkpoints import save_checkpoint
 
     out = Path(args.out)
@@ -77,9 +78,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.ckpt is not None:
         raise StagegptError("--ckpt goes with --to-hf; --from-hf takes the Hugging Face dir itself")
-    kind = read_json(Path(args.from_hf) / "config.json", "Hugging Face config")
-    is_llama = isinstance(kind, dict) and kind.get("model_type") == "llama"
-    model = (llama.load_llama_model if is_llama else hf.load_hf_model)(args.from_hf)
+    config_path = Path(args.from_hf) / "config.json"
+    model = hf_loader(read_json(config_path, "Hugging Face config"), config_path)(args.from_hf)
     tokenizer = None
     if not args.no_tokenizer:
         vocab = model.config.vocab_size

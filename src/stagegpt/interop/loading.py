@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,13 +49,21 @@ def _load(path: str | Path, device: str | torch.device) -> Checkpoint:
     if not isinstance(meta, dict):
         raise StagegptError(f"{directory / CONFIG_FILE} is not a stagegpt checkpoint config")
     if "model_type" in meta:
-        loader = HF_LOADERS.get(meta["model_type"]) if isinstance(meta["model_type"], str) else None
-        if loader is None:
-            raise StagegptError(f"{directory / CONFIG_FILE} is a Hugging Face "
-                                f"{meta['model_type']!r:.40} model; stagegpt loads gpt2 "
-                                "(stage 5) and llama (stage 9)")
-        return hf_checkpoint(directory, loader(directory), device)
+        return hf_checkpoint(directory, hf_loader(meta, directory / CONFIG_FILE)(directory),
+                             device)
     return read_checkpoint(directory, meta, device)
+
+
+def hf_loader(meta: Any, config_path: Path) -> Callable[[Path], LanguageModel]:
+    """The loader of the Hugging Face model whose config.json (at `config_path`) holds
+    `meta`, chosen by its model_type."""
+    kind = meta.get("model_type") if isinstance(meta, dict) else None
+    loader = HF_LOADERS.get(kind) if isinstance(kind, str) else None
+    if loader is None:
+        raise StagegptError(f"{config_path} is not a Hugging Face GPT-2 or Llama config "
+                            f"(model_type {kind!r:.40}); stagegpt loads gpt2 (stage 5) and "
+                            "llama (stage 9)")
+    return loader
 
 
 def hf_checkpoint(directory: Path, model: LanguageModel,
