@@ -41,7 +41,7 @@ def test_gpt2_flops_match_6n_plus_12ltc():
     estimate = 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
     train = inspect_model(model, batch=1, seq=8).flops["train"]
     assert train == flops_per_token(model)["train"]  # the number the ladder reports
-    assert abs(train - estimate) / estimate < 0.01
+    assert abs(train - estimate) / estimate < 0.001  # docs/inspecting.md: to 0.1%
 
 
 def test_gpt2_parameter_counts_count_the_tied_head_once():
