@@ -128,6 +128,28 @@ def test_hf_dir_loads_as_stage5_checkpoint(tiny_hf):
     assert ckpt.model.lm_head.weight.data_ptr() == ckpt.model.wte.weight.data_ptr()
 
 
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(device="nonsense"), "^device must be cpu, cuda or mps"),
+    (dict(device=5), "^device must be cpu, cuda or mps"),
+    (dict(device="meta"), "^device must be cpu, cuda or mps"),
+    (dict(dtype=["float32"]), "^dtype must be one of"),
+])
+def test_load_checkpoint_names_a_bad_device_or_dtype(kwargs, words, tiny_hf):
+    """A bad device reached torch (a RuntimeError, or an AssertionError for a missing GPU)
+    after the checkpoint was read; an unhashable dtype raised TypeError."""
+    with pytest.raises(StagegptError, match=words) as err:
+        load_checkpoint(tiny_hf[1], **kwargs)
+    assert err.value.param == next(iter(kwargs))
+    assert next(load_checkpoint(tiny_hf[1], device=torch.device("cpu")).model.parameters()
+                ).device.type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_load_checkpoint_on_a_missing_gpu_says_so(tiny_hf):
+    with pytest.raises(StagegptError, match="no CUDA GPU is visible"):
+        load_checkpoint(tiny_hf[1], device="cuda")
+
+
 def test_tiny_hf_logits_match(tiny_hf):
     model, directory = tiny_hf
     ours = load_checkpoint(directory).model

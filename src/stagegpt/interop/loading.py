@@ -18,6 +18,7 @@ from stagegpt.interop import gpt2
 from stagegpt.interop.llama import load_llama_model
 from stagegpt.model import GPT2_VOCAB, LanguageModel
 from stagegpt.train.checkpoints import CONFIG_FILE, Checkpoint, read_checkpoint
+from stagegpt.train.distributed import resolve_device
 from stagegpt.train.rundir import resolve_checkpoint_dir
 
 HF_LOADERS = {"gpt2": gpt2.load_hf_model, "llama": load_llama_model}  # model_type -> loader
@@ -30,17 +31,34 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     dtype: str = "float32") -> Checkpoint:
     """Load a stagegpt checkpoint (or run dir, or Hugging Face GPT-2 / Llama dir).
 
+    device: "cpu", "cuda", "mps" (with an index, "cuda:1", if you like) or a torch.device.
     dtype: "bfloat16" casts the weights for inference: half the bytes to read per token.
     """
-    if dtype not in DTYPES:
-        raise StagegptError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", "dtype")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise StagegptError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r:.40}",
+                            "dtype")
     if not isinstance(path, str | os.PathLike) or not os.fspath(path):
         raise StagegptError(f"path must name a checkpoint, run or Hugging Face directory, got "
                             f"{path!r:.40}", "path")
+    device = checked_device(device)
     checkpoint = _load(path, device)
     cpu.note_if_slow_bf16(dtype, device)
     checkpoint.model.to(DTYPES[dtype])
     return checkpoint
+
+
+def checked_device(device: object) -> torch.device:
+    """`device` as a torch.device of a kind that is here; StagegptError naming `device`
+    otherwise (torch would fail deep inside, with an AssertionError for a missing GPU)."""
+    try:
+        parsed = torch.device(device) if isinstance(device, str | torch.device) else None
+    except RuntimeError:  # not a device name torch knows
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise StagegptError(f"device must be cpu, cuda or mps (or a torch.device), got "
+                            f"{device!r:.40}", "device")
+    resolve_device(parsed.type)  # refuses a GPU that is not there
+    return parsed
 
 
 def _load(path: str | Path, device: str | torch.device) -> Checkpoint:
