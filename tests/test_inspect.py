@@ -180,7 +180,12 @@ def test_attention_writes_only_a_png_and_never_over_a_device(checkpoint, tmp_pat
 def test_attention_maps_checks_its_ids(checkpoint):
     model = load_checkpoint(checkpoint).model
     for ids, message in ((torch.tensor([[0, 10_000]]), "token ids in"),
-                         ([[0, 1]], "got list"), (torch.tensor([0, 1]), r"got \(2,\)")):
+                         ([[0, 1]], "got list"), (torch.tensor([0, 1]), r"got \(2,\)"),
+                         # an empty text gave (L, nh, 0, 0); one past the context, a message
+                         # naming no parameter
+                         (torch.zeros(1, 0, dtype=torch.long), "got 0"),
+                         (torch.zeros(1, model.config.block_size + 1, dtype=torch.long),
+                          f"1 to {model.config.block_size} tokens")):
         with pytest.raises(StagegptError, match=message) as err:
             attention_maps(model, ids)
         assert err.value.param == "ids"
