@@ -386,12 +386,12 @@ def test_config_json_that_is_not_an_object_is_refused(hf_dir):
         load_hf_model(hf_dir)
 
 
-def test_only_stage5_exports(tiny_config, tmp_path, capsys):
+def test_only_stages_5_and_9_export(tiny_config, tmp_path, capsys):
     save_checkpoint(tmp_path / "s4", build_model(4, tiny_config), None)
     assert main(["convert", "--to-hf", "--ckpt", str(tmp_path / "s4"),
                  "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "only stage 5" in err and "stage 4" in err
+    assert err.count("\n") == 1 and "stage 4; only stage 5 (as GPT-2) and stage 9 (as Llama)" in err
     assert not (tmp_path / "hf").exists()
 
 
@@ -400,6 +400,8 @@ def test_only_stage5_exports(tiny_config, tmp_path, capsys):
     (["--from-hf", "{hf}", "--ckpt", "{hf}", "--out", "{tmp}/x"], "--ckpt goes with --to-hf"),
     (["--from-hf", "{hf}", "--out", "{tmp}"], "already exists and is not empty"),
     (["--from-hf", "{hf}", "--out", "{tmp}/x"], "vocab_size 97.*--no-tokenizer"),
+    (["--to-hf", "--ckpt", "{hf}", "--no-tokenizer", "--out", "{tmp}/x"],  # was ignored
+     "--no-tokenizer goes with --from-hf"),
 ])
 def test_convert_usage_errors_are_one_line(argv, match, hf_dir, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path, hf=hf_dir) for a in argv]

@@ -63,8 +63,14 @@ def run(args: argparse.Namespace) -> int:
     if args.to_hf:
         if args.ckpt is None:
             raise StagegptError("--to-hf needs --ckpt DIR, the stage 5 or 9 checkpoint to export")
+        if args.no_tokenizer:
+            raise StagegptError("--no-tokenizer goes with --from-hf; --to-hf never writes a "
+                                "tokenizer")
         checkpoint = load_checkpoint(args.ckpt)
         model = checkpoint.model
+        if model.stage not in (5, 9):
+            raise StagegptError(f"{args.ckpt} holds stage {model.stage}; only stage 5 (as "
+                                "GPT-2) and stage 9 (as Llama) convert to Hugging Face")
         if (checkpoint.path / HEAD_FILE).exists():
             print(f"note: {checkpoint.path}'s classification head ({HEAD_FILE}) has no place "
                   "in a Hugging Face language model; exporting the language model alone")
