@@ -423,17 +423,36 @@ def gpt2_vocab_hf(tmp_path_factory):
     return directory
 
 
-def test_gpt2_vocab_without_a_tokenizer_loads_with_a_warning(gpt2_vocab_hf, monkeypatch,
-                                                            tmp_path, capsys):
-    def unavailable():
-        raise StagegptError("GPT-2's rank file is not cached and the machine is offline")
+@pytest.fixture
+def no_gpt2_table(monkeypatch):
+    """GPT-2's table cannot be had: $STAGEGPT_GPT2_RANKS names a missing file (no fetch)."""
+    from stagegpt.data.tokenizers import gpt2_encoding
 
-    monkeypatch.setattr("stagegpt.interop.gpt2.gpt2_tokenizer", unavailable)
-    with pytest.warns(UserWarning, match="without a tokenizer"):
-        assert load_checkpoint(gpt2_vocab_hf).tokenizer is None
+    monkeypatch.setenv("STAGEGPT_GPT2_RANKS", "/nonexistent/r50k_base.tiktoken")
+    gpt2_encoding.cache_clear()
+    yield
+    gpt2_encoding.cache_clear()  # the next use reads the real table again
+
+
+def test_gpt2_vocab_without_the_gpt2_table(gpt2_vocab_hf, no_gpt2_table, tmp_path, capsys):
+    """convert --from-hf refuses and says --no-tokenizer: it used to write a checkpoint,
+    since GPT2Tokenizer reads its table on first use and nothing used it. load_checkpoint
+    keeps the tokenizer, whose first use says what is missing (it was documented to warn
+    and return None, which it never did)."""
     assert main(["convert", "--from-hf", str(gpt2_vocab_hf), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "tokenizer" in err and "--no-tokenizer" in err
+    assert err.count("\n") == 1 and "STAGEGPT_GPT2_RANKS" in err and "--no-tokenizer" in err
+    assert not (tmp_path / "x").exists()
+    assert main(["convert", "--from-hf", str(gpt2_vocab_hf), "--no-tokenizer", "--out",
+                 str(tmp_path / "x")]) == 0
+    ckpt = load_checkpoint(gpt2_vocab_hf)
+    with pytest.raises(StagegptError, match="STAGEGPT_GPT2_RANKS"):
+        ckpt.tokenizer.encode("Hello")
+    assert generate(ckpt.model, torch.tensor([[1, 2]]), 3, temperature=0).shape == (1, 5)
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(gpt2_vocab_hf), "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "STAGEGPT_GPT2_RANKS" in err
 
 
 def test_from_hf_writes_the_gpt2_tokenizer(gpt2_vocab_hf, tmp_path):

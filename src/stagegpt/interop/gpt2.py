@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stagegpt.data.tokenizers import GPT2_EOT_ID, get_tokenizer
+from stagegpt.data.tokenizers import GPT2_EOT_ID, get_tokenizer, gpt2_encoding
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import atomic_dir, check_replaceable, read_json, write_json
 from stagegpt.model.config import GPT2_VOCAB, ModelConfig
@@ -293,5 +293,8 @@ def load_hf_model(directory: str | Path) -> GPT:
 
 
 def gpt2_tokenizer() -> Any:
-    """OpenAI GPT-2's tokenizer (StagegptError if it cannot be had, e.g. offline)."""
-    return get_tokenizer("gpt2")
+    """OpenAI GPT-2's tokenizer with its table loaded: StagegptError now if it cannot be
+    had (e.g. offline), not at the first encode (GPT2Tokenizer reads it on first use)."""
+    tokenizer = get_tokenizer("gpt2")
+    gpt2_encoding()
+    return tokenizer

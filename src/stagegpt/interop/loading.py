@@ -4,13 +4,13 @@ Face GPT-2 (stage 5) or Llama (stage 9) dir, as a `Checkpoint` ready for inferen
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from stagegpt.data.tokenizers import get_tokenizer
 from stagegpt.errors import StagegptError
 from stagegpt.fast import cpu
 from stagegpt.fileio import read_json
@@ -87,12 +87,8 @@ def hf_loader(meta: Any, config_path: Path) -> Callable[[Path], LanguageModel]:
 def hf_checkpoint(directory: Path, model: LanguageModel,
                   device: str | torch.device = "cpu") -> Checkpoint:
     """A Hugging Face model as a Checkpoint. One with GPT-2's vocabulary gets GPT-2's
-    tokenizer; if that cannot be loaded it comes back without one (and a warning), still
-    usable on token ids."""
-    tokenizer = None
-    if model.config.vocab_size == GPT2_VOCAB:
-        try:
-            tokenizer = gpt2.gpt2_tokenizer()  # looked up here, so tests can stand in
-        except StagegptError as err:
-            warnings.warn(f"{directory}: loaded without a tokenizer: {err}", stacklevel=3)
+    tokenizer, which reads its table on first use: where the table cannot be had (offline
+    and not cached) that use raises a StagegptError saying how to get it, and the model
+    still works on token ids."""
+    tokenizer = get_tokenizer("gpt2") if model.config.vocab_size == GPT2_VOCAB else None
     return Checkpoint(directory, model.stage, model.config, model.to(device), tokenizer, None)
