@@ -192,17 +192,25 @@ def test_every_gpt2_size_maps_to_its_preset_and_back(preset):
     assert config_from_hf(theirs.to_dict(), Path("config.json")) == config
 
 
-def test_old_pickled_checkpoint_without_prefix_loads(tiny_hf, tmp_path):
+@pytest.mark.parametrize("mask", [torch.float32, torch.uint8, torch.bool])
+@pytest.mark.parametrize("file", ["pytorch_model.bin", "model.safetensors"])
+def test_old_checkpoint_without_prefix_loads(mask, file, tiny_hf, tmp_path):
     """The layout of OpenAI's original pytorch_model.bin: no `transformer.` prefix, the
-    attention mask buffers stored, and the tied head saved as well."""
+    attention mask buffers stored, and the tied head saved as well. transformers 4.x
+    stored the mask as uint8, later bool, in .bin and safetensors alike; such files were
+    refused as holding a uint8 'weight'."""
     model, directory = tiny_hf
     weights = {k.removeprefix("transformer."): v for k, v in model.state_dict().items()}
     for i in range(TINY["n_layer"]):
-        weights[f"h.{i}.attn.bias"] = torch.ones(64, 64).tril().view(1, 1, 64, 64)
+        weights[f"h.{i}.attn.bias"] = torch.ones(64, 64, dtype=mask).tril().view(1, 1, 64, 64)
         weights[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     (tmp_path / "old").mkdir()
     shutil.copy(directory / "config.json", tmp_path / "old")
-    torch.save(weights, tmp_path / "old" / "pytorch_model.bin")
+    if file == "model.safetensors":
+        weights["lm_head.weight"] = weights["lm_head.weight"].clone()  # no shared storage
+        save_file(weights, tmp_path / "old" / file)
+    else:
+        torch.save(weights, tmp_path / "old" / file)
     idx = random_ids(97, 2, 64)
     torch.testing.assert_close(our_logits(load_checkpoint(tmp_path / "old").model, idx),
                                hf_logits(model, idx), atol=1e-4, rtol=0)

@@ -24,6 +24,8 @@ the buffers hold nothing learned and are skipped. Pickled weights are read with
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,8 +155,16 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-def read_pickled_weights(path: Path) -> dict[str, Tensor]:
-    """A `pytorch_model.bin`, unpickled with `weights_only=True`: tensors in, never code."""
+def mask_buffer(key: str) -> bool:
+    """An old GPT-2 file's causal-mask buffer (`attn.bias`, `attn.masked_bias`): nothing
+    learned, and transformers 4.x stored `attn.bias` as uint8 or bool, not as a weight."""
+    return MASK_BUFFER.match(key.removeprefix(PREFIX)) is not None
+
+
+def read_pickled_weights(path: Path, skip: Callable[[str], bool] | None = None
+                         ) -> dict[str, Tensor]:
+    """A `pytorch_model.bin`, unpickled with `weights_only=True`: tensors in, never code.
+    skip: names of tensors to leave out (buffers that hold nothing to load)."""
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any failure means "do not trust this file"
@@ -169,7 +179,8 @@ def read_pickled_weights(path: Path) -> dict[str, Tensor]:
         isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()
     ):
         raise StagegptError(f"{path} is not a dict of named tensors; is it a GPT-2 checkpoint?")
-    return check_weight_tensors(weights, path)
+    return check_weight_tensors({k: v for k, v in weights.items()
+                                 if skip is None or not skip(k)}, path)
 
 
 def _read_sharded(directory: Path, index: Path, read: Any) -> dict[str, Tensor]:
@@ -188,18 +199,22 @@ def _read_sharded(directory: Path, index: Path, read: Any) -> dict[str, Tensor]:
     return weights
 
 
-def read_hf_weights(directory: Path) -> tuple[dict[str, Tensor], Path]:
-    """The weights of a Hugging Face dir and the file they came from; safetensors first."""
+def read_hf_weights(directory: Path, skip: Callable[[str], bool] | None = None
+                    ) -> tuple[dict[str, Tensor], Path]:
+    """The weights of a Hugging Face dir (but those named by `skip`) and the file they came
+    from; safetensors first."""
+    safetensors, pickled = partial(read_weights, skip=skip), partial(read_pickled_weights,
+                                                                      skip=skip)
     if (directory / WEIGHTS_FILE).is_file():
-        return read_weights(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE
+        return safetensors(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE
     if (directory / SAFETENSORS_INDEX).is_file():
         index = directory / SAFETENSORS_INDEX
-        return _read_sharded(directory, index, read_weights), index
+        return _read_sharded(directory, index, safetensors), index
     if (directory / PICKLE_FILE).is_file():
-        return read_pickled_weights(directory / PICKLE_FILE), directory / PICKLE_FILE
+        return pickled(directory / PICKLE_FILE), directory / PICKLE_FILE
     if (directory / PICKLE_INDEX).is_file():
         index = directory / PICKLE_INDEX
-        return _read_sharded(directory, index, read_pickled_weights), index
+        return _read_sharded(directory, index, pickled), index
     raise StagegptError(
         f"{directory / WEIGHTS_FILE} is missing (and there is no {PICKLE_FILE}); "
         "download the model's weights into the directory beside its config.json"
@@ -217,7 +232,7 @@ def weights_from_hf(hf_weights: dict[str, Tensor], model: LanguageModel,
         if name == "lm_head.weight":
             head = tensor
             continue
-        if MASK_BUFFER.match(name):
+        if mask_buffer(name):
             continue
         if name not in expected or name in weights:
             unexpected.append(key)
@@ -286,7 +301,7 @@ def load_hf_model(directory: str | Path) -> GPT:
     directory = Path(directory)
     config = config_from_hf(read_json(directory / CONFIG_FILE, "Hugging Face config"),
                             directory / CONFIG_FILE)
-    hf_weights, source = read_hf_weights(directory)
+    hf_weights, source = read_hf_weights(directory, skip=mask_buffer)
     model = empty_model(GPT.stage, config)  # every value comes from the file
     load_weights_into(model, weights_from_hf(hf_weights, model, source), source)
     return model.eval()
