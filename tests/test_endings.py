@@ -202,6 +202,7 @@ def test_the_python_api_names_its_parameters():
 
 
 def test_a_split_too_short_is_refused():
-    with pytest.raises(StagegptError, match="needs at least"):
+    # 4 x (48 + 16): the message read "4 x context + longest ending", which is 208
+    with pytest.raises(StagegptError, match=r"needs at least 256 \(4 x \(context \+ longest"):
         make_items(TOKENS[:100], items=5, context=48, ending=(8, 16))
     assert items_for_window(TOKENS[:100], 64) is None

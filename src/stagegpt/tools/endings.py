@@ -73,7 +73,7 @@ def make_items(tokens: np.ndarray, items: int = DEFAULT_ITEMS, context: int = DE
     span = context + high
     if len(tokens) < 4 * span:
         raise StagegptError(f"the split holds {len(tokens):,} tokens; the endings test needs "
-                            f"at least {4 * span:,} (4 x context + longest ending)")
+                            f"at least {4 * span:,} (4 x (context + longest ending)))")
     rng = np.random.default_rng(seed)
     return [_item(tokens, rng, context, low, high) for _ in range(items)]
 
