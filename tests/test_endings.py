@@ -142,6 +142,30 @@ def test_eval_fits_its_defaults_to_a_small_window_and_writes_nan_as_null(
     assert json.loads(capsys.readouterr().out)["val_loss"] is None
 
 
+def test_eval_fills_the_ending_length_not_given_from_the_one_given(markov_data, tmp_path,
+                                                                    capsys, monkeypatch):
+    """--ending-max 3 alone was refused as (8, 3), and --ending-min 12 alone in a 16-token
+    window as endings of up to 16 tokens: the length not given is its default, kept on
+    the right side of the one given."""
+    from stagegpt.tools import endings
+
+    data = markov_data(order=1, vocab=12, tokens=20_000, seed=0, concentration=0.05)
+    config = ModelConfig(vocab_size=12, block_size=16, n_embd=16, n_layer=1, n_head=2)
+    save_checkpoint(tmp_path / "ckpt", build_model(5, config), None)
+    asked = []
+    original = endings.make_items
+    monkeypatch.setattr(endings, "make_items",
+                        lambda *args: asked.append(args[3]) or original(*args))
+    for flags, lengths in ((["--ending-max", "3"], (2, 3)), (["--ending-min", "12"], (12, 12)),
+                           ([], (2, 4))):
+        assert main(["eval", "--ckpt", str(tmp_path / "ckpt"), "--data", str(data),
+                     "--items", "5", "--json", *flags]) == 0, capsys.readouterr().err
+        assert asked.pop() == lengths
+    assert main(["eval", "--ckpt", str(tmp_path / "ckpt"), "--data", str(data),
+                 "--ending-min", "5", "--ending-max", "3"]) == 2
+    assert "got (5, 3)" in capsys.readouterr().err
+
+
 def test_eval_reads_the_val_splits_largest_id_once(markov_data, tmp_path, monkeypatch,
                                                    capsys):
     """Its vocabulary check was a full pass over val.bin, and split_loss made a second."""
@@ -178,6 +202,7 @@ def test_the_python_api_names_its_parameters():
 
 
 def test_a_split_too_short_is_refused():
-    with pytest.raises(StagegptError, match="needs at least"):
+    # 4 x (48 + 16): the message read "4 x context + longest ending", which is 208
+    with pytest.raises(StagegptError, match=r"needs at least 256 \(4 x \(context \+ longest"):
         make_items(TOKENS[:100], items=5, context=48, ending=(8, 16))
     assert items_for_window(TOKENS[:100], 64) is None

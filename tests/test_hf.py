@@ -128,6 +128,28 @@ def test_hf_dir_loads_as_stage5_checkpoint(tiny_hf):
     assert ckpt.model.lm_head.weight.data_ptr() == ckpt.model.wte.weight.data_ptr()
 
 
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(device="nonsense"), "^device must be cpu, cuda or mps"),
+    (dict(device=5), "^device must be cpu, cuda or mps"),
+    (dict(device="meta"), "^device must be cpu, cuda or mps"),
+    (dict(dtype=["float32"]), "^dtype must be one of"),
+])
+def test_load_checkpoint_names_a_bad_device_or_dtype(kwargs, words, tiny_hf):
+    """A bad device reached torch (a RuntimeError, or an AssertionError for a missing GPU)
+    after the checkpoint was read; an unhashable dtype raised TypeError."""
+    with pytest.raises(StagegptError, match=words) as err:
+        load_checkpoint(tiny_hf[1], **kwargs)
+    assert err.value.param == next(iter(kwargs))
+    assert next(load_checkpoint(tiny_hf[1], device=torch.device("cpu")).model.parameters()
+                ).device.type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_load_checkpoint_on_a_missing_gpu_says_so(tiny_hf):
+    with pytest.raises(StagegptError, match="no CUDA GPU is visible"):
+        load_checkpoint(tiny_hf[1], device="cuda")
+
+
 def test_tiny_hf_logits_match(tiny_hf):
     model, directory = tiny_hf
     ours = load_checkpoint(directory).model
@@ -170,17 +192,25 @@ def test_every_gpt2_size_maps_to_its_preset_and_back(preset):
     assert config_from_hf(theirs.to_dict(), Path("config.json")) == config
 
 
-def test_old_pickled_checkpoint_without_prefix_loads(tiny_hf, tmp_path):
+@pytest.mark.parametrize("mask", [torch.float32, torch.uint8, torch.bool])
+@pytest.mark.parametrize("file", ["pytorch_model.bin", "model.safetensors"])
+def test_old_checkpoint_without_prefix_loads(mask, file, tiny_hf, tmp_path):
     """The layout of OpenAI's original pytorch_model.bin: no `transformer.` prefix, the
-    attention mask buffers stored, and the tied head saved as well."""
+    attention mask buffers stored, and the tied head saved as well. transformers 4.x
+    stored the mask as uint8, later bool, in .bin and safetensors alike; such files were
+    refused as holding a uint8 'weight'."""
     model, directory = tiny_hf
     weights = {k.removeprefix("transformer."): v for k, v in model.state_dict().items()}
     for i in range(TINY["n_layer"]):
-        weights[f"h.{i}.attn.bias"] = torch.ones(64, 64).tril().view(1, 1, 64, 64)
+        weights[f"h.{i}.attn.bias"] = torch.ones(64, 64, dtype=mask).tril().view(1, 1, 64, 64)
         weights[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     (tmp_path / "old").mkdir()
     shutil.copy(directory / "config.json", tmp_path / "old")
-    torch.save(weights, tmp_path / "old" / "pytorch_model.bin")
+    if file == "model.safetensors":
+        weights["lm_head.weight"] = weights["lm_head.weight"].clone()  # no shared storage
+        save_file(weights, tmp_path / "old" / file)
+    else:
+        torch.save(weights, tmp_path / "old" / file)
     idx = random_ids(97, 2, 64)
     torch.testing.assert_close(our_logits(load_checkpoint(tmp_path / "old").model, idx),
                                hf_logits(model, idx), atol=1e-4, rtol=0)
@@ -333,8 +363,28 @@ def test_missing_or_truncated_weights_are_refused(kind, keep, hf_dir, our_dir):
 ])
 def test_gpt2_variants_stage5_cannot_compute_are_refused(key, value, hf_dir):
     edit_json(hf_dir / "config.json", **{key: value})
-    refused(hf_dir, "a Hugging Face .gpt_neo. model; stagegpt loads gpt2" if key == "model_type"
+    refused(hf_dir, "model_type 'gpt_neo'.; stagegpt loads gpt2" if key == "model_type"
             else key)
+
+
+@pytest.mark.parametrize("key,value", [("n_positions", 0), ("resid_pdrop", 1.5),
+                                       ("resid_pdrop", "0.1")])
+def test_a_bad_gpt2_config_value_is_named_by_its_key_in_config_json(key, value, hf_dir):
+    """Not by ModelConfig's field (block_size, dropout), which config.json does not have."""
+    edit_json(hf_dir / "config.json", **{key: value})
+    refused(hf_dir, rf"config\.json: {key} must be ")
+
+
+@pytest.mark.parametrize("kind", ["mistral", None, ["llama"]])
+def test_convert_names_both_formats_it_reads_when_refusing_a_model_type(kind, hf_dir, tmp_path,
+                                                                        capsys):
+    """--from-hf reads GPT-2 and Llama dirs; its refusal said only GPT-2 converts."""
+    edit_json(hf_dir / "config.json", model_type=kind)
+    assert main(["convert", "--from-hf", str(hf_dir), "--no-tokenizer", "--out",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stagegpt loads gpt2 (stage 5) and llama (stage 9)" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_config_json_that_is_not_an_object_is_refused(hf_dir):
@@ -344,12 +394,12 @@ def test_config_json_that_is_not_an_object_is_refused(hf_dir):
         load_hf_model(hf_dir)
 
 
-def test_only_stage5_exports(tiny_config, tmp_path, capsys):
+def test_only_stages_5_and_9_export(tiny_config, tmp_path, capsys):
     save_checkpoint(tmp_path / "s4", build_model(4, tiny_config), None)
     assert main(["convert", "--to-hf", "--ckpt", str(tmp_path / "s4"),
                  "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "only stage 5" in err and "stage 4" in err
+    assert err.count("\n") == 1 and "stage 4; only stage 5 (as GPT-2) and stage 9 (as Llama)" in err
     assert not (tmp_path / "hf").exists()
 
 
@@ -358,6 +408,8 @@ def test_only_stage5_exports(tiny_config, tmp_path, capsys):
     (["--from-hf", "{hf}", "--ckpt", "{hf}", "--out", "{tmp}/x"], "--ckpt goes with --to-hf"),
     (["--from-hf", "{hf}", "--out", "{tmp}"], "already exists and is not empty"),
     (["--from-hf", "{hf}", "--out", "{tmp}/x"], "vocab_size 97.*--no-tokenizer"),
+    (["--to-hf", "--ckpt", "{hf}", "--no-tokenizer", "--out", "{tmp}/x"],  # was ignored
+     "--no-tokenizer goes with --from-hf"),
 ])
 def test_convert_usage_errors_are_one_line(argv, match, hf_dir, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path, hf=hf_dir) for a in argv]
@@ -379,17 +431,36 @@ def gpt2_vocab_hf(tmp_path_factory):
     return directory
 
 
-def test_gpt2_vocab_without_a_tokenizer_loads_with_a_warning(gpt2_vocab_hf, monkeypatch,
-                                                            tmp_path, capsys):
-    def unavailable():
-        raise StagegptError("GPT-2's rank file is not cached and the machine is offline")
+@pytest.fixture
+def no_gpt2_table(monkeypatch):
+    """GPT-2's table cannot be had: $STAGEGPT_GPT2_RANKS names a missing file (no fetch)."""
+    from stagegpt.data.tokenizers import gpt2_encoding
 
-    monkeypatch.setattr("stagegpt.interop.gpt2.gpt2_tokenizer", unavailable)
-    with pytest.warns(UserWarning, match="without a tokenizer"):
-        assert load_checkpoint(gpt2_vocab_hf).tokenizer is None
+    monkeypatch.setenv("STAGEGPT_GPT2_RANKS", "/nonexistent/r50k_base.tiktoken")
+    gpt2_encoding.cache_clear()
+    yield
+    gpt2_encoding.cache_clear()  # the next use reads the real table again
+
+
+def test_gpt2_vocab_without_the_gpt2_table(gpt2_vocab_hf, no_gpt2_table, tmp_path, capsys):
+    """convert --from-hf refuses and says --no-tokenizer: it used to write a checkpoint,
+    since GPT2Tokenizer reads its table on first use and nothing used it. load_checkpoint
+    keeps the tokenizer, whose first use says what is missing (it was documented to warn
+    and return None, which it never did)."""
     assert main(["convert", "--from-hf", str(gpt2_vocab_hf), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "tokenizer" in err and "--no-tokenizer" in err
+    assert err.count("\n") == 1 and "STAGEGPT_GPT2_RANKS" in err and "--no-tokenizer" in err
+    assert not (tmp_path / "x").exists()
+    assert main(["convert", "--from-hf", str(gpt2_vocab_hf), "--no-tokenizer", "--out",
+                 str(tmp_path / "x")]) == 0
+    ckpt = load_checkpoint(gpt2_vocab_hf)
+    with pytest.raises(StagegptError, match="STAGEGPT_GPT2_RANKS"):
+        ckpt.tokenizer.encode("Hello")
+    assert generate(ckpt.model, torch.tensor([[1, 2]]), 3, temperature=0).shape == (1, 5)
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", str(gpt2_vocab_hf), "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "STAGEGPT_GPT2_RANKS" in err
 
 
 def test_from_hf_writes_the_gpt2_tokenizer(gpt2_vocab_hf, tmp_path):

@@ -255,6 +255,57 @@ def test_a_llama_variant_stage9_does_not_compute_is_refused(tmp_path, capsys, ed
     assert not (tmp_path / "back").exists()
 
 
+@pytest.mark.parametrize("kv", ["absent", None])
+def test_a_llama_config_without_key_value_heads_is_multi_head_as_in_transformers(tmp_path, kv):
+    """LlamaConfig reads an absent or null num_key_value_heads as num_attention_heads; so
+    does the converter (it took stage 9's default of n_head // 2 and refused the weights)."""
+    import json
+
+    from stagegpt import load_checkpoint
+
+    torch.manual_seed(0)
+    theirs = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        **llama_config(ModelConfig(**{**CONFIG.to_dict(), "n_kv_head": 4})))).eval()
+    theirs.save_pretrained(tmp_path / "llama")
+    path = tmp_path / "llama" / "config.json"
+    config = json.loads(path.read_text())
+    config.pop("num_key_value_heads") if kv == "absent" else config.update(
+        num_key_value_heads=kv)
+    path.write_text(json.dumps(config))
+    assert transformers.LlamaConfig.from_pretrained(tmp_path / "llama").num_key_value_heads == 4
+    ours = load_checkpoint(tmp_path / "llama").model
+    assert ours.config.kv_heads() == 4
+    x = ids()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], theirs(x).logits, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(num_key_value_heads=3),
+     "num_attention_heads (4) must be a multiple of num_key_value_heads (3)"),
+    (lambda c: c.update(max_position_embeddings=0), "max_position_embeddings must be a posit"),
+    (lambda c: c.update(intermediate_size=-5), "intermediate_size must be a positive"),
+    (lambda c: c.update(num_attention_heads=0), "num_attention_heads must be a positive"),
+    (lambda c: c.update(attention_dropout="x"), "attention_dropout must be a number"),
+])
+def test_a_bad_llama_config_value_is_named_by_its_key_in_config_json(tmp_path, edit, message):
+    """The error names the key the user reads in config.json, not ModelConfig's field."""
+    import json
+
+    from stagegpt import load_checkpoint
+    from stagegpt.errors import StagegptError
+    from stagegpt.interop.llama import save_llama_dir
+
+    save_llama_dir(tmp_path / "llama", build_model(9, CONFIG))
+    path = tmp_path / "llama" / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+    with pytest.raises(StagegptError, match=r"config\.json: " + message.replace("(", r"\(")
+                       .replace(")", r"\)")):
+        load_checkpoint(tmp_path / "llama")
+
+
 def test_a_llama_dir_transformers_saved_keeps_its_rotary_base(tmp_path):
     """transformers 5 writes rope_theta inside rope_parameters; older files store the
     rotary inv_freq buffers too (nothing learned: skipped). Same logits either way."""

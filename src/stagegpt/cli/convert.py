@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from stagegpt.finetune.checkpoint import HEAD_FILE
     from stagegpt.interop import gpt2 as hf
     from stagegpt.interop import llama, load_checkpoint
+    from stagegpt.interop.loading import hf_loader
     from stagegpt.train.checkpoints import save_checkpoint
 
     out = Path(args.out)
@@ -62,8 +63,14 @@ def run(args: argparse.Namespace) -> int:
     if args.to_hf:
         if args.ckpt is None:
             raise StagegptError("--to-hf needs --ckpt DIR, the stage 5 or 9 checkpoint to export")
+        if args.no_tokenizer:
+            raise StagegptError("--no-tokenizer goes with --from-hf; --to-hf never writes a "
+                                "tokenizer")
         checkpoint = load_checkpoint(args.ckpt)
         model = checkpoint.model
+        if model.stage not in (5, 9):
+            raise StagegptError(f"{args.ckpt} holds stage {model.stage}; only stage 5 (as "
+                                "GPT-2) and stage 9 (as Llama) convert to Hugging Face")
         if (checkpoint.path / HEAD_FILE).exists():
             print(f"note: {checkpoint.path}'s classification head ({HEAD_FILE}) has no place "
                   "in a Hugging Face language model; exporting the language model alone")
@@ -77,9 +84,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.ckpt is not None:
         raise StagegptError("--ckpt goes with --to-hf; --from-hf takes the Hugging Face dir itself")
-    kind = read_json(Path(args.from_hf) / "config.json", "Hugging Face config")
-    is_llama = isinstance(kind, dict) and kind.get("model_type") == "llama"
-    model = (llama.load_llama_model if is_llama else hf.load_hf_model)(args.from_hf)
+    config_path = Path(args.from_hf) / "config.json"
+    model = hf_loader(read_json(config_path, "Hugging Face config"), config_path)(args.from_hf)
     tokenizer = None
     if not args.no_tokenizer:
         vocab = model.config.vocab_size

@@ -36,10 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "for a smaller window; cropped from the left to fit it)")
     parser.add_argument("--ending-min", type=int, metavar="T",
                         help=f"shortest ending in tokens (default: {DEFAULT_ENDING[0]}, half "
-                             "the longest in a smaller window)")
+                             "the longest in a smaller window; at most --ending-max)")
     parser.add_argument("--ending-max", type=int, metavar="T",
                         help=f"longest ending in tokens (default: {DEFAULT_ENDING[1]}, at most "
-                             "a quarter of the model's window)")
+                             "a quarter of the model's window; at least --ending-min)")
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="seed that picks the questions (default: 0)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
@@ -50,10 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from stagegpt.tools.endings import evaluate_checkpoint
 
-    ending = None
-    if args.ending_min is not None or args.ending_max is not None:
-        ending = (DEFAULT_ENDING[0] if args.ending_min is None else args.ending_min,
-                  DEFAULT_ENDING[1] if args.ending_max is None else args.ending_max)
+    ending = (args.ending_min, args.ending_max)  # an end not given: its default, in order
     result = evaluate_checkpoint(args.ckpt, args.data, args.items, args.context, ending,
                                  args.seed, args.dtype)
     if args.json:  # a diverged model's NaN loss is null: JSON has no NaN

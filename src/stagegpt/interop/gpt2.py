@@ -24,13 +24,15 @@ the buffers hold nothing learned and are skipped. Pickled weights are read with
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from stagegpt.data.tokenizers import GPT2_EOT_ID, get_tokenizer
+from stagegpt.data.tokenizers import GPT2_EOT_ID, get_tokenizer, gpt2_encoding
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import atomic_dir, check_replaceable, read_json, write_json
 from stagegpt.model.config import GPT2_VOCAB, ModelConfig
@@ -65,6 +67,22 @@ FIXED = {
 }
 
 
+# ModelConfig's fields that GPT-2's config.json calls by other names
+GPT2_KEYS = {"block_size": "n_positions", "dropout": "resid_pdrop"}
+
+
+def model_config_from(source: Path, keys: dict[str, str], **fields: Any) -> ModelConfig:
+    """ModelConfig(**fields) from a Hugging Face config.json, whose errors name the file's
+    own keys (`keys` maps ModelConfig's field names to them): `n_positions`, not
+    `block_size`."""
+    try:
+        return ModelConfig(**fields)
+    except (StagegptError, TypeError, ValueError) as err:
+        names = re.compile(r"\b(" + "|".join(map(re.escape, keys)) + r")\b")
+        message = names.sub(lambda m: keys[m.group(1)], str(err)) if keys else str(err)
+        raise StagegptError(f"{source}: {message}") from None
+
+
 def config_from_hf(hf: Any, source: Path) -> ModelConfig:
     """Map a GPT2Config dict onto ModelConfig, refusing variants stage 5 does not compute.
 
@@ -94,17 +112,11 @@ def config_from_hf(hf: Any, source: Path) -> ModelConfig:
             f"{source}: tie_word_embeddings is false, but stage 5's head is always the token "
             "embedding; this model cannot load into stage 5"
         )
-    dropout = hf.get("resid_pdrop", 0.1)
-    if not isinstance(dropout, int | float) or isinstance(dropout, bool):
-        raise StagegptError(f"{source}: resid_pdrop must be a number, got {dropout!r:.40}")
-    try:
-        config = ModelConfig(  # which checks every value, dropout too
-            vocab_size=hf.get("vocab_size", GPT2_VOCAB), block_size=hf.get("n_positions", 1024),
-            n_embd=hf.get("n_embd", 768), n_layer=hf.get("n_layer", 12),
-            n_head=hf.get("n_head", 12), dropout=dropout, bias=True,
-        )
-    except StagegptError as err:
-        raise StagegptError(f"{source}: {err}") from None
+    config = model_config_from(  # which checks every value, dropout too
+        source, GPT2_KEYS, vocab_size=hf.get("vocab_size", GPT2_VOCAB),
+        block_size=hf.get("n_positions", 1024), n_embd=hf.get("n_embd", 768),
+        n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12),
+        dropout=hf.get("resid_pdrop", 0.1), bias=True)
     if hf.get("n_inner") not in (None, 4 * config.n_embd):
         raise StagegptError(
             f"{source}: n_inner = {hf['n_inner']!r} but stage 5's MLP is 4 * n_embd wide; "
@@ -143,8 +155,16 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-def read_pickled_weights(path: Path) -> dict[str, Tensor]:
-    """A `pytorch_model.bin`, unpickled with `weights_only=True`: tensors in, never code."""
+def mask_buffer(key: str) -> bool:
+    """An old GPT-2 file's causal-mask buffer (`attn.bias`, `attn.masked_bias`): nothing
+    learned, and transformers 4.x stored `attn.bias` as uint8 or bool, not as a weight."""
+    return MASK_BUFFER.match(key.removeprefix(PREFIX)) is not None
+
+
+def read_pickled_weights(path: Path, skip: Callable[[str], bool] | None = None
+                         ) -> dict[str, Tensor]:
+    """A `pytorch_model.bin`, unpickled with `weights_only=True`: tensors in, never code.
+    skip: names of tensors to leave out (buffers that hold nothing to load)."""
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any failure means "do not trust this file"
@@ -159,7 +179,8 @@ def read_pickled_weights(path: Path) -> dict[str, Tensor]:
         isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()
     ):
         raise StagegptError(f"{path} is not a dict of named tensors; is it a GPT-2 checkpoint?")
-    return check_weight_tensors(weights, path)
+    return check_weight_tensors({k: v for k, v in weights.items()
+                                 if skip is None or not skip(k)}, path)
 
 
 def _read_sharded(directory: Path, index: Path, read: Any) -> dict[str, Tensor]:
@@ -178,18 +199,22 @@ def _read_sharded(directory: Path, index: Path, read: Any) -> dict[str, Tensor]:
     return weights
 
 
-def read_hf_weights(directory: Path) -> tuple[dict[str, Tensor], Path]:
-    """The weights of a Hugging Face dir and the file they came from; safetensors first."""
+def read_hf_weights(directory: Path, skip: Callable[[str], bool] | None = None
+                    ) -> tuple[dict[str, Tensor], Path]:
+    """The weights of a Hugging Face dir (but those named by `skip`) and the file they came
+    from; safetensors first."""
+    safetensors, pickled = partial(read_weights, skip=skip), partial(read_pickled_weights,
+                                                                      skip=skip)
     if (directory / WEIGHTS_FILE).is_file():
-        return read_weights(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE
+        return safetensors(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE
     if (directory / SAFETENSORS_INDEX).is_file():
         index = directory / SAFETENSORS_INDEX
-        return _read_sharded(directory, index, read_weights), index
+        return _read_sharded(directory, index, safetensors), index
     if (directory / PICKLE_FILE).is_file():
-        return read_pickled_weights(directory / PICKLE_FILE), directory / PICKLE_FILE
+        return pickled(directory / PICKLE_FILE), directory / PICKLE_FILE
     if (directory / PICKLE_INDEX).is_file():
         index = directory / PICKLE_INDEX
-        return _read_sharded(directory, index, read_pickled_weights), index
+        return _read_sharded(directory, index, pickled), index
     raise StagegptError(
         f"{directory / WEIGHTS_FILE} is missing (and there is no {PICKLE_FILE}); "
         "download the model's weights into the directory beside its config.json"
@@ -207,7 +232,7 @@ def weights_from_hf(hf_weights: dict[str, Tensor], model: LanguageModel,
         if name == "lm_head.weight":
             head = tensor
             continue
-        if MASK_BUFFER.match(name):
+        if mask_buffer(name):
             continue
         if name not in expected or name in weights:
             unexpected.append(key)
@@ -276,12 +301,15 @@ def load_hf_model(directory: str | Path) -> GPT:
     directory = Path(directory)
     config = config_from_hf(read_json(directory / CONFIG_FILE, "Hugging Face config"),
                             directory / CONFIG_FILE)
-    hf_weights, source = read_hf_weights(directory)
+    hf_weights, source = read_hf_weights(directory, skip=mask_buffer)
     model = empty_model(GPT.stage, config)  # every value comes from the file
     load_weights_into(model, weights_from_hf(hf_weights, model, source), source)
     return model.eval()
 
 
 def gpt2_tokenizer() -> Any:
-    """OpenAI GPT-2's tokenizer (StagegptError if it cannot be had, e.g. offline)."""
-    return get_tokenizer("gpt2")
+    """OpenAI GPT-2's tokenizer with its table loaded: StagegptError now if it cannot be
+    had (e.g. offline), not at the first encode (GPT2Tokenizer reads it on first use)."""
+    tokenizer = get_tokenizer("gpt2")
+    gpt2_encoding()
+    return tokenizer

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import check_replaceable, read_json
-from stagegpt.interop.gpt2 import read_hf_weights, write_hf_dir
+from stagegpt.interop.gpt2 import model_config_from, read_hf_weights, write_hf_dir
 from stagegpt.model import ModelConfig
 from stagegpt.model.stages import RMS_EPS, LanguageModel, Llama
 from stagegpt.train.checkpoints import (
@@ -36,10 +36,20 @@ from stagegpt.train.checkpoints import (
 # Llama config switches that change the computation, with the value stage 9 computes.
 FIXED = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
          "rms_norm_eps": RMS_EPS, "rope_scaling": None, "pretraining_tp": 1}
-# What transformers' LlamaConfig takes when a key is absent: an absent key is this value.
+# What transformers' LlamaConfig takes when a key is absent: an absent key is this value
+# (an absent or null num_key_value_heads is num_attention_heads: one per query head).
 LLAMA_DEFAULTS = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
                   "rms_norm_eps": 1e-6, "rope_scaling": None, "pretraining_tp": 1,
-                  "rope_theta": 10_000.0}
+                  "rope_theta": 10_000.0, "vocab_size": 32_000, "hidden_size": 4096,
+                  "intermediate_size": 11_008, "num_hidden_layers": 32,
+                  "num_attention_heads": 32, "max_position_embeddings": 2048,
+                  "tie_word_embeddings": False, "attention_dropout": 0.0}
+# ModelConfig's fields under their LlamaConfig names
+LLAMA_KEYS = {"vocab_size": "vocab_size", "block_size": "max_position_embeddings",
+              "n_embd": "hidden_size", "n_layer": "num_hidden_layers",
+              "n_head": "num_attention_heads", "n_kv_head": "num_key_value_heads",
+              "mlp_hidden": "intermediate_size", "tie_head": "tie_word_embeddings",
+              "dropout": "attention_dropout"}
 # Buffers older Llama files store that hold nothing learned (recomputed from the config).
 UNLEARNED = ("self_attn.rotary_emb.inv_freq",)
 
@@ -129,22 +139,19 @@ def config_from_llama(hf: Any, source: Path) -> ModelConfig:
             said = f"{key} = {given!r:.40}" if key in hf else f"{key} is unset (so {given!r})"
             raise StagegptError(f"{source}: {said} but stage 9 computes {value!r}; this "
                                 "Llama variant cannot load into stage 9")
-    width, heads = hf.get("hidden_size"), hf.get("num_attention_heads")
-    if hf.get("head_dim") not in (None, width // heads if isinstance(width, int) and
-                                  isinstance(heads, int) and heads else None):
-        raise StagegptError(f"{source}: head_dim is not hidden_size / num_attention_heads; "
-                            "stage 9 cannot load it")
-    theta = rope_theta(hf, source)
-    try:
-        return ModelConfig(
-            vocab_size=hf.get("vocab_size"), block_size=hf.get("max_position_embeddings"),
-            n_embd=width, n_layer=hf.get("num_hidden_layers"), n_head=heads,
-            n_kv_head=hf.get("num_key_value_heads"), rope_theta=theta,
-            mlp_hidden=hf.get("intermediate_size"), bias=False,
-            tie_head=hf.get("tie_word_embeddings", False),
-            dropout=hf.get("attention_dropout", 0.0) or 0.0)
-    except (StagegptError, TypeError, ValueError) as err:
-        raise StagegptError(f"{source}: {err}") from None
+    given = {key: hf.get(key, LLAMA_DEFAULTS.get(key)) for key in LLAMA_KEYS.values()}
+    heads = given["num_attention_heads"]
+    config = model_config_from(
+        source, {k: v for k, v in LLAMA_KEYS.items() if k != v},
+        vocab_size=given["vocab_size"], block_size=given["max_position_embeddings"],
+        n_embd=given["hidden_size"], n_layer=given["num_hidden_layers"], n_head=heads,
+        n_kv_head=heads if given["num_key_value_heads"] is None else given["num_key_value_heads"],
+        rope_theta=rope_theta(hf, source), mlp_hidden=given["intermediate_size"], bias=False,
+        tie_head=given["tie_word_embeddings"], dropout=given["attention_dropout"] or 0.0)
+    if hf.get("head_dim") not in (None, config.n_embd // config.n_head):
+        raise StagegptError(f"{source}: head_dim = {hf['head_dim']!r:.40} is not hidden_size / "
+                            "num_attention_heads; stage 9 cannot load it")
+    return config
 
 
 def rope_theta(hf: dict, source: Path) -> Any:

@@ -63,7 +63,10 @@ def attention_maps(model: LanguageModel, ids: Tensor) -> Tensor:
         shape = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
         raise StagegptError(f"ids must be a tensor of token ids of shape (1, T), got {shape}",
                             "ids")
-    if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < model.config.vocab_size:
+    if not 1 <= ids.size(1) <= model.config.block_size:
+        raise StagegptError(f"ids must hold 1 to {model.config.block_size} tokens (the model's "
+                            f"context), got {ids.size(1)}", "ids")
+    if not 0 <= int(ids.min()) <= int(ids.max()) < model.config.vocab_size:
         raise StagegptError(f"ids must be token ids in [0, {model.config.vocab_size}), the "
                             "model's vocabulary", "ids")
     seen: list[Tensor] = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from stagegpt.interop import load_checkpoint
 from stagegpt.model import LanguageModel
 from stagegpt.model.layers import eval_mode
 from stagegpt.tools.evaluate import SCORE_TOKENS, split_loss
+from stagegpt.values import is_int
 
 CHOICES = 4
 DEFAULT_ITEMS = 400
@@ -71,7 +73,7 @@ def make_items(tokens: np.ndarray, items: int = DEFAULT_ITEMS, context: int = DE
     span = context + high
     if len(tokens) < 4 * span:
         raise StagegptError(f"the split holds {len(tokens):,} tokens; the endings test needs "
-                            f"at least {4 * span:,} (4 x context + longest ending)")
+                            f"at least {4 * span:,} (4 x (context + longest ending)))")
     rng = np.random.default_rng(seed)
     return [_item(tokens, rng, context, low, high) for _ in range(items)]
 
@@ -173,19 +175,36 @@ def check_fits_window(longest: int, block_size: int) -> None:
                             f"{block_size} tokens", "ending")
 
 
+def fill_ending(ending: Any, fitted: tuple[int, int]) -> Any:
+    """`ending` with a length left as None taken from `fitted`, but never past the other
+    one: (None, 3) asks for endings of at most 3 tokens, (20, None) of at least 20."""
+    if ending is None:
+        return fitted
+    if not isinstance(ending, tuple | list) or len(ending) != 2:
+        return ending  # check_item_args refuses it
+    low, high = ending
+    if low is None:
+        low = min(fitted[0], high) if is_int(high) else fitted[0]
+    if high is None:
+        high = max(fitted[1], low) if is_int(low) else fitted[1]
+    return low, high
+
+
 def evaluate_checkpoint(ckpt_dir: str | Path, data_dir: str | Path, items: int = DEFAULT_ITEMS,
-                        context: int | None = None, ending: tuple[int, int] | None = None,
+                        context: int | None = None,
+                        ending: tuple[int | None, int | None] | None = None,
                         seed: int = 0, dtype: str = "float32") -> dict:
     """Val loss and the endings test of a checkpoint on a data dir's val split.
 
-    context and ending default to DEFAULT_CONTEXT and DEFAULT_ENDING, shrunk to fit the
-    model's window as the ladder's test does (window_defaults)."""
+    context and ending (either length of it, or both) default to DEFAULT_CONTEXT and
+    DEFAULT_ENDING, shrunk to fit the model's window as the ladder's test does
+    (window_defaults)."""
     check_item_args(items, DEFAULT_CONTEXT if context is None else context,
-                    DEFAULT_ENDING if ending is None else ending, seed)
+                    fill_ending(ending, DEFAULT_ENDING), seed)
     ckpt = load_checkpoint(ckpt_dir, dtype=dtype)
     fitted_context, fitted_ending = window_defaults(ckpt.model.config.block_size)
     context = fitted_context if context is None else context
-    ending = fitted_ending if ending is None else tuple(ending)
+    ending = tuple(fill_ending(ending, fitted_ending))
     check_fits_window(ending[1], ckpt.model.config.block_size)
     meta = read_meta(data_dir)
     same = ckpt.tokenizer is None or ckpt.tokenizer.to_spec() == meta["tokenizer"]

@@ -13,6 +13,7 @@ import base64
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -131,13 +132,16 @@ def check_weight_tensors(weights: dict[str, torch.Tensor], path: Path) -> dict[s
     return weights
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file, refusing a missing or truncated one with a clear message."""
+def read_weights(path: Path, skip: Callable[[str], bool] | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, refusing a missing or truncated one with a clear message.
+    skip: names of tensors to leave unread (buffers that hold nothing to load)."""
     if not path.is_file():
         raise StagegptError(f"{path} is missing; the checkpoint is incomplete")
     try:
         with safe_open(str(path), framework="pt") as f:
-            weights = {key: f.get_tensor(key) for key in f.keys()}
+            weights = {key: f.get_tensor(key) for key in f.keys()
+                       if skip is None or not skip(key)}
     except (SafetensorError, OSError, RuntimeError) as err:
         raise StagegptError(f"{path} is not a readable safetensors file ({err})") from None
     return check_weight_tensors(weights, path)
