@@ -6,11 +6,13 @@ them alike; it reports the best and the median of `--repeats` rounds.
 
     .venv/bin/python benchmarks/decode.py                      # seed preset, 256 tokens
     .venv/bin/python benchmarks/decode.py --preset gpt2 --tokens 1024 --uncached-tokens 128
+    .venv/bin/python benchmarks/decode.py --bf16 --no-hf --threads 1   # bf16 weights too
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -59,6 +61,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also decode with the weights in bfloat16 (`sample --dtype "
+                             "bfloat16`), cached")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -74,6 +79,11 @@ def main() -> None:
             lambda: time_ours(model, prompt, args.tokens, True),
             f"stagegpt, no cache ({uncached_n} tokens)":
             lambda: time_ours(model, prompt, uncached_n, False)}
+    if args.bf16:
+        bf16 = copy.deepcopy(model).to(torch.bfloat16)
+        runs[f"stagegpt, KV cache, bfloat16 weights ({args.tokens} tokens)"] = (
+            lambda: time_ours(bf16, prompt, args.tokens, True))
+        time_ours(bf16, prompt, 8, True)
     if hf is not None:
         runs[f"transformers GPT2LMHeadModel.generate, cache ({args.tokens} tokens)"] = (
             lambda: time_hf(hf, prompt, args.tokens))

@@ -450,7 +450,7 @@ BAD_INPUTS = {
         "not a readable safetensors file"),
     "convert: a dropout too large for a float": (
         FROM_HF, lambda w, mp: edit_json(w / "hf" / "config.json", resid_pdrop=10**400),
-        r"dropout must be a number in \[0, 1\)"),
+        r"resid_pdrop must be a number in \[0, 1\)"),
     "convert: 8-bit float weights": (
         FROM_HF, lambda w, mp: retype_weights(w / "hf" / "model.safetensors",
                                               torch.float8_e4m3fn), "is a float8_e4m3fn tensor"),
