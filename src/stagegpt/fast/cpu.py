@@ -7,7 +7,7 @@ developed on (2-core cloud VMs, torch 2.13.0, 2 threads):
   runs its AVX2 code there); MKL's matrix-vector products (decoding) use one thread;
   bf16 products native.
 - AMD without AVX-512 (EPYC, Zen 3): MKL's fp32 products win (173 vs 127 GFLOP/s);
-  matrix-vector products as above; bf16 products emulated, 0.6 GFLOP/s.
+  matrix-vector products as above; bf16 products emulated (`SLOW_BF16` below).
 - Intel with AVX-512 (Xeon): MKL wins (oneDNN's conversions made a step 1.4-1.6x
   slower), its matrix-vector products are threaded; bf16 products native.
 
@@ -56,7 +56,7 @@ def avx512() -> bool:
 @functools.cache
 def native_bf16() -> bool:
     """bf16 matrix products run in oneDNN's native kernels here (AVX-512 BF16 or AMX);
-    elsewhere PyTorch falls back to a scalar loop hundreds of times slower than fp32."""
+    elsewhere PyTorch emulates them (`SLOW_BF16`)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -68,15 +68,26 @@ def bf16_is_slow(device: torch.device | str) -> bool:
     return torch.device(device).type == "cpu" and not native_bf16()
 
 
+# What emulated bf16 costs here, by use (EPYC Zen 3, 2 threads, `seed` shape): a training
+# step under autocast 33 s against 0.65 in fp32; a forward pass of 256 tokens with bf16
+# weights 0.70 s against 0.15; decoding with bf16 weights 0.95-1.13x fp32's tokens/s
+# (`benchmarks/decode.py --bf16`), matrix-vector products being bound by memory.
+SLOW_BF16 = {
+    "training": "a bf16 training step runs about 50 times slower than float32 here",
+    "inference": "with bf16 weights a whole forward pass (eval) runs about 5 times slower "
+                 "than float32 here, and sampling about as fast",
+}
+
+
 @functools.cache
-def note_slow_bf16() -> None:
-    """Say once per process, on stderr, that bf16 will be slow here (the user asked for it)."""
-    print("note: this CPU has no native bf16 matrix products (AVX-512 BF16 or AMX), so "
-          "PyTorch emulates them, hundreds of times slower than float32; use float32 here",
-          file=sys.stderr)
+def note_slow_bf16(use: str) -> None:
+    """Say once per process and use ("training" or "inference"), on stderr, what bf16
+    costs here (the user asked for it)."""
+    print(f"note: this CPU has no native bf16 matrix products (AVX-512 BF16 or AMX), so "
+          f"PyTorch emulates them: {SLOW_BF16[use]}; use float32 here", file=sys.stderr)
 
 
-def note_if_slow_bf16(dtype: str, device: torch.device | str) -> None:
-    """`note_slow_bf16()` if `dtype` ("float32" or "bfloat16") would be slow on `device`."""
+def note_if_slow_bf16(dtype: str, device: torch.device | str, use: str) -> None:
+    """`note_slow_bf16(use)` if `dtype` ("float32" or "bfloat16") would be slow on `device`."""
     if dtype == "bfloat16" and bf16_is_slow(device):
-        note_slow_bf16()
+        note_slow_bf16(use)

@@ -38,7 +38,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                             "dtype")
     device = checked_device(device)
     checkpoint = _load(path, device)
-    cpu.note_if_slow_bf16(dtype, device)
+    cpu.note_if_slow_bf16(dtype, device, "inference")
     checkpoint.model.to(DTYPES[dtype])
     return checkpoint
 

@@ -247,7 +247,7 @@ class Trainer:
                     tqdm.write(f"note: warmup_steps ({self.tc.warmup_steps}) >= max_steps "
                                f"({self.tc.max_steps}): the learning rate never reaches its "
                                "peak", file=sys.stderr)
-                cpu.note_if_slow_bf16(self.tc.dtype, self.device)
+                cpu.note_if_slow_bf16(self.tc.dtype, self.device, "training")
             return self._fit()
         finally:
             self.lock.release()
