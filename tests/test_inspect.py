@@ -191,6 +191,22 @@ def test_attention_maps_checks_its_ids(checkpoint):
         assert err.value.param == "ids"
 
 
+def test_attention_maps_keeps_only_the_layer_and_head_asked_for(checkpoint):
+    """What the playground asks for: one map, not every layer's and head's held at once."""
+    model = load_checkpoint(checkpoint).model
+    ids = torch.tensor([[1, 5, 2, 7, 3]])
+    every = attention_maps(model, ids)  # (L, nh, T, T)
+    L, nh = every.shape[:2]
+    assert torch.equal(attention_maps(model, ids, layer=L - 1, head=nh - 1),
+                       every[L - 1:, nh - 1:])
+    assert torch.equal(attention_maps(model, ids, head=0), every[:, :1])
+    assert torch.equal(attention_maps(model, ids, layer=0), every[:1])
+    for bad in ({"layer": L}, {"head": -1}):
+        with pytest.raises(StagegptError, match="must be between 0 and") as err:
+            attention_maps(model, ids, **bad)
+        assert err.value.param == next(iter(bad))
+
+
 def test_attention_refuses_a_stage_without_attention(tiny_config):
     with pytest.raises(StagegptError, match="no attention"):
         attention_maps(build_model(2, tiny_config), torch.zeros(1, 3, dtype=torch.long))

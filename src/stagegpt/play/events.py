@@ -64,8 +64,8 @@ def token_event(tokenizer: Any, token: int, probs: torch.Tensor) -> dict:
 
 
 def attention_events(served: ServedModel, request: AttentionRequest) -> Iterator[dict]:
-    weights = attention_maps(served.model, torch.tensor([request.ids]))  # (L, nh, T, T)
-    head = weights[request.layer, request.head]  # (T, T): row = query, column = key
+    head = attention_maps(served.model, torch.tensor([request.ids]), request.layer,
+                          request.head)[0, 0]  # (T, T): row = query, column = key
     yield {"event": "attention", "stage": served.stage, "layer": request.layer,
            "head": request.head,
            "tokens": [{"id": i, "text": token_text(served.tokenizer, i)} for i in request.ids],

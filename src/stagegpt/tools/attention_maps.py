@@ -48,16 +48,37 @@ def token_labels(tokenizer: Any, ids: list[int]) -> list[str]:
 
 
 @torch.no_grad()
-def attention_maps(model: LanguageModel, ids: Tensor) -> Tensor:
+def attention_maps(model: LanguageModel, ids: Tensor, layer: int | None = None,
+                   head: int | None = None) -> Tensor:
     """Attention weights of every layer for token ids (1, T) -> (n_layer, n_head, T, T).
 
     One eval-mode forward pass with the attention written out (`explicit_attention`); a
     forward hook on each layer's `softmax` module records the weights it produces.
+    `layer` and `head` (0-based) keep only that layer's or head's (a size-1 dim in its
+    place): a long text on a large model then holds one map, not L x nh of them.
     """
     layers = attention_layers(model)
     if not layers:
         raise StagegptError(f"stage {model.stage} has no attention to plot; use a checkpoint "
                             "of stage 3 to 9")
+    check_ids(model, ids)
+    kept_layers = _pick(len(layers), layer, "layer")
+    kept_heads = _pick(layers[0].n_head, head, "head")
+    seen: list[Tensor] = []
+    with eval_mode(model), explicit_attention(model) as layers:
+        hooks = [layers[i].softmax.register_forward_hook(
+            lambda _module, _inputs, weights: seen.append(weights[0, kept_heads].float().cpu()))
+            for i in kept_layers]
+        try:
+            model(ids.to(next(model.parameters()).device))
+        finally:
+            for hook in hooks:
+                hook.remove()
+    return torch.stack(seen)  # (L, nh, T, T), or the kept ones
+
+
+def check_ids(model: LanguageModel, ids: Tensor) -> None:
+    """ids: (1, T) token ids in the model's vocabulary, 1 <= T <= block_size."""
     if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.size(0) != 1 or (
             ids.dtype != torch.long):
         shape = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
@@ -69,17 +90,6 @@ def attention_maps(model: LanguageModel, ids: Tensor) -> Tensor:
     if not 0 <= int(ids.min()) <= int(ids.max()) < model.config.vocab_size:
         raise StagegptError(f"ids must be token ids in [0, {model.config.vocab_size}), the "
                             "model's vocabulary", "ids")
-    seen: list[Tensor] = []
-    with eval_mode(model), explicit_attention(model) as layers:
-        hooks = [layer.softmax.register_forward_hook(
-            lambda _module, _inputs, weights: seen.append(weights[0].float().cpu()))
-            for layer in layers]
-        try:
-            model(ids.to(next(model.parameters()).device))
-        finally:
-            for hook in hooks:
-                hook.remove()
-    return torch.stack(seen)  # (L, nh, T, T)
 
 
 def _pick(count: int, index: int | None, what: str) -> list[int]:
