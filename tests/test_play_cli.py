@@ -33,6 +33,28 @@ def test_play_cli_checks_its_flags(ladder, capsys, flags, message):
     assert capsys.readouterr().err.strip() == f"stagegpt play: error: {message}"
 
 
+def test_a_queue_whose_kv_caches_cannot_fit_is_refused_before_serving(ladder, capsys,
+                                                                      monkeypatch):
+    """Each stream may hold a KV cache over the whole context: 32 of a large model's can
+    need tens of GB. Refused before the port is bound, naming the flag."""
+    from stagegpt import limits
+    from stagegpt.interop import load_checkpoint
+    from stagegpt.tools.inspection import kv_cache_bytes_per_token
+
+    model = load_checkpoint(ladder / "stage5").model
+    per_stream = kv_cache_bytes_per_token(model) * model.config.block_size
+    monkeypatch.setattr(limits, "available_bytes", lambda: 10 * per_stream)
+
+    def bind(port):
+        raise AssertionError("the port was bound before the memory check")
+
+    monkeypatch.setattr("stagegpt.play.server.bind", bind)
+    assert main(["play", "--ckpt", str(ladder / "stage5"), "--queue", "11"]) == 2
+    err = capsys.readouterr().err
+    assert "serving 11 generations at once" in err and "serve fewer at once (--queue)" in err
+    assert err.count("\n") == 1
+
+
 @pytest.mark.parametrize("table, message", [
     (None, "--ladder dir {dir} does not exist"),
     ("", "--ladder dir {dir} has no ladder.csv; pass the --out dir of `stagegpt ladder` once "

@@ -25,9 +25,11 @@ def available_bytes() -> int:
         return 1 << 62  # unknown: let the allocator decide
 
 
-def check_fits(nbytes: int, what: str, advice: str, param: str | None = None) -> None:
-    """Refuse `what` if its `nbytes` exceed the memory available now."""
+def check_fits(nbytes: int, what: str, advice: str, param: str | None = None,
+               mentions: tuple[str, ...] = ()) -> None:
+    """Refuse `what` if its `nbytes` exceed the memory available now (`param` and
+    `mentions` as in `StagegptError`)."""
     available = available_bytes()
     if nbytes > available:
         raise StagegptError(f"{what} needs {nbytes / GB:,.1f} GB of memory but this machine has "
-                            f"{available / GB:,.1f} GB available; {advice}", param)
+                            f"{available / GB:,.1f} GB available; {advice}", param, mentions)

@@ -40,13 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stagegpt.play.catalog import load_served
+    from stagegpt.play.catalog import check_streams_fit, load_served
     from stagegpt.play.server import HOST, bind, check_port, serve
     from stagegpt.play.worker import check_capacity
 
     check_port(args.port)  # before the models load
     check_capacity(args.queue)
     served = load_served(args.ckpt, args.ladder)
+    check_streams_fit(served, args.queue)
     sock = bind(args.port)
     port = sock.getsockname()[1]
     stages = ", ".join(str(s) for s in served)

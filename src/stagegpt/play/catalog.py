@@ -21,8 +21,10 @@ from typing import Any
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import read_text
 from stagegpt.interop import load_checkpoint
+from stagegpt.limits import check_fits
 from stagegpt.model.layers import attention_layers
 from stagegpt.model.stages import STAGES, LanguageModel
+from stagegpt.tools.inspection import kv_cache_bytes_per_token
 
 LADDER_TABLE = "ladder.csv"
 
@@ -107,3 +109,13 @@ def _load_one(path: Path, val_loss: float | None = None) -> ServedModel:
                             "encoded; serve a checkpoint saved with its tokenizer", "ckpt")
     ckpt.model.eval()
     return ServedModel(ckpt.stage, ckpt.model, ckpt.tokenizer, ckpt.path, val_loss)
+
+
+def check_streams_fit(served: dict[int, ServedModel], capacity: int) -> None:
+    """`capacity` generations at once, each with a KV cache over the largest model's whole
+    context, must fit in memory: a large model's 32 streams can need tens of GB."""
+    per_stream = max(kv_cache_bytes_per_token(s.model) * s.model.config.block_size
+                     for s in served.values())
+    check_fits(capacity * per_stream, f"serving {capacity} generations at once, each with a "
+               "KV cache over the whole context,", "serve fewer at once (`capacity`)",
+               "capacity", ("capacity",))
