@@ -5,8 +5,14 @@ that guards files must be a bool: "no" is true in Python."""
 from __future__ import annotations
 
 import math
+import os
 
 from stagegpt.errors import StagegptError
+
+
+def is_path(value: object) -> bool:
+    """A str or path-like naming something: not empty ("" would be the current directory)."""
+    return isinstance(value, str | os.PathLike) and bool(os.fspath(value))
 
 
 def check_switch(value: object, param: str) -> None:

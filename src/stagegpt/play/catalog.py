@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from stagegpt.limits import check_fits
 from stagegpt.model.layers import attention_layers
 from stagegpt.model.stages import STAGES, LanguageModel
 from stagegpt.tools.inspection import kv_cache_bytes_per_token
+from stagegpt.values import is_path
 
 LADDER_TABLE = "ladder.csv"
 
@@ -62,7 +62,7 @@ def load_served(ckpt: str | Path | None = None,
         raise StagegptError("give `ckpt` (a checkpoint or run dir) or `ladder` (a ladder's "
                             "dir), one of the two", mentions=("ckpt", "ladder"))
     for name, value in (("ckpt", ckpt), ("ladder", ladder)):
-        if value is not None and (not isinstance(value, str | os.PathLike) or not os.fspath(value)):
+        if value is not None and not is_path(value):
             raise StagegptError(f"{name} must name a directory, got {value!r:.40}", name)
     if ckpt is not None:
         served = _load_one(Path(ckpt))

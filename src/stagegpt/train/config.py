@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import tomllib
 from dataclasses import asdict, dataclass, fields
@@ -13,7 +12,7 @@ from typing import Any
 from stagegpt.errors import StagegptError
 from stagegpt.fileio import JSON_ERRORS, json_problem, read_text
 from stagegpt.model.config import ModelConfig
-from stagegpt.values import check_switch, is_int, is_real
+from stagegpt.values import check_switch, is_int, is_path, is_real
 
 MAX_COUNT = 1 << 40  # steps, batches: anything past this is a typo, not a plan
 MAX_LR = 1.0  # an AdamW step moves each weight by about lr: past 1 a run only diverges
@@ -165,6 +164,6 @@ def check_trainer_arguments(model_config: Any, train_config: Any, data_dir: Any,
             raise StagegptError(f"{name} must be a {kind.__name__}, got "
                                 f"{type(value).__name__}; build one with {build}", name)
     for name, value in (("data_dir", data_dir), ("out_dir", out_dir)):
-        if not isinstance(value, str | os.PathLike) or not str(value):
+        if not is_path(value):
             raise StagegptError(f"{name} must be a non-empty path (a str or Path), got "
                                 f"{value!r:.60}", name)

@@ -25,7 +25,7 @@ from stagegpt.fileio import (
     remove_dead_writers_tmp,
 )
 from stagegpt.train.checkpoints import CONFIG_FILE
-from stagegpt.values import is_int, is_real
+from stagegpt.values import is_int, is_path, is_real
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 METRICS_FILE = "metrics.jsonl"
@@ -123,7 +123,7 @@ def resolve_checkpoint_dir(path: str | Path, param: str = "path",
                            kinds: str = "checkpoint or run") -> Path:
     """A checkpoint dir itself, or a run dir (its newest step checkpoint). `param` and
     `kinds` say, if `path` is no path at all, which argument it was and what it takes."""
-    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+    if not is_path(path):
         raise StagegptError(f"{param} must name a {kinds} directory, got {path!r:.40}", param)
     path = readable_dir(path)
     if (path / CONFIG_FILE).is_file():
